@@ -1,0 +1,169 @@
+"""The ``mckd`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mckd.errors import MckdError
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=0.01 --set method.alpha=0 (repeatable)",
+    )
+
+
+def _default_out(config: str) -> Path:
+    return Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from mckd.config import apply_overrides, config_from_dict, load_raw
+    from mckd.evaluate import evaluate_run
+    from mckd.experiment import train_seeds
+    from mckd.report import markdown_table
+    from mckd.train import train
+
+    raw = load_raw(args.config)
+    out = Path(args.out) if args.out else _default_out(args.config)
+    if args.seeds:
+        rows = train_seeds(raw, args.overrides, args.seeds, out)
+    else:
+        config = config_from_dict(apply_overrides(raw, args.overrides))
+        train(config, out)
+        rows = evaluate_run(out, config.train.device)
+    print(markdown_table(rows))
+    print(f"run directory: {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mckd.evaluate import evaluate_run
+    from mckd.report import markdown_table
+
+    rows = evaluate_run(args.run_dir, args.device)
+    print(markdown_table(rows))
+    print(f"written: {Path(args.run_dir) / 'eval' / 'subsets.md'}")
+
+
+def _run_table(run: Path) -> Path:
+    for candidate in (run / "subsets.csv", run / "eval" / "subsets.csv"):
+        if candidate.is_file():
+            return candidate
+    raise MckdError(
+        f"{str(run)!r} has no subsets.csv or eval/subsets.csv: pass a run directory made by "
+        "mckd train (evaluated) or a multi-seed directory"
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from mckd.report import compare_tables, plot_subset_comparison, read_table, write_table
+
+    a, b = Path(args.run_a), Path(args.run_b)
+    name_a, name_b = args.names or (a.name, b.name)
+    if name_a == name_b:
+        name_a, name_b = f"{name_a}_a", f"{name_b}_b"
+    rows_a, rows_b = read_table(_run_table(a)), read_table(_run_table(b))
+    metric = args.metric or next(k for k in rows_a[0] if k not in ("subset", "size"))
+    if metric not in rows_a[0]:
+        raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
+    rows, summary = compare_tables(rows_a, rows_b, metric, name_a, name_b)
+    out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
+    from mckd.experiment import _test_sentence
+
+    sentence = _test_sentence(summary, name_a, name_b)
+    write_table(rows, out / "comparison", title=f"{metric}: {name_a} vs {name_b}", notes=sentence)
+    plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
+    print(sentence)
+    print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from mckd.experiment import benchmark
+
+    out = Path(args.out) if args.out else _default_out(args.config)
+    benchmark(args.config, args.methods, args.seeds, out, args.overrides)
+    print((out / "summary.md").read_text())
+    print(f"written: {out}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from mckd import registry
+    from mckd.experiment import METHODS
+
+    for kind in registry.KINDS:
+        print(f"{kind}:")
+        for name in registry.names(kind):
+            print(f"  {name:22s} {registry.lookup(kind, name).description}")
+    print("methods (mckd benchmark --methods):")
+    for name, (overrides, description) in METHODS.items():
+        print(f"  {name:22s} {description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mckd",
+        description="Multi-modal learning that stays accurate when modalities are missing (MCKD).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a config (one seed, or several with --seeds) and evaluate it",
+                            description="Train one run and evaluate it over every subset of modalities.")
+    p.add_argument("config", help="YAML config file (see configs/)")
+    _add_set(p)
+    p.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
+    p.add_argument("--seeds", type=int, nargs="+", help="train once per seed into OUT/seed_<s> and aggregate")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="evaluate a trained run over every subset of modalities",
+                            description="Write RUN_DIR/eval/subsets.{csv,md}: the task metric for each subset.")
+    p.add_argument("run_dir")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("compare", help="compare two runs subset by subset with a paired t-test",
+                            description="Per-subset difference RUN_A - RUN_B, means, and a one-tailed paired "
+                                        "t-test across subsets (RUN_A > RUN_B). A run is a run directory or a "
+                                        "multi-seed directory.")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels for the two runs")
+    p.add_argument("--metric", help="metric column to compare (default: the first)")
+    p.add_argument("--out", help="output folder (default: RUN_A/compare_vs_<NAME_B>)")
+    p.set_defaults(func=cmd_compare)
+
+    p = commands.add_parser("benchmark", help="train and compare methods over seeds (the main job)",
+                            description="Train each method over each seed, evaluate every subset, compare each "
+                                        "method with the first, and write tables, plots and summary.md.")
+    p.add_argument("config")
+    p.add_argument("--methods", nargs="+", default=["mckd", "baseline"], help="methods (see mckd list); first is the reference")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
+    _add_set(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = commands.add_parser("list", help="list the datasets, networks and methods a config can name")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except MckdError as error:
+        print(f"mckd: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mckd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

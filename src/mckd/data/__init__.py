@@ -1,0 +1,1 @@
+"""Readers for real formats, dataset preparation and missing-modality policies."""

@@ -1,0 +1,91 @@
+"""The one batch shape used everywhere, and the splits a dataset provides.
+
+A sample is a mapping with ``inputs`` (a tuple of one tensor per modality, in
+the bundle's fixed modality order), ``present`` (bool ``[N]``: which
+modalities the sample has) and ``target``. PyTorch's default collation turns
+a list of samples into a batch of the same shape: ``inputs`` N tensors
+``[B, ...]``, ``present`` ``[B, N]``, ``target`` ``[B, ...]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from mckd.errors import DataError
+
+
+class MultiModalTensorDataset(Dataset):
+    """Samples held in memory as one tensor per modality.
+
+    Args:
+        inputs: N tensors, each ``[S, *X_n]`` (S samples).
+        target: ``[S, ...]``.
+        present: optional bool ``[S, N]`` (default: every modality present).
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[torch.Tensor],
+        target: torch.Tensor,
+        present: torch.Tensor | None = None,
+    ) -> None:
+        size = len(target)
+        for n, tensor in enumerate(inputs):
+            if len(tensor) != size:
+                raise DataError(f"modality {n} has {len(tensor)} samples but there are {size} targets")
+        if present is None:
+            present = torch.ones(size, len(inputs), dtype=torch.bool)
+        if tuple(present.shape) != (size, len(inputs)):
+            raise DataError(f"present must be [{size}, {len(inputs)}], got {tuple(present.shape)}")
+        self.inputs = tuple(inputs)
+        self.target = target
+        self.present = present.to(torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "inputs": tuple(t[index] for t in self.inputs),
+            "present": self.present[index],
+            "target": self.target[index],
+        }
+
+    def with_present(self, present: torch.Tensor) -> "MultiModalTensorDataset":
+        """The same samples with another availability mask ``[S, N]``."""
+        return MultiModalTensorDataset(self.inputs, self.target, present)
+
+
+@dataclass
+class DataBundle:
+    """What a dataset entry gives the training loop.
+
+    Attributes:
+        modalities: names, in the fixed order of every batch's ``inputs``.
+        train, val, test: the training split, the meta-validation split (used
+            only by the meta step) and the test split; disjoint.
+        num_classes: number of classes (classification) or output channels.
+        input_shapes: per modality, the shape of one sample's input.
+        info: anything worth recording in the run directory (split sizes, sources).
+    """
+
+    modalities: tuple[str, ...]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shapes: dict[str, tuple[int, ...]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a collated batch to ``device`` (non-blocking from pinned memory)."""
+    return {
+        "inputs": [t.to(device, non_blocking=True) for t in batch["inputs"]],
+        "present": batch["present"].to(device, non_blocking=True),
+        "target": batch["target"].to(device, non_blocking=True),
+    }

@@ -1,0 +1,40 @@
+"""Reproducible, stratified train / meta-validation / test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mckd.errors import DataError
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split sample indices by class into three disjoint sets.
+
+    Args:
+        labels: ``[S]`` integer class labels.
+        fractions: (train, val, test), summing to 1.
+        seed: the split's random seed.
+
+    Returns:
+        Three sorted index arrays; within each class the counts follow
+        ``fractions`` (rounded), so every split keeps the class balance.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise DataError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        n_train = int(round(fractions[0] * len(members)))
+        n_val = int(round(fractions[1] * len(members)))
+        parts[0].extend(members[:n_train])
+        parts[1].extend(members[n_train : n_train + n_val])
+        parts[2].extend(members[n_train + n_val :])
+    train, val, test = (np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
+    for name, part, fraction in zip(("train", "val", "test"), (train, val, test), fractions):
+        if fraction > 0 and len(part) == 0:
+            raise DataError(f"the {name} split is empty: {len(labels)} samples are too few for fractions {fractions}")
+    return train, val, test

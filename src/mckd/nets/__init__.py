@@ -1,0 +1,1 @@
+"""Concrete encoders and decoders."""

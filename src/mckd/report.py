@@ -1,0 +1,212 @@
+"""Tables (Markdown and CSV), seed aggregation, run comparisons and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+
+from mckd.checkpoint import atomic_write_text
+from mckd.errors import MckdError
+
+Row = dict[str, Any]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table of ``rows`` (floats with 4 decimals)."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: Sequence[Row], stem: str | Path, title: str = "", notes: str = "") -> None:
+    """Write ``stem.csv`` and ``stem.md`` atomically."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    heading = f"# {title}\n\n" if title else ""
+    atomic_write_text(stem.with_suffix(".md"), heading + markdown_table(rows) + (f"\n{notes}\n" if notes else ""))
+
+
+def read_table(path: str | Path) -> list[Row]:
+    """Read a CSV table written by :func:`write_table`; numbers become floats."""
+    path = Path(path)
+    if not path.is_file():
+        raise MckdError(f"table {str(path)!r} does not exist; evaluate the run first (mckd evaluate)")
+    rows = []
+    with path.open() as stream:
+        for row in csv.DictReader(stream):
+            parsed: Row = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value) if key != "subset" else value
+                except ValueError:
+                    parsed[key] = value
+            rows.append(parsed)
+    return rows
+
+
+def aggregate_seeds(tables: Sequence[Sequence[Row]], metrics: Sequence[str]) -> list[Row]:
+    """Mean and standard deviation (ddof 1) over seeds, per subset.
+
+    Every table must list the same subsets. Output columns: ``subset``,
+    ``size``, ``<metric>`` (the mean), ``<metric>_std``, ``seeds``.
+    """
+    if not tables:
+        raise MckdError("aggregate_seeds: no tables")
+    subsets = [row["subset"] for row in tables[0]]
+    for table in tables[1:]:
+        if [row["subset"] for row in table] != subsets:
+            raise MckdError("aggregate_seeds: the runs were evaluated on different subsets")
+    out = []
+    for i, subset in enumerate(subsets):
+        row: Row = {"subset": subset, "size": int(tables[0][i]["size"])}
+        for metric in metrics:
+            values = np.array([float(t[i][metric]) for t in tables])
+            row[metric] = float(values.mean())
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row["seeds"] = len(tables)
+        out.append(row)
+    return out
+
+
+def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str, name_b: str) -> tuple[list[Row], Row]:
+    """Per-subset difference ``a - b`` of ``metric`` and a one-tailed paired t-test across subsets.
+
+    The test (as the paper's Table 1) asks whether ``a`` beats ``b``: the
+    alternative is mean(a - b) > 0 over the subsets.
+
+    Returns:
+        (rows, summary): rows per subset with both values and the difference,
+        then a ``mean`` row; summary with the means, t statistic and p-value.
+    """
+    by_subset = {row["subset"]: row for row in b}
+    if set(by_subset) != {row["subset"] for row in a}:
+        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different subsets")
+    rows: list[Row] = []
+    for row in a:
+        other = by_subset[row["subset"]]
+        value_a, value_b = float(row[metric]), float(other[metric])
+        entry: Row = {"subset": row["subset"], "size": int(row["size"]), name_a: value_a, name_b: value_b,
+                      "difference": value_a - value_b}
+        if f"{metric}_std" in row and f"{metric}_std" in other:
+            entry[f"{name_a}_std"] = float(row[f"{metric}_std"])
+            entry[f"{name_b}_std"] = float(other[f"{metric}_std"])
+        rows.append(entry)
+    values_a = np.array([r[name_a] for r in rows])
+    values_b = np.array([r[name_b] for r in rows])
+    if len(rows) > 1 and np.any(values_a != values_b):
+        test = stats.ttest_rel(values_a, values_b, alternative="greater")
+        t_stat, p_value = float(test.statistic), float(test.pvalue)
+    else:
+        t_stat, p_value = float("nan"), float("nan")
+    summary = {
+        "metric": metric,
+        name_a: float(values_a.mean()),
+        name_b: float(values_b.mean()),
+        "difference": float((values_a - values_b).mean()),
+        "t": t_stat,
+        "p_one_tailed": p_value,
+        "subsets": len(rows),
+        "wins": int((values_a > values_b).sum()),
+        "losses": int((values_a < values_b).sum()),
+    }
+    rows.append({"subset": "mean", "size": "", name_a: summary[name_a], name_b: summary[name_b],
+                 "difference": summary["difference"]})
+    return rows, summary
+
+
+def read_weight_history(metrics_path: str | Path) -> tuple[list[int], dict[str, list[float]]]:
+    """Iterations and normalised weights per modality from a run's ``metrics.jsonl``."""
+    iterations: list[int] = []
+    history: dict[str, list[float]] = {}
+    with Path(metrics_path).open() as stream:
+        for line in stream:
+            entry = json.loads(line)
+            if entry.get("kind") != "weights":
+                continue
+            iterations.append(int(entry["iteration"]))
+            for name, value in entry["weights"].items():
+                history.setdefault(name, []).append(float(value))
+    return iterations, history
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: str = "Importance weights") -> None:
+    """The normalised importance weights over training (the paper's Fig. 4): mean over runs, band = min..max."""
+    plt = _pyplot()
+    histories = [read_weight_history(p) for p in metrics_paths]
+    iterations = histories[0][0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in histories[0][1]:
+        curves = np.array([h[1][name][: len(iterations)] for h in histories if len(h[1][name]) >= len(iterations)])
+        ax.plot(iterations, curves.mean(axis=0), label=name)
+        if len(curves) > 1:
+            ax.fill_between(iterations, curves.min(axis=0), curves.max(axis=0), alpha=0.2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("normalised weight")
+    ax.set_title(f"{title} ({len(histories)} run{'s' if len(histories) > 1 else ''})")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, out)
+
+
+def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path) -> None:
+    """Per-subset scores of two runs (bars) with their standard deviations, mean row excluded."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["subset"] != "mean"]
+    x = np.arange(len(rows))
+    width = 0.4
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows) + 2), 4.5))
+    for offset, name in ((-width / 2, name_a), (width / 2, name_b)):
+        values = [r[name] for r in rows]
+        errors = [r.get(f"{name}_std", 0.0) for r in rows]
+        ax.bar(x + offset, values, width, yerr=errors, label=name, capsize=1.5)
+    low = min(min(r[name_a], r[name_b]) for r in rows)
+    ax.set_ylim(max(0.0, low - 0.05), None)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["subset"] for r in rows], rotation=90, fontsize=6 if len(rows) > 20 else 8)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per subset of modalities: {name_a} vs {name_b}")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, out)
+
+
+def _save_figure(fig: Any, out: str | Path) -> None:
+    from mckd.checkpoint import atomic_write
+
+    plt = _pyplot()
+    out = Path(out)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=130, format=out.suffix.lstrip(".") or "png"))
+    plt.close(fig)
