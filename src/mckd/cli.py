@@ -104,6 +104,11 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"  {name:22s} {description}")
 
 
+# Modules that add a ``mckd prepare <dataset>`` command: each defines
+# ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser.
+PREPARE_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mckd",
@@ -145,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
     _add_set(p)
     p.set_defaults(func=cmd_benchmark)
+
+    if PREPARE_MODULES:
+        import importlib
+
+        p = commands.add_parser("prepare", help="prepare a dataset from its raw files, once",
+                                description="Read raw files and write a prepared dataset that training reads.")
+        datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+        for module in PREPARE_MODULES:
+            importlib.import_module(module).add_prepare_parser(datasets)
 
     p = commands.add_parser("list", help="list the datasets, networks and methods a config can name")
     p.set_defaults(func=cmd_list)

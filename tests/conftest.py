@@ -1,0 +1,26 @@
+"""Shared test helpers: where the real data live, and a clear skip when they do not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data relative to the project root (CI lays shared/ beside the clone); MCKD_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("MCKD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared real data; skip the test, saying what is missing, if it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set MCKD_SHARED_DATA to the shared/data folder)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared real-data folder (skips when absent)."""
+    return shared_path()
