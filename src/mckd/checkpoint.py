@@ -91,3 +91,112 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], p
             f"checkpoint {source!r} does not match this model configuration: " + "; ".join(parts)
         )
     module.load_state_dict(state)
+
+
+# --- Training state: optimiser and scheduler state dicts, RNG states -------------------------
+#
+# State dicts mix tensors with plain values (step counts, learning rates, the
+# ``params`` index lists, betas as tuples, integer keys). They are split into
+# named tensors, stored as tensors, and a JSON tree that stands in for the
+# rest; ``{"__tensor__": name}`` marks where a tensor goes back.
+
+_TENSOR, _TUPLE, _DICT = "__tensor__", "__tuple__", "__dict__"
+
+
+def flatten_state(state: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """Split a state dict into ``(tensors named prefix.<path>, JSON-able tree)``.
+
+    Dict keys may be strings or integers (an optimiser's per-parameter state is
+    keyed by index); tuples stay tuples. Anything else that is neither a tensor
+    nor a JSON scalar is an error naming its path: nothing is ever pickled.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            name = f"{prefix}.{path}" if path else prefix
+            tensors[name] = obj.detach()
+            return {_TENSOR: name}
+        if isinstance(obj, dict):
+            items = []
+            for key, value in obj.items():
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    raise CheckpointError(f"cannot store a state key {key!r} of type {type(key).__name__} at {prefix}.{path}")
+                items.append([key, walk(value, f"{path}.{key}" if path else str(key))])
+            return {_DICT: items}
+        if isinstance(obj, tuple):
+            return {_TUPLE: [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        raise CheckpointError(f"cannot store {type(obj).__name__} at {prefix}.{path} in a tensors-only checkpoint")
+
+    return tensors, walk(state, "")
+
+
+def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(tree, dict):
+        if _TENSOR in tree:
+            name = tree[_TENSOR]
+            if name not in tensors:
+                raise CheckpointError(f"checkpoint lacks the tensor {name!r} that its metadata names")
+            return tensors[name]
+        if _TUPLE in tree:
+            return tuple(unflatten_state(v, tensors) for v in tree[_TUPLE])
+        if _DICT in tree:
+            return {key: unflatten_state(value, tensors) for key, value in tree[_DICT]}
+        raise CheckpointError(f"unreadable state entry {tree!r}")
+    if isinstance(tree, list):
+        return [unflatten_state(v, tensors) for v in tree]
+    return tree
+
+
+def rng_state_tensors(device: torch.device, generators: dict[str, torch.Generator] | None = None) -> dict[str, torch.Tensor]:
+    """This process's random number generators as tensors of fixed shapes.
+
+    Python's ``random``, NumPy's global generator, torch's CPU generator, the
+    CUDA generator of ``device`` when it is a GPU, and any named extra
+    generators (e.g. the missing-modality policy's). Fixed shapes let every
+    rank's states be gathered into rank 0's checkpoint.
+    """
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    out = {
+        "python": torch.tensor([version, *internal], dtype=torch.int64),  # (626,)
+        "python_gauss": torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64),
+        "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),  # (624,)
+        "numpy_extra": torch.tensor([pos, has_gauss, cached], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    for name, generator in (generators or {}).items():
+        out[f"gen_{name}"] = generator.get_state()
+    return out
+
+
+def set_rng_state_tensors(states: dict[str, torch.Tensor], device: torch.device,
+                          generators: dict[str, torch.Generator] | None = None) -> None:
+    """Restore what :func:`rng_state_tensors` captured."""
+    import random
+
+    import numpy as np
+
+    python = states["python"].tolist()
+    has_gauss, gauss = states["python_gauss"].tolist()
+    random.setstate((int(python[0]), tuple(int(v) for v in python[1:]), gauss if has_gauss else None))
+    pos, np_has_gauss, cached = states["numpy_extra"].tolist()
+    np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), int(pos), int(np_has_gauss), cached))
+    torch.set_rng_state(states["torch"].to(torch.uint8))
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].to(torch.uint8), device)
+    for name, generator in (generators or {}).items():
+        key = f"gen_{name}"
+        if key in states:
+            generator.set_state(states[key].to(torch.uint8))

@@ -23,22 +23,35 @@ def _default_out(config: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from mckd import distributed
     from mckd.config import apply_overrides, config_from_dict, load_raw
     from mckd.evaluate import evaluate_run
     from mckd.experiment import train_seeds
     from mckd.report import markdown_table
     from mckd.train import train
 
-    raw = load_raw(args.config)
-    out = Path(args.out) if args.out else _default_out(args.config)
+    if args.resume:
+        if args.config or args.seeds:
+            raise MckdError("--resume RUN_DIR continues one run with its own config.yaml: give no CONFIG and no --seeds")
+        out = Path(args.resume)
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise MckdError(f"cannot resume {str(out)!r}: it has no config.yaml (not a run directory of mckd train)")
+        raw = load_raw(saved)
+    elif not args.config:
+        raise MckdError("mckd train needs a CONFIG file, or --resume RUN_DIR")
+    else:
+        raw = load_raw(args.config)
+        out = Path(args.out) if args.out else _default_out(args.config)
     if args.seeds:
         rows = train_seeds(raw, args.overrides, args.seeds, out)
     else:
         config = config_from_dict(apply_overrides(raw, args.overrides))
-        train(config, out)
+        train(config, out, resume=bool(args.resume))
         rows = evaluate_run(out, config.train.device)
-    print(markdown_table(rows))
-    print(f"run directory: {out}")
+    if distributed.is_main():
+        print(markdown_table(rows))
+        print(f"run directory: {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -118,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a config (one seed, or several with --seeds) and evaluate it",
                             description="Train one run and evaluate it over every subset of modalities.")
-    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("config", nargs="?", help="YAML config file (see configs/)")
     _add_set(p)
     p.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     p.add_argument("--seeds", type=int, nargs="+", help="train once per seed into OUT/seed_<s> and aggregate")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run from RUN_DIR/checkpoint.safetensors, exactly where it stopped")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="evaluate a trained run over every subset of modalities",
@@ -168,8 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from mckd import distributed
+    from mckd.train import TrainingInterrupted
+
     try:
         args.func(args)
+        distributed.shutdown()  # under torchrun: barrier, then leave the process group
+    except TrainingInterrupted as stopped:
+        main_rank = distributed.is_main()
+        distributed.shutdown()
+        if main_rank:
+            print(f"mckd: {stopped}", file=sys.stderr)
+        return 130
     except MckdError as error:
         print(f"mckd: error: {error}", file=sys.stderr)
         return 2

@@ -85,9 +85,12 @@ class TrainConfig:
     gamma: float = 0.9  # step schedule factor
     poly_power: float = 0.9  # poly schedule: lr * (1 - t/T)^power
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1 ...
-    num_workers: int = 0  # DataLoader worker processes
+    num_workers: int = 0  # DataLoader worker processes (pinned memory on CUDA)
     log_every: int = 50  # iterations between loss records in metrics.jsonl
     progress: bool = True  # show a progress bar
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast: auto is bf16 on CUDA, fp32 on CPU
+    checkpoint_every: int = 0  # iterations between checkpoints (resumable); 0: only at the end and on SIGTERM/Ctrl-C
+    deterministic: bool = False  # deterministic algorithms only (slower on CUDA); off: cuDNN autotuning
 
     def validate(self, path: str) -> None:
         _check(self.epochs >= 1 or self.iterations >= 1, f"{path}: set epochs >= 1 or iterations >= 1")
@@ -99,6 +102,7 @@ class TrainConfig:
         _check(0 < self.gamma <= 1, f"{path}.gamma must be in (0, 1], got {self.gamma}")
         _check(self.num_workers >= 0, f"{path}.num_workers must be >= 0")
         _check(self.log_every >= 1, f"{path}.log_every must be >= 1, got {self.log_every}")
+        _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
 
 @dataclass

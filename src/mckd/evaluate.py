@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from mckd import distributed
 from mckd.build import Experiment, build_experiment, resolve_device
 from mckd.checkpoint import load_checkpoint, load_state_into
 from mckd.config import config_from_dict
@@ -57,6 +58,7 @@ def evaluate_subsets(
     sums = torch.zeros(len(subsets), len(task.metric_names), dtype=torch.float64, device=device)
     counts = torch.zeros(len(subsets), dtype=torch.float64, device=device)
     model.eval()
+    dataset = distributed.shard(dataset)  # under torchrun: this rank's samples; sums are added over ranks below
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in loader:
         batch = move_batch(batch, device)
@@ -71,6 +73,7 @@ def evaluate_subsets(
             values = task.sample_metrics(prediction, batch["target"])
             sums[k] += torch.stack([values[name].double().sum() for name in task.metric_names])
             counts[k] += batch["target"].shape[0]
+    sums, counts = distributed.all_reduce_sum(sums), distributed.all_reduce_sum(counts)
     means = (sums / counts.clamp(min=1).unsqueeze(1)).cpu().tolist()
     return [
         {"subset": subset_name(s), "size": len(s), **dict(zip(task.metric_names, row))}
@@ -102,10 +105,11 @@ def evaluate_run(run_dir: str | Path, device: str = "auto") -> list[dict[str, An
     from mckd.report import write_table
 
     run_dir = Path(run_dir)
-    device_obj = resolve_device(device)
+    device_obj = distributed.local_device(device)  # under torchrun: this rank's GPU
     experiment = load_run(run_dir, str(device_obj))
     split = experiment.config.eval.split
     dataset = experiment.bundle.test if split == "test" else experiment.bundle.val
     rows = evaluate_subsets(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
-    write_table(rows, run_dir / "eval" / "subsets", title=f"{run_dir.name}: {split} split, every subset")
+    if distributed.is_main():
+        write_table(rows, run_dir / "eval" / "subsets", title=f"{run_dir.name}: {split} split, every subset")
     return rows

@@ -6,6 +6,16 @@ optimiser step on ``l_task + alpha * l_ckd``, and every ``meta_every``
 iterations take a meta step on the importance weights with a batch of the
 meta-validation split. The run directory receives the resolved config,
 ``metrics.jsonl`` and a tensors-only checkpoint.
+
+The same loop runs in one process or in several started by ``torchrun``
+(:mod:`mckd.distributed`): the model is wrapped in DistributedDataParallel,
+each rank reads its share of both splits, the importance weights' gradient is
+averaged over ranks before every meta step, logged losses are averaged over
+ranks, and rank 0 alone writes files. ``train.precision`` turns on bf16
+autocast. The checkpoint holds every piece of state the loop has (model,
+optimisers, scheduler, weights, data order, every RNG), so ``train(...,
+resume=True)`` continues a stopped run exactly; SIGTERM or Ctrl-C stops the
+loop at the end of an iteration and saves one.
 """
 
 from __future__ import annotations
@@ -13,23 +23,51 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mckd.build import Experiment, build_experiment, resolve_device
-from mckd.checkpoint import atomic_write_text, save_checkpoint
+from mckd import distributed
+from mckd.build import Experiment, build_experiment
+from mckd.checkpoint import (
+    atomic_write_text,
+    flatten_state,
+    load_checkpoint,
+    load_state_into,
+    rng_state_tensors,
+    save_checkpoint,
+    set_rng_state_tensors,
+    unflatten_state,
+)
 from mckd.config import Config, TrainConfig, save_config
 from mckd.data.bundle import move_batch
 from mckd.data.missing import fixed_subset, random_subset, subset_mask
+from mckd.errors import CheckpointError, MckdError
 from mckd.method.distill import cross_modal_distillation_loss
 from mckd.method.meta import meta_step
 
+# An observer: called as observer(iteration, experiment) after every inner iteration (1-based).
+Observer = Callable[[int, Experiment], None]
+
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+CHECKPOINT_FORMAT = 2  # 1: model and weights only (the foundation's); 2: the whole training state
+
+
+class TrainingInterrupted(MckdError):
+    """SIGTERM or Ctrl-C stopped training; a checkpoint was saved at ``iteration``."""
+
+    def __init__(self, run_dir: Path, iteration: int, signal_name: str) -> None:
+        super().__init__(
+            f"{signal_name or 'a signal'} stopped training at iteration {iteration}; checkpoint saved in "
+            f"{str(run_dir)!r}: continue with `mckd train --resume {run_dir}`"
+        )
+        self.run_dir = run_dir
+        self.iteration = iteration
 
 
 def make_optimizer(params: Any, train: TrainConfig) -> torch.optim.Optimizer:
@@ -54,119 +92,338 @@ def lr_factor(iteration: int, total: int, per_epoch: int, train: TrainConfig) ->
     return 1.0
 
 
-def cycle(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    """Endless batches; each pass reshuffles."""
-    while True:
-        yield from loader
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device``; ``None`` is full float32.
+
+    ``auto`` is bf16 on a CUDA device that supports it and float32 elsewhere;
+    ``bf16`` is honoured on the CPU too (slow there, but it tests the path).
+    """
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
-def loader_for(dataset: Any, batch_size: int, shuffle: bool, seed: int, config: Config, device: torch.device) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=min(batch_size, len(dataset)),
-        shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > batch_size,
-        generator=generator,
-        num_workers=config.train.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.train.num_workers > 0,
-    )
+class BatchStream:
+    """Endless batches of one split for this rank, in an order a checkpoint can restore.
+
+    Epoch ``e`` visits this rank's share of a permutation seeded by
+    ``seed + e`` (:class:`mckd.distributed.ResumableDistributedSampler`); the
+    position is ``(epoch, batches taken this epoch)``. The DataLoader has its
+    own generator, so starting a pass never draws from the global torch RNG.
+
+    Args:
+        dataset: the split.
+        batch_size: samples per batch on this rank (the global batch is
+            ``batch_size x world_size``).
+        seed: seed of the data order.
+        context: this process's rank and device.
+        num_workers: DataLoader worker processes (pinned memory on CUDA).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int, context: distributed.Context, num_workers: int) -> None:
+        self.sampler = distributed.ResumableDistributedSampler(dataset, context.world_size, context.rank, seed)
+        per_rank = self.sampler.num_samples
+        self.batch_size = min(batch_size, per_rank)
+        drop_last = per_rank > batch_size
+        self.batches_per_epoch = per_rank // self.batch_size if drop_last else math.ceil(per_rank / self.batch_size)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=context.device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=distributed.ignore_stop_signals_in_worker if num_workers > 0 else None,
+        )
+        self.epoch = 0
+        self.step = 0
+        self._iterator: Iterator[Any] | None = None
+
+    def _start_pass(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.step * self.batch_size
+        self._iterator = iter(self.loader)
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._start_pass()
+        try:
+            batch = next(self._iterator)  # type: ignore[arg-type]
+        except StopIteration:
+            self.epoch, self.step = self.epoch + 1, 0
+            self._start_pass()
+            batch = next(self._iterator)  # type: ignore[arg-type]
+        self.step += 1
+        return batch
+
+    def state(self) -> torch.Tensor:
+        """``[epoch, batches taken this epoch]`` (int64)."""
+        return torch.tensor([self.epoch, self.step], dtype=torch.int64)
+
+    def load_state(self, state: torch.Tensor, saved_world_size: int, world_size: int) -> None:
+        """Continue from :meth:`state`; with another number of processes, from the same sample count."""
+        epoch, step = (int(v) for v in state.tolist())
+        if saved_world_size != world_size:
+            step = step * saved_world_size // world_size
+        self.epoch, self.step, self._iterator = epoch, step, None
 
 
-def train(config: Config, run_dir: str | Path) -> Experiment:
-    """Train one run into ``run_dir``; return the trained experiment."""
+@dataclass
+class TrainingState:
+    """Everything besides the model's code that a stopped run needs to continue exactly."""
+
+    model: torch.nn.Module  # the bare model (not the DDP wrapper)
+    weights: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    weight_optimizer: torch.optim.Optimizer
+    streams: dict[str, BatchStream]
+    generators: dict[str, torch.Generator]  # RNGs that are not global (the missing policy's)
+    log_sums: torch.Tensor  # running task and CKD losses since the last log record
+    log_count: int = 0
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, observers: Sequence[Observer] = ()) -> Experiment:
+    """Train one run into ``run_dir``; return the trained experiment.
+
+    With ``resume``, continue from ``run_dir``'s checkpoint (same config):
+    the result is the one an uninterrupted run would have reached. Under
+    ``torchrun`` every process calls this; rank 0 writes the files.
+    ``observers`` are called as ``observer(iteration, experiment)`` after every
+    iteration (the analyses use them).
+
+    Raises:
+        TrainingInterrupted: SIGTERM or Ctrl-C stopped the run; its checkpoint is saved.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    device = resolve_device(config.train.device)
+    settings, method = config.train, config.method
+    context = distributed.setup(settings.device)
+    device = context.device
+    if settings.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not settings.deterministic
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume and not checkpoint_path.is_file():
+        raise CheckpointError(f"cannot resume: {str(checkpoint_path)!r} does not exist")
     experiment = build_experiment(config)
     bundle, model, weights, task = experiment.bundle, experiment.model, experiment.weights, experiment.task
-    method, settings = config.method, config.train
-    atomic_write_text(
-        run_dir / "data.json",
-        json.dumps({"modalities": list(bundle.modalities), "num_classes": bundle.num_classes, **bundle.info}, indent=2),
-    )
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        atomic_write_text(
+            run_dir / "data.json",
+            json.dumps({"modalities": list(bundle.modalities), "num_classes": bundle.num_classes, **bundle.info}, indent=2),
+        )
     model.to(device)
     weights.to(device)
 
-    train_loader = loader_for(bundle.train, settings.batch_size, True, config.seed, config, device)
-    val_loader = loader_for(bundle.val, settings.batch_size, True, config.seed + 1, config, device)
-    per_epoch = len(train_loader)
+    streams = {
+        "train": BatchStream(bundle.train, settings.batch_size, config.seed, context, settings.num_workers),
+        "val": BatchStream(bundle.val, settings.batch_size, config.seed + 1, context, settings.num_workers),
+    }
+    per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch
 
     optimizer = make_optimizer(model.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, per_epoch, settings))
     weight_optimizer = torch.optim.Adam([weights.raw], lr=method.meta_lr, weight_decay=method.meta_weight_decay)
-    drop_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+    distributed.average_gradients_before_step(weight_optimizer)  # w stays identical on every rank
+    # Each rank drops modalities with its own stream (it sees other samples anyway).
+    drop_generator = torch.Generator(device=device).manual_seed(config.seed + 2 + 1000 * context.rank)
     keep = subset_mask(bundle.modalities, config.missing.subset).to(device) if config.missing.policy == "fixed" else None
+    state = TrainingState(model, weights, optimizer, scheduler, weight_optimizer, streams,
+                          {"missing": drop_generator}, torch.zeros(2, device=device))
 
-    metrics_file = (run_dir / METRICS).open("w")
-    record = lambda entry: metrics_file.write(json.dumps(entry) + "\n")  # noqa: E731
-    record({"iteration": 0, "kind": "weights", "weights": weights.as_dict()})
+    start_iteration = 0
+    if resume:
+        start_iteration = restore_training_state(checkpoint_path, state, context)
+    else:
+        distributed.broadcast_(weights.raw)  # rank 0's random start (equal anyway: same seed)
+    # An encoder whose modality no sample of this rank's batch has takes no part in the backward pass.
+    forward_model = distributed.wrap_model(model, context, find_unused_parameters=getattr(model, "encoders", None) is not None)
+    amp_dtype = autocast_dtype(settings.precision, device)
 
-    batches, val_batches = cycle(train_loader), cycle(val_loader)
+    def autocast() -> torch.autocast:
+        return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    metrics_file = open_metrics(run_dir / METRICS, start_iteration) if context.is_main else None
+
+    def record(entry: dict[str, Any]) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(entry) + "\n")
+
+    if not resume:
+        record({"iteration": 0, "kind": "weights", "weights": weights.as_dict()})
+
     weight_history: list[tuple[int, torch.Tensor]] = []  # (iteration, normalised weights [N]) per meta step
-    sums = torch.zeros(2, device=device)  # running task and CKD losses, read only at log time
-    count = 0
     start = time.perf_counter()
-    progress = tqdm(range(total), desc=f"train seed {config.seed}", disable=not settings.progress, dynamic_ncols=True)
-    model.train()
-    for iteration in progress:
-        batch = move_batch(next(batches), device)
-        present = batch["present"]
-        if config.missing.policy == "random_subset":
-            present = random_subset(present, drop_generator)
-        elif keep is not None:
-            present = fixed_subset(present, keep)
+    progress = tqdm(range(start_iteration, total), desc=f"train seed {config.seed}", initial=start_iteration,
+                    total=total, disable=not (settings.progress and context.is_main), dynamic_ncols=True)
 
-        output = model(batch["inputs"], present)
-        task_loss = task.loss(output.prediction, batch["target"])
-        loss = task_loss
-        ckd_loss = torch.zeros((), device=device)
-        if method.alpha > 0:
-            ckd_loss = cross_modal_distillation_loss(output.features, present, weights(), method.p, method.ckd_reduction)
-            loss = task_loss + method.alpha * ckd_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        sums += torch.stack([task_loss.detach(), ckd_loss.detach()])
-        count += 1
+    def flush_weight_history() -> None:
+        for step, values in weight_history:
+            record({"iteration": step, "kind": "weights", "weights": dict(zip(bundle.modalities, values.tolist()))})
+        weight_history.clear()
 
-        if method.meta and (iteration + 1) % method.meta_every == 0:
-            for _ in range(method.meta_batches):
-                val = move_batch(next(val_batches), device)
-                meta_step(model, weights, weight_optimizer, val["inputs"], val["target"], task.loss)
-            weight_history.append((iteration + 1, weights().detach()))  # stays on the device until logged
-
-        if (iteration + 1) % settings.log_every == 0 or iteration + 1 == total:
-            for step, values in weight_history:
-                record({"iteration": step, "kind": "weights", "weights": dict(zip(bundle.modalities, values.tolist()))})
-            weight_history.clear()
-            task_mean, ckd_mean = (sums / count).tolist()
-            entry = {
-                "iteration": iteration + 1,
-                "epoch": (iteration + 1) / per_epoch,
-                "kind": "train",
-                "task_loss": task_mean,
-                "ckd_loss": ckd_mean,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - start,
-            }
-            record(entry)
+    def save(iteration: int, complete: bool) -> None:
+        flush_weight_history()
+        if metrics_file is not None:
             metrics_file.flush()
-            progress.set_postfix(task=f"{task_mean:.4f}", ckd=f"{ckd_mean:.4f}")
-            sums.zero_()
-            count = 0
-    metrics_file.close()
-    save_run_checkpoint(run_dir / CHECKPOINT, experiment, total)
+        save_training_state(checkpoint_path, experiment, state, iteration, context, complete)
+
+    model.train()
+    with distributed.StopRequest() as stop:
+        for iteration in progress:
+            batch = move_batch(next(streams["train"]), device)
+            present = batch["present"]
+            if config.missing.policy == "random_subset":
+                present = random_subset(present, drop_generator)
+            elif keep is not None:
+                present = fixed_subset(present, keep)
+
+            with autocast():
+                output = forward_model(batch["inputs"], present)
+                task_loss = task.loss(output.prediction, batch["target"])
+                loss = task_loss
+                ckd_loss = torch.zeros((), device=device)
+                if method.alpha > 0:
+                    ckd_loss = cross_modal_distillation_loss(output.features, present, weights(), method.p,
+                                                             method.ckd_reduction)  # float32 inside
+                    loss = loss + method.alpha * ckd_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            state.log_sums += torch.stack([task_loss.detach().float(), ckd_loss.detach().float()])
+            state.log_count += 1
+
+            if method.meta and (iteration + 1) % method.meta_every == 0:
+                for _ in range(method.meta_batches):
+                    val = move_batch(next(streams["val"]), device)
+                    with autocast():  # the meta loss is float32 (task.loss); w and its gradient are float32
+                        meta_step(model, weights, weight_optimizer, val["inputs"], val["target"], task.loss)
+                weight_history.append((iteration + 1, weights().detach()))  # stays on the device until logged
+            for observer in observers:
+                observer(iteration + 1, experiment)
+
+            if (iteration + 1) % settings.log_every == 0 or iteration + 1 == total:
+                means = distributed.all_reduce_mean(state.log_sums / state.log_count)
+                flush_weight_history()
+                task_mean, ckd_mean = means.tolist()  # the one read of the device per log record
+                record({
+                    "iteration": iteration + 1,
+                    "epoch": (iteration + 1) / per_epoch,
+                    "kind": "train",
+                    "task_loss": task_mean,
+                    "ckd_loss": ckd_mean,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - start,
+                })
+                if metrics_file is not None:
+                    metrics_file.flush()
+                progress.set_postfix(task=f"{task_mean:.4f}", ckd=f"{ckd_mean:.4f}")
+                state.log_sums.zero_()
+                state.log_count = 0
+
+            if settings.checkpoint_every and (iteration + 1) % settings.checkpoint_every == 0 and iteration + 1 < total:
+                save(iteration + 1, complete=False)
+            if stop.should_stop() and iteration + 1 < total:
+                save(iteration + 1, complete=False)
+                if metrics_file is not None:
+                    metrics_file.close()
+                distributed.barrier()
+                raise TrainingInterrupted(run_dir, iteration + 1, stop.signal_name)
+    progress.close()
+    save(total, complete=True)
+    if metrics_file is not None:
+        metrics_file.close()
+    distributed.barrier()  # the checkpoint is on disk before any rank reads it
     return experiment
 
 
-def save_run_checkpoint(path: Path, experiment: Experiment, iteration: int) -> None:
-    """Model and importance weights as tensors, with the config as metadata."""
-    tensors = {f"model.{k}": v for k, v in experiment.model.state_dict().items()}
-    tensors["weights.raw"] = experiment.weights.raw.detach()
-    save_checkpoint(path, tensors, {"iteration": iteration, "config": experiment.config.to_dict(),
-                                    "modalities": list(experiment.bundle.modalities)})
+def open_metrics(path: Path, start_iteration: int) -> Any:
+    """``metrics.jsonl`` for writing; on resume, keep the records up to ``start_iteration`` and append."""
+    if start_iteration == 0 or not path.is_file():
+        return path.open("w")
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= start_iteration]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return path.open("a")
+
+
+def save_training_state(path: Path, experiment: Experiment, state: TrainingState, iteration: int,
+                        context: distributed.Context, complete: bool) -> None:
+    """Write the whole training state at ``iteration`` (every rank calls this; rank 0 writes).
+
+    Tensors: ``model.*``, ``weights.raw`` (what evaluation reads), the
+    optimisers' tensors (``optimizer.*``, ``meta_optimizer.*``), the data
+    positions (``data.train``, ``data.val``), the running log sums, and
+    every rank's RNG states (``rng.<rank>.<name>``). Metadata (JSON): the
+    iteration, the config, the number of processes, and the non-tensor
+    parts of the optimiser and scheduler state dicts.
+    """
+    rng = rng_state_tensors(context.device, state.generators)
+    gathered = {name: distributed.gather_tensors(tensor) for name, tensor in rng.items()}  # every rank takes part
+    if not context.is_main:
+        return
+    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
+    tensors["weights.raw"] = state.weights.raw.detach()
+    metadata: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": iteration,
+        "complete": complete,
+        "world_size": context.world_size,
+        "config": experiment.config.to_dict(),
+        "modalities": list(experiment.bundle.modalities),
+        "log_count": state.log_count,
+    }
+    for name, part in (("optimizer", state.optimizer), ("meta_optimizer", state.weight_optimizer),
+                       ("scheduler", state.scheduler)):
+        part_tensors, metadata[name] = flatten_state(part.state_dict(), name)
+        tensors.update(part_tensors)
+    for name, stream in state.streams.items():
+        tensors[f"data.{name}"] = stream.state()
+    tensors["log.sums"] = state.log_sums
+    for name, per_rank in gathered.items():
+        for rank, tensor in enumerate(per_rank):
+            tensors[f"rng.{rank}.{name}"] = tensor
+    save_checkpoint(path, tensors, metadata)
+
+
+def restore_training_state(path: Path, state: TrainingState, context: distributed.Context) -> int:
+    """Load what :func:`save_training_state` wrote into ``state``; return the iteration to continue from.
+
+    With the number of processes it was saved with, the continuation is exact.
+    With another number, the model, optimisers and weights are exact, the data
+    position is carried over by samples seen, and the RNGs are reseeded.
+    """
+    tensors, metadata = load_checkpoint(path)
+    if metadata.get("format", 1) < CHECKPOINT_FORMAT or "optimizer" not in metadata:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no training state (written by an older mckd); "
+                              "it can be evaluated but not resumed")
+    load_state_into(state.model, tensors, "model.", str(path))
+    load_state_into(state.weights, tensors, "weights.", str(path))
+    state.optimizer.load_state_dict(unflatten_state(metadata["optimizer"], tensors))
+    state.weight_optimizer.load_state_dict(unflatten_state(metadata["meta_optimizer"], tensors))
+    state.scheduler.load_state_dict(unflatten_state(metadata["scheduler"], tensors))
+    saved_world = int(metadata["world_size"])
+    for name, stream in state.streams.items():
+        stream.load_state(tensors[f"data.{name}"], saved_world, context.world_size)
+    state.log_sums.copy_(tensors["log.sums"])
+    state.log_count = int(metadata["log_count"])
+    iteration = int(metadata["iteration"])
+    if saved_world == context.world_size:
+        prefix = f"rng.{context.rank}."
+        rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        set_rng_state_tensors(rng, context.device, state.generators)
+    else:
+        if context.is_main:
+            print(f"mckd: resuming {saved_world}-process training with {context.world_size} processes: "
+                  "model and optimiser state are exact, data order and random streams are not")
+        from mckd.build import seed_everything
+
+        seed_everything(int(metadata["config"].get("seed", 0)) * 100_003 + iteration * 101 + context.rank)
+    return iteration
