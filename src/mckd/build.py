@@ -71,6 +71,10 @@ def build_experiment(config: Config) -> Experiment:
     bundle = build_data(config)
     entry = registry.lookup("model", config.model.name)
     model = entry.build(config.model.options, bundle, config)
+    if config.method.shared_specific:  # ShaSpec over the same encoders and decoder (mckd.variants)
+        from mckd.variants import shared_specific_model
+
+        model = shared_specific_model(model, bundle)
     generator = torch.Generator().manual_seed(config.seed)
     weights = ImportanceWeights(bundle.modalities, config.method.weight_norm, generator=generator)
     task = build_task(config.task, bundle.num_classes)

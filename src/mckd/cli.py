@@ -104,6 +104,16 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"written: {out}")
 
 
+def cmd_analyse(args: argparse.Namespace) -> None:
+    from mckd.analyses import analyse
+    from mckd.report import markdown_table
+
+    out = Path(args.out) if args.out else Path("runs") / f"analyse_{args.kind}_{Path(args.config).stem}"
+    rows = analyse(args.kind, args.config, out, args.seeds, args.overrides, args.values)
+    print(markdown_table(rows))
+    print(f"written: {out / args.kind}.md, {out / args.kind}.csv, {out / args.kind}.png")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from mckd import registry
     from mckd.experiment import METHODS
@@ -165,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
     _add_set(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = commands.add_parser("analyse", help="the paper's analyses: alpha sweep, weight normalisation, feature quality",
+                            description="alpha: method.alpha swept with L1 and L2 distillation (Fig. 3a); norm: "
+                                        "softmax, sigmoid and ReLU importance weights (Table 3); features: L1 "
+                                        "distance and cosine similarity between the Eq. 2 feature and the real "
+                                        "feature of a removed modality over training, MCKD vs no distillation "
+                                        "(Fig. 5). Each writes OUT/KIND.{md,csv,png}.")
+    p.add_argument("kind", choices=["alpha", "norm", "features"])
+    p.add_argument("config")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--values", nargs="+", help="what to sweep: alphas (default 0 0.01 0.1 0.3 1), "
+                                               "normalisations, or methods for features (default mckd baseline)")
+    p.add_argument("--out", help="output folder (default: runs/analyse_<kind>_<config>)")
+    _add_set(p)
+    p.set_defaults(func=cmd_analyse)
 
     if PREPARE_MODULES:
         import importlib

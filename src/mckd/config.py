@@ -34,12 +34,19 @@ class MethodConfig:
     ckd_reduction: Literal["mean", "norm"] = "mean"  # mean |f_i-f_j|^p per element (authors' code) or ||f_i-f_j||_p (paper text)
     weight_norm: Literal["softmax", "sigmoid", "relu"] = "softmax"  # normalisation of Eq. 6
     fill: Literal["mean", "zero"] = "mean"  # missing features: mean of present ones (Eq. 2) or zeros
-    fusion: Literal["concat"] = "concat"  # how modality features are combined before the decoder (Eq. 3)
+    fusion: Literal["concat", "hemis"] = "concat"  # concat (Eq. 3) or hemis: mean and variance over present modalities
     meta: bool = True  # take meta steps on the importance weights; false keeps them at their random start
     meta_every: int = 1  # inner iterations between meta steps
     meta_batches: int = 1  # validation batches (one Adam step each) per meta step
     meta_lr: float = 1e-2  # Adam learning rate of the importance weights
     meta_weight_decay: float = 1e-2  # Adam weight decay of the importance weights
+    meta_mode: Literal["first_order", "bilevel"] = "first_order"  # authors' step, or through a one-step look-ahead
+    lookahead_lr: float = 0.0  # bilevel: step size of the look-ahead; 0 uses the model optimiser's current lr
+    distill: Literal["weighted", "teacher"] = "weighted"  # MCKD's w_i/w_j pairs, or LCKD: elected teacher -> others
+    teacher_every: int = 100  # teacher: iterations between elections of the best single modality on validation
+    shared_specific: bool = False  # ShaSpec: shared + specific encoders, residual fusion, alignment and domain losses
+    align_weight: float = 0.1  # ShaSpec: weight of the L1 alignment of shared features across modalities
+    domain_weight: float = 0.1  # ShaSpec: weight of the domain (which modality) classifier on specific features
 
     def validate(self, path: str) -> None:
         _check(self.alpha >= 0, f"{path}.alpha must be >= 0, got {self.alpha}")
@@ -48,6 +55,9 @@ class MethodConfig:
         _check(self.meta_batches >= 1, f"{path}.meta_batches must be >= 1, got {self.meta_batches}")
         _check(self.meta_lr > 0, f"{path}.meta_lr must be > 0, got {self.meta_lr}")
         _check(self.meta_weight_decay >= 0, f"{path}.meta_weight_decay must be >= 0")
+        _check(self.lookahead_lr >= 0, f"{path}.lookahead_lr must be >= 0, got {self.lookahead_lr}")
+        _check(self.teacher_every >= 1, f"{path}.teacher_every must be >= 1, got {self.teacher_every}")
+        _check(min(self.align_weight, self.domain_weight) >= 0, f"{path}.align_weight and domain_weight must be >= 0")
 
 
 @dataclass

@@ -23,8 +23,10 @@ from mckd.report import (
     aggregate_seeds,
     compare_tables,
     markdown_table,
+    method_comparison,
     plot_subset_comparison,
     plot_weights,
+    read_table,
     read_weight_history,
     write_table,
 )
@@ -34,6 +36,19 @@ from mckd.train import METRICS, train
 METHODS: dict[str, tuple[list[str], str]] = {
     "mckd": ([], "MCKD: cross-modal distillation weighted by meta-learned importance (the config as written)"),
     "baseline": (["method.alpha=0", "method.meta=false"], "the same network and data without distillation or meta step"),
+    # Peers, each over the same encoders, decoder, data and budget (see mckd.variants):
+    "mckd_bilevel": (["method.meta_mode=bilevel"],
+                     "MCKD with the bi-level meta-gradient of Eq. 4 through a one-step look-ahead (method/bilevel.py)"),
+    "zero_fill": (["method.fill=zero", "method.alpha=0", "method.meta=false"],
+                  "missing features are zeros, no distillation: how mmFormer and RFNet drop absent modalities"),
+    "hemis": (["method.fusion=hemis", "method.alpha=0", "method.meta=false"],
+              "HeMIS (Havaei et al., 2016): mean and variance over the present modalities replace concatenation"),
+    "lckd": (["method.distill=teacher", "method.meta=false"],
+             "LCKD (Wang et al., 2023): every method.teacher_every iterations the best single modality on "
+             "validation becomes the teacher; unweighted L1 distillation teacher -> others"),
+    "shaspec": (["method.shared_specific=true", "method.alpha=0", "method.meta=false"],
+                "ShaSpec (Wang et al., 2023): shared + specific encoders, residual fusion, L1 alignment of "
+                "shared features, domain classifier on specific features"),
 }
 
 
@@ -106,10 +121,48 @@ def benchmark(
         summaries[other] = summary
     weights = final_weights([out / reference / f"seed_{s}" for s in seeds])
     summary_text = write_summary(out, config_path, methods, seeds, tables, summaries, weights, metric)
+    if len(methods) > 1:
+        summary_text += write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
     atomic_write_text(out / "summary.md", summary_text)
     atomic_write_text(out / "summary.json", json.dumps({"metric": metric, "comparisons": summaries,
                                                         "final_weights": weights}, indent=2))
     return summaries
+
+
+def write_methods_table(
+    out: Path,
+    config_path: str | Path,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    tables: dict[str, list[Row]],
+    metric: str,
+    overrides: Sequence[str] = (),
+) -> str:
+    """Write ``out/methods.{md,csv}``: every method against the first; return the summary's Markdown."""
+    seed_means = {
+        name: [float(np.mean([r[metric] for r in read_table(out / name / f"seed_{s}" / "eval" / "subsets.csv")]))
+               for s in seeds]
+        for name in methods
+    }
+    summary, per_subset, strongest = method_comparison(tables, metric, methods[0], seed_means)
+    command = " ".join(["mckd benchmark", str(config_path), "--methods", *methods,
+                        "--seeds", *map(str, seeds), *(f"--set {o}" for o in overrides)])
+    text = "\n".join([
+        f"## Methods compared ({metric}, test split, mean over seeds {list(seeds)})",
+        "",
+        f"Strongest modality (best alone under `{methods[0]}`): {strongest}. p: one-tailed paired t-test "
+        f"across subsets that `{methods[0]}` is better.",
+        "",
+        markdown_table(summary),
+        "",
+        "Methods: " + "; ".join(f"`{name}`: {METHODS[name][1]}" for name in methods if name in METHODS) + ".",
+        "",
+        f"Command: `{command}`; per subset: `methods.md`, `methods.csv`.",
+        "",
+    ])
+    write_table(per_subset, out / "methods", title=f"{metric} per subset, mean over seeds {list(seeds)}",
+                notes=text)
+    return text
 
 
 def _primary_metric(task: str) -> str:

@@ -210,3 +210,63 @@ def _save_figure(fig: Any, out: str | Path) -> None:
     out = Path(out)
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=130, format=out.suffix.lstrip(".") or "png"))
     plt.close(fig)
+
+
+def method_comparison(
+    tables: dict[str, Sequence[Row]],
+    metric: str,
+    reference: str,
+    seed_means: dict[str, Sequence[float]] | None = None,
+) -> tuple[list[Row], list[Row], str]:
+    """Several methods on one dataset: one summary row per method, and one row per subset.
+
+    The *strongest* modality is the one the reference method scores best with
+    alone. Each method is compared with the reference by a one-tailed paired
+    t-test across subsets (reference > method), over all subsets and over the
+    subsets without the strongest modality.
+
+    Args:
+        tables: method -> per-subset rows (mean over seeds, as :func:`aggregate_seeds`).
+        metric: the column compared.
+        reference: the method the others are tested against (MCKD).
+        seed_means: optional method -> the mean over all subsets of each seed, for a spread.
+
+    Returns:
+        (summary rows, per-subset rows with one column per method and two mean rows, strongest modality).
+    """
+    singles = [r for r in tables[reference] if int(r["size"]) == 1]
+    strongest = str(max(singles, key=lambda r: float(r[metric]))["subset"])
+    without = {str(r["subset"]) for r in tables[reference] if strongest not in str(r["subset"]).split("+")}
+    summary: list[Row] = []
+    for name, rows in tables.items():
+        entry: Row = {"method": name, "all subsets": float(np.mean([r[metric] for r in rows]))}
+        if seed_means and len(seed_means.get(name, [])) > 1:
+            entry["all, std over seeds"] = float(np.std(seed_means[name], ddof=1))
+        entry[f"without {strongest}"] = float(np.mean([r[metric] for r in rows if r["subset"] in without]))
+        if name != reference:
+            _, test_all = compare_tables(tables[reference], rows, metric, reference, name)
+            _, test_without = compare_tables([r for r in tables[reference] if r["subset"] in without],
+                                             [r for r in rows if r["subset"] in without], metric, reference, name)
+            entry.update({
+                f"{reference} - method": test_all["difference"],
+                "p (all)": test_all["p_one_tailed"],
+                f"p (without {strongest})": test_without["p_one_tailed"],
+                f"{reference} better / worse": f"{test_all['wins']} / {test_all['losses']}",
+            })
+        summary.append(entry)
+    columns = list(dict.fromkeys(key for entry in summary for key in entry))
+    summary = [{key: entry.get(key, "") for key in columns} for entry in summary]  # the reference has no test
+    per_subset: list[Row] = []
+    for i, row in enumerate(tables[reference]):
+        entry = {"subset": row["subset"], "size": int(row["size"])}
+        for name, rows in tables.items():
+            by_subset = {r["subset"]: r for r in rows}
+            entry[name] = float(by_subset[row["subset"]][metric])
+        per_subset.append(entry)
+    for label, keep in (("mean (all)", None), (f"mean (without {strongest})", without)):
+        entry = {"subset": label, "size": ""}
+        for name in tables:
+            entry[name] = float(np.mean([r[name] for r in per_subset[: len(tables[reference])]
+                                         if keep is None or r["subset"] in keep]))
+        per_subset.append(entry)
+    return summary, per_subset, strongest

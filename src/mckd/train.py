@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -47,11 +47,7 @@ from mckd.config import Config, TrainConfig, save_config
 from mckd.data.bundle import move_batch
 from mckd.data.missing import fixed_subset, random_subset, subset_mask
 from mckd.errors import CheckpointError, MckdError
-from mckd.method.distill import cross_modal_distillation_loss
-from mckd.method.meta import meta_step
-
-# An observer: called as observer(iteration, experiment) after every inner iteration (1-based).
-Observer = Callable[[int, Experiment], None]
+from mckd.variants import MethodVariants, Observer
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -257,6 +253,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
 
     if not resume:
         record({"iteration": 0, "kind": "weights", "weights": weights.as_dict()})
+    variants = MethodVariants(experiment, device, record, observers)  # LCKD, ShaSpec, bi-level meta step
 
     weight_history: list[tuple[int, torch.Tensor]] = []  # (iteration, normalised weights [N]) per meta step
     start = time.perf_counter()
@@ -287,11 +284,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
             with autocast():
                 output = forward_model(batch["inputs"], present)
                 task_loss = task.loss(output.prediction, batch["target"])
-                loss = task_loss
+                loss = task_loss + variants.auxiliary_loss(output, present)  # ShaSpec's terms; 0 otherwise
                 ckd_loss = torch.zeros((), device=device)
                 if method.alpha > 0:
-                    ckd_loss = cross_modal_distillation_loss(output.features, present, weights(), method.p,
-                                                             method.ckd_reduction)  # float32 inside
+                    ckd_loss = variants.distillation_loss(output, present, weights())  # float32 inside
                     loss = loss + method.alpha * ckd_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -304,10 +300,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
                 for _ in range(method.meta_batches):
                     val = move_batch(next(streams["val"]), device)
                     with autocast():  # the meta loss is float32 (task.loss); w and its gradient are float32
-                        meta_step(model, weights, weight_optimizer, val["inputs"], val["target"], task.loss)
+                        variants.meta_step(weight_optimizer, val, batch, present, optimizer.param_groups[0]["lr"])
                 weight_history.append((iteration + 1, weights().detach()))  # stays on the device until logged
-            for observer in observers:
-                observer(iteration + 1, experiment)
+            variants.after_iteration(iteration + 1)
 
             if (iteration + 1) % settings.log_every == 0 or iteration + 1 == total:
                 means = distributed.all_reduce_mean(state.log_sums / state.log_count)

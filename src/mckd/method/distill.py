@@ -56,6 +56,7 @@ def cross_modal_distillation_loss(
     weights: torch.Tensor,
     p: int = 1,
     reduction: str = "mean",
+    detach_weights: bool = True,
 ) -> torch.Tensor:
     """The weighted CKD term of Eq. 4 (without alpha).
 
@@ -67,17 +68,21 @@ def cross_modal_distillation_loss(
         present: bool ``[B, N]``.
         weights: ``[N]`` normalised importance weights (detached here).
         p, reduction: see :func:`pairwise_feature_distance`.
+        detach_weights: ``False`` keeps the ratio ``w_i / w_j`` in the graph;
+            only the bi-level meta step's look-ahead (:mod:`mckd.method.bilevel`) does.
 
     Returns:
         A scalar; zero when no sample has two modalities present. Computed in
-        float32 even under autocast, so low-precision features cannot overflow.
+        float32 (float64 stays float64) even under autocast, so low-precision
+        features cannot overflow.
     """
     batch, n = present.shape
     if weights.shape != (n,):
         raise ValueError(f"weights must have shape [{n}], got {tuple(weights.shape)}")
     with torch.autocast(device_type=features.device.type, enabled=False):
-        distance = pairwise_feature_distance(features.float(), p=p, reduction=reduction)  # (B, N, N)
-        w = weights.detach().float()
+        dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 kept (gradient checks)
+        distance = pairwise_feature_distance(features.to(dtype), p=p, reduction=reduction)  # (B, N, N)
+        w = (weights.detach() if detach_weights else weights).to(dtype)
         ratio = w.unsqueeze(1) / w.unsqueeze(0)  # (N, N): [i, j] = w_i / w_j
         pair = present.unsqueeze(2) & present.unsqueeze(1)  # (B, N, N): both present
         pair = pair & ~torch.eye(n, dtype=torch.bool, device=present.device)  # i != j

@@ -14,7 +14,7 @@ bottleneck, or the layer before the fully connected head).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -33,9 +33,38 @@ def concat_fusion(filled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return filled.flatten(start_dim=1, end_dim=2)
 
 
+def hemis_fusion(filled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """HeMIS-style fusion (Havaei et al., 2016): mean and variance over the *present* modalities.
+
+    ``[B, N, C, *S]`` -> ``[B, 2*C, *S]``: the first C channels are the mean of
+    the present modalities' features, the last C their variance (population
+    variance, zero when one modality is present). Filled entries of missing
+    modalities are ignored, so the result does not depend on the fill.
+    """
+    mask = present.reshape(present.shape + (1,) * (filled.dim() - 2)).to(filled.dtype)  # (B, N, 1, ...)
+    count = mask.sum(dim=1).clamp(min=1)  # (B, 1, ...)
+    mean = (filled * mask).sum(dim=1) / count  # (B, C, *S)
+    variance = ((filled - mean.unsqueeze(1)).pow(2) * mask).sum(dim=1) / count  # (B, C, *S)
+    return torch.cat([mean, variance], dim=1)  # (B, 2C, *S)
+
+
 FUSIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "concat": concat_fusion,
+    "hemis": hemis_fusion,
 }
+
+# Channels of the fused tensor for N modalities of C channels each, per fusion.
+_FUSED_CHANNELS: dict[str, Callable[[int, int], int]] = {
+    "concat": lambda n, c: n * c,
+    "hemis": lambda n, c: 2 * c,
+}
+
+
+def fused_channels(fusion: str, num_modalities: int, channels: int) -> int:
+    """Channels the decoder receives from ``fusion`` (networks size their decoder input with this)."""
+    if fusion not in _FUSED_CHANNELS:
+        raise ValueError(f"fusion must be one of {sorted(_FUSED_CHANNELS)}, got {fusion!r}")
+    return _FUSED_CHANNELS[fusion](num_modalities, channels)
 
 
 @dataclass
@@ -47,11 +76,14 @@ class ModelOutput:
         features: ``[B, N, *F]`` features at the distillation level, before
             filling (entries of missing modalities are zero).
         levels: every encoder level, each ``[B, N, *F_l]``, before filling.
+        extras: what a variant model adds (ShaSpec: shared and specific
+            features, domain logits), by name; empty for the MCKD model.
     """
 
     prediction: torch.Tensor
     features: torch.Tensor
     levels: list[torch.Tensor]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MultiModalModel(nn.Module):
@@ -65,7 +97,8 @@ class MultiModalModel(nn.Module):
         decoder: maps the fused features (a tensor, or a list when the encoder
             returns levels) to the prediction.
         fill: ``"mean"`` (Eq. 2) or ``"zero"``.
-        fusion: ``"concat"`` (Eq. 3), or a key added to :data:`FUSIONS`.
+        fusion: ``"concat"`` (Eq. 3), ``"hemis"`` (mean and variance over the
+            present modalities), or a key added to :data:`FUSIONS`.
         distill_level: which encoder level the distillation uses (default -1, the last).
     """
 
@@ -169,7 +202,7 @@ class MultiModalModel(nn.Module):
                 importance weights here, giving ``D(concat_i w_i * f_i)``.
 
         Returns:
-            One fused tensor per level, ``[B, N*C_l, *S_l]`` for concatenation.
+            One fused tensor per level, ``[B, fused_channels(fusion, N, C_l), *S_l]``.
         """
         fill = FILLS[self.fill]
         fuse = FUSIONS[self.fusion]

@@ -9,7 +9,7 @@ from torch import nn
 from mckd.config import Config
 from mckd.data.bundle import DataBundle
 from mckd.errors import ConfigError
-from mckd.method.model import MultiModalModel
+from mckd.method.model import MultiModalModel, fused_channels
 from mckd.registry import register_model
 
 
@@ -43,7 +43,7 @@ class MultiviewMLPOptions:
 
 @register_model("multiview_mlp", MultiviewMLPOptions, "one MLP encoder per vector modality, MLP decoder")
 def build_multiview_mlp(options: MultiviewMLPOptions, bundle: DataBundle, config: Config) -> MultiModalModel:
-    """Encoders ``[B, D_n] -> [B, feature_dim]`` per modality; decoder ``[B, N*feature_dim] -> [B, classes]``."""
+    """Encoders ``[B, D_n] -> [B, feature_dim]`` per modality; decoder ``[B, fused] -> [B, classes]``."""
     encoders = {}
     for name in bundle.modalities:
         shape = bundle.input_shapes[name]
@@ -51,5 +51,6 @@ def build_multiview_mlp(options: MultiviewMLPOptions, bundle: DataBundle, config
             raise ConfigError(f"model multiview_mlp takes vector modalities; {name!r} has shape {shape}")
         encoders[name] = mlp([shape[0], options.hidden, options.feature_dim], options.dropout, last_activation=True)
     n = len(bundle.modalities)
-    decoder = mlp([n * options.feature_dim, options.decoder_hidden, bundle.num_classes], options.dropout, False)
+    fused = fused_channels(config.method.fusion, n, options.feature_dim)  # N*F for concat, 2F for hemis
+    decoder = mlp([fused, options.decoder_hidden, bundle.num_classes], options.dropout, False)
     return MultiModalModel(bundle.modalities, encoders, decoder, fill=config.method.fill, fusion=config.method.fusion)
