@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -11,6 +12,7 @@ from torch.nn import functional as F
 from mckd.method import ImportanceWeights, MultiModalModel
 from mckd.method.bilevel import bilevel_meta_step, lookahead_meta_loss
 from mckd.method.meta import meta_loss
+from mckd.variants import optimizer_step_scale
 
 ALPHA, ETA = 0.5, 0.5
 
@@ -30,7 +32,7 @@ def tiny_problem():
     return model, weights, (train_inputs, train_present, train_target), (val_inputs, val_target)
 
 
-def reference_lookahead_loss(model, raw, train, val) -> float:
+def reference_lookahead_loss(model, raw, train, val, scale=None) -> float:
     """The same quantity computed another way: a copied model, a Python loop over pairs, an in-place SGD step."""
     (xs, present, y), (val_xs, val_y) = train, val
     w = torch.softmax(raw, dim=0)
@@ -45,33 +47,37 @@ def reference_lookahead_loss(model, raw, train, val) -> float:
                     distance = (out.features[b, i].detach() - out.features[b, j]).abs().mean()
                     ckd = ckd + w[i] / w[j] * distance
     inner = F.cross_entropy(out.prediction, y) + ALPHA * ckd / present.shape[0]
-    params = list(student.parameters())
+    names, params = zip(*student.named_parameters())
     grads = torch.autograd.grad(inner, params, allow_unused=True)
     with torch.no_grad():
-        for param, grad in zip(params, grads):
+        for name, param, grad in zip(names, params, grads):
             if grad is not None:
-                param -= ETA * grad
+                param -= ETA * (1.0 if scale is None else scale[name]) * grad
     all_present = torch.ones(val_y.shape[0], n, dtype=torch.bool)
     return float(F.cross_entropy(student(val_xs, all_present, feature_scale=w).prediction, val_y).detach())
 
 
-def bilevel_gradient(model, weights, train, val, eta=ETA, alpha=ALPHA) -> torch.Tensor:
-    loss = lookahead_meta_loss(model, weights(), *train, *val, F.cross_entropy, alpha, eta)
+def bilevel_gradient(model, weights, train, val, eta=ETA, alpha=ALPHA, scale=None) -> torch.Tensor:
+    loss = lookahead_meta_loss(model, weights(), *train, *val, F.cross_entropy, alpha, eta, step_scale=scale)
     return torch.autograd.grad(loss, [weights.raw])[0]
 
 
-def test_bilevel_gradient_matches_finite_differences_in_float64():
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_bilevel_gradient_matches_finite_differences_in_float64(preconditioned):
     model, weights, train, val = tiny_problem()
     model.eval()
-    analytic = bilevel_gradient(model, weights, train, val)
+    generator = torch.Generator().manual_seed(2)
+    scale = ({name: torch.rand(p.shape, generator=generator, dtype=torch.float64) * 2 for name, p in
+              model.named_parameters()} if preconditioned else None)
+    analytic = bilevel_gradient(model, weights, train, val, scale=scale)
     h = 1e-6
     numeric = torch.zeros_like(analytic)
     for k in range(len(numeric)):
         step = torch.zeros_like(weights.raw)
         step[k] = h
         raw = weights.raw.detach()
-        numeric[k] = (reference_lookahead_loss(model, raw + step, train, val)
-                      - reference_lookahead_loss(model, raw - step, train, val)) / (2 * h)
+        numeric[k] = (reference_lookahead_loss(model, raw + step, train, val, scale)
+                      - reference_lookahead_loss(model, raw - step, train, val, scale)) / (2 * h)
     assert torch.allclose(analytic, numeric, rtol=1e-6, atol=1e-9), (analytic, numeric)
 
 
@@ -100,3 +106,19 @@ def test_bilevel_step_changes_only_the_weights_and_restores_train_mode():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert not torch.equal(raw_before, weights.raw.detach())
+
+
+def test_optimizer_step_scale_is_adams_preconditioner_and_sgd_momentum_gain():
+    model, weights, train, val = tiny_problem()
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    assert optimizer_step_scale(adam, model) is None  # no step taken yet: the plain step
+    for _ in range(3):
+        adam.zero_grad()
+        F.cross_entropy(model(train[0], train[1]).prediction, train[2]).backward()
+        adam.step()
+    scale = optimizer_step_scale(adam, model)
+    name, param = next(iter(model.named_parameters()))
+    v_hat = adam.state[param]["exp_avg_sq"] / (1 - 0.99**3)
+    assert torch.allclose(scale[name], 1 / (v_hat.sqrt() + 1e-8))
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    assert all(value == pytest.approx(10.0) for value in optimizer_step_scale(sgd, model).values())

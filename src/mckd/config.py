@@ -42,6 +42,7 @@ class MethodConfig:
     meta_weight_decay: float = 1e-2  # Adam weight decay of the importance weights
     meta_mode: Literal["first_order", "bilevel"] = "first_order"  # authors' step, or through a one-step look-ahead
     lookahead_lr: float = 0.0  # bilevel: step size of the look-ahead; 0 uses the model optimiser's current lr
+    lookahead_step: Literal["sgd", "optimizer"] = "sgd"  # bilevel: theta - eta*grad, or preconditioned as the optimiser steps
     distill: Literal["weighted", "teacher"] = "weighted"  # MCKD's w_i/w_j pairs, or LCKD: elected teacher -> others
     teacher_every: int = 100  # teacher: iterations between elections of the best single modality on validation
     shared_specific: bool = False  # ShaSpec: shared + specific encoders, residual fusion, alignment and domain losses

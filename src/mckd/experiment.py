@@ -39,6 +39,9 @@ METHODS: dict[str, tuple[list[str], str]] = {
     # Peers, each over the same encoders, decoder, data and budget (see mckd.variants):
     "mckd_bilevel": (["method.meta_mode=bilevel"],
                      "MCKD with the bi-level meta-gradient of Eq. 4 through a one-step look-ahead (method/bilevel.py)"),
+    "mckd_bilevel_opt": (["method.meta_mode=bilevel", "method.lookahead_step=optimizer"],
+                         "bi-level MCKD whose look-ahead is preconditioned as the model's optimiser steps "
+                         "(Adam: 1/(sqrt(v)+eps))"),
     "zero_fill": (["method.fill=zero", "method.alpha=0", "method.meta=false"],
                   "missing features are zeros, no distillation: how mmFormer and RFNet drop absent modalities"),
     "hemis": (["method.fusion=hemis", "method.alpha=0", "method.meta=false"],

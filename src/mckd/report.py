@@ -212,6 +212,11 @@ def _save_figure(fig: Any, out: str | Path) -> None:
     plt.close(fig)
 
 
+def _p_value(p: float) -> str:
+    """A p-value for a table: two significant digits, so small ones do not print as 0.0000."""
+    return "nan" if math.isnan(p) else f"{p:.2g}"
+
+
 def method_comparison(
     tables: dict[str, Sequence[Row]],
     metric: str,
@@ -249,8 +254,8 @@ def method_comparison(
                                              [r for r in rows if r["subset"] in without], metric, reference, name)
             entry.update({
                 f"{reference} - method": test_all["difference"],
-                "p (all)": test_all["p_one_tailed"],
-                f"p (without {strongest})": test_without["p_one_tailed"],
+                "p (all)": _p_value(test_all["p_one_tailed"]),
+                f"p (without {strongest})": _p_value(test_without["p_one_tailed"]),
                 f"{reference} better / worse": f"{test_all['wins']} / {test_all['losses']}",
             })
         summary.append(entry)

@@ -253,7 +253,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
 
     if not resume:
         record({"iteration": 0, "kind": "weights", "weights": weights.as_dict()})
-    variants = MethodVariants(experiment, device, record, observers)  # LCKD, ShaSpec, bi-level meta step
+    variants = MethodVariants(experiment, device, record, observers, optimizer)  # LCKD, ShaSpec, bi-level
 
     weight_history: list[tuple[int, torch.Tensor]] = []  # (iteration, normalised weights [N]) per meta step
     start = time.perf_counter()

@@ -45,6 +45,8 @@ class MethodVariants:
         device: where the model lives.
         record: writes one entry to the run's ``metrics.jsonl`` (LCKD logs its teachers).
         observers: extra callables run after every iteration.
+        optimizer: the model's optimiser (its state preconditions the bi-level
+            look-ahead when ``method.lookahead_step`` is ``optimizer``).
     """
 
     def __init__(
@@ -53,8 +55,10 @@ class MethodVariants:
         device: torch.device,
         record: Callable[[dict[str, Any]], None] = lambda entry: None,
         observers: Sequence[Observer] = (),
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.experiment = experiment
+        self.optimizer = optimizer
         self.method = experiment.config.method
         self.device = device
         self.record = record
@@ -92,9 +96,10 @@ class MethodVariants:
         model, weights, loss = experiment.model, experiment.weights, experiment.task.loss
         if method.meta_mode == "bilevel":
             eta = method.lookahead_lr if method.lookahead_lr > 0 else model_lr
+            scale = optimizer_step_scale(self.optimizer, model) if method.lookahead_step == "optimizer" else None
             return bilevel_meta_step(
                 model, weights, weight_optimizer, train_batch["inputs"], train_present, train_batch["target"],
-                val["inputs"], val["target"], loss, method.alpha, eta, method.p, method.ckd_reduction,
+                val["inputs"], val["target"], loss, method.alpha, eta, method.p, method.ckd_reduction, scale,
             )
         return meta_step(model, weights, weight_optimizer, val["inputs"], val["target"], loss)
 
@@ -121,6 +126,36 @@ class MethodVariants:
         self.record({"iteration": iteration, "kind": "teacher", "teacher": modalities[self.teacher],
                      "scores": dict(zip(modalities, scores))})
         return self.teacher
+
+
+@torch.no_grad()
+def optimizer_step_scale(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> dict[str, Any] | None:
+    """Per-parameter factors that turn ``eta * grad`` into the step the model's optimiser takes, to first order.
+
+    - Adam / AdamW: ``1 / (sqrt(v_hat) + eps)`` from the optimiser's second
+      moments (the cumulative effect of a gradient change through the first
+      moment is one);
+    - SGD with momentum ``mu``: ``1 / (1 - mu)``, the total step a persistent
+      gradient change causes;
+    - plain SGD, or before the optimiser's first step: ``None`` (the plain step).
+    """
+    if optimizer is None:
+        return None
+    names = {id(param): name for name, param in model.named_parameters()}
+    scale: dict[str, Any] = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            name = names.get(id(param))
+            if name is None:
+                continue
+            if "exp_avg_sq" in state:
+                step = float(state["step"])
+                bias = 1 - group["betas"][1] ** step
+                scale[name] = 1.0 / ((state["exp_avg_sq"] / bias).sqrt() + group["eps"])
+            elif group.get("momentum", 0) > 0:
+                scale[name] = 1.0 / (1.0 - group["momentum"])
+    return scale or None
 
 
 def _reinitialised(module: nn.Module) -> nn.Module:

@@ -28,7 +28,7 @@ extra forward and a double backward through the training batch per step
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch.func import functional_call
@@ -53,6 +53,7 @@ def lookahead_meta_loss(
     lookahead_lr: float,
     p: int = 1,
     reduction: str = "mean",
+    step_scale: Mapping[str, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """``l_meta`` at the look-ahead parameters theta'(w), differentiable in ``weights``.
 
@@ -66,6 +67,11 @@ def lookahead_meta_loss(
         alpha: weight of the CKD term in the inner objective.
         lookahead_lr: eta, the step size of the look-ahead.
         p, reduction: the CKD distance (see :func:`mckd.method.distill.pairwise_feature_distance`).
+        step_scale: optional per-parameter factor (by parameter name; a tensor of
+            the parameter's shape or a number), ``theta' = theta - eta * scale * grad``:
+            a preconditioner that makes the look-ahead the step the model's
+            optimiser would take (see :func:`mckd.variants.optimizer_step_scale`).
+            It is treated as a constant. ``None``: the plain gradient step.
 
     Returns:
         A scalar whose gradient in ``weights`` is the bi-level meta-gradient.
@@ -83,7 +89,8 @@ def lookahead_meta_loss(
     lookahead = dict(params)
     for name, grad in zip(names, grads):
         if grad is not None:  # None: the parameter did not take part (a modality absent from the batch)
-            lookahead[name] = params[name] - lookahead_lr * grad  # theta'(w)
+            scale = 1.0 if step_scale is None else step_scale.get(name, 1.0)
+            lookahead[name] = params[name] - lookahead_lr * scale * grad  # theta'(w)
 
     batch = val_target.shape[0]
     val_present = torch.ones(batch, model.num_modalities, dtype=torch.bool, device=val_target.device)
@@ -105,6 +112,7 @@ def bilevel_meta_step(
     lookahead_lr: float,
     p: int = 1,
     reduction: str = "mean",
+    step_scale: Mapping[str, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """One optimiser step on ``weights.raw`` along the bi-level meta-gradient; returns the detached loss.
 
@@ -117,7 +125,7 @@ def bilevel_meta_step(
     try:
         loss = lookahead_meta_loss(
             model, weights(), train_inputs, train_present, train_target, val_inputs, val_target,
-            loss_fn, alpha, lookahead_lr, p, reduction,
+            loss_fn, alpha, lookahead_lr, p, reduction, step_scale,
         )
         (grad,) = torch.autograd.grad(loss, [weights.raw])
     finally:
