@@ -1,0 +1,98 @@
+"""Samples per second with 1 and 2 processes under torchrun on the CPU (gloo).
+
+The launcher starts ``torchrun --standalone --nproc-per-node=P`` on this same
+file for each P of ``--procs``; each rank trains the config for
+``--iterations`` iterations with :func:`mckd.train.train` (DDP, distributed
+samplers, meta steps with the weights' gradient averaged), one thread per
+process. Throughput counts the global batch (``batch_size x P``) between the
+first and the last log record, so start-up and warm-up are left out.
+
+    .venv/bin/python benchmarks/scaling.py                    # digits, 1 and 2 processes
+    .venv/bin/python benchmarks/scaling.py --procs 1 2 4 --set train.batch_size=32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(config_path: str, run_dir: str, iterations: int, overrides: list[str]) -> None:
+    """One rank: train, then rank 0 prints its throughput as one JSON line."""
+    from mckd import distributed
+    from mckd.config import apply_overrides, config_from_dict, load_raw
+    from mckd.train import train
+
+    log_every = max(1, iterations // 10)
+    config = config_from_dict(apply_overrides(load_raw(config_path), [
+        f"train.iterations={iterations}", f"train.log_every={log_every}", "train.progress=false",
+        "train.device=cpu", "train.checkpoint_every=0", *overrides,
+    ]))
+    train(config, run_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if distributed.is_main():
+        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if r["kind"] == "train"]
+        seconds = rows[-1]["seconds"] - rows[0]["seconds"]
+        samples = (rows[-1]["iteration"] - rows[0]["iteration"]) * config.train.batch_size * world
+        print("RESULT " + json.dumps({"procs": world, "samples_per_s": samples / seconds,
+                                      "ms_per_iteration": 1000 * seconds / (rows[-1]["iteration"] - rows[0]["iteration"]),
+                                      "batch_per_rank": config.train.batch_size}))
+    distributed.shutdown()
+
+
+def launch(procs: int, args: argparse.Namespace, run_dir: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+               __file__, "--worker", "--config", args.config, "--iterations", str(args.iterations),
+               "--out", str(run_dir)]
+    for item in args.overrides:
+        command += ["--set", item]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"torchrun with {procs} processes failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "multiview_digits.yaml"))
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2, help="runs per process count; the best is reported")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.config, args.out, args.iterations, args.overrides)
+        return 0
+    results: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for procs in args.procs:
+                result = launch(procs, args, Path(tmp) / f"p{procs}_{repeat}")
+                if procs not in results or result["samples_per_s"] > results[procs]["samples_per_s"]:
+                    results[procs] = result
+    print(f"config {args.config} {' '.join(args.overrides)}; {args.iterations} iterations; gloo on CPU, "
+          f"1 thread per process; {os.cpu_count()} CPUs; best of {args.repeats}")
+    print("| processes | batch per rank | ms per iteration | samples/s | speed-up |")
+    print("|---|---|---|---|---|")
+    base = results[args.procs[0]]["samples_per_s"]
+    for procs in args.procs:
+        r = results[procs]
+        print(f"| {procs} | {r['batch_per_rank']} | {r['ms_per_iteration']:.2f} | {r['samples_per_s']:.0f} | "
+              f"{r['samples_per_s'] / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
