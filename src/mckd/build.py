@@ -77,5 +77,5 @@ def build_experiment(config: Config) -> Experiment:
         model = shared_specific_model(model, bundle)
     generator = torch.Generator().manual_seed(config.seed)
     weights = ImportanceWeights(bundle.modalities, config.method.weight_norm, generator=generator)
-    task = build_task(config.task, bundle.num_classes)
+    task = build_task(config.task, bundle.num_classes, **bundle.info.get("task_options", {}))
     return Experiment(config=config, bundle=bundle, model=model, weights=weights, task=task)

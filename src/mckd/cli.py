@@ -114,6 +114,29 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     print(f"written: {out / args.kind}.md, {out / args.kind}.csv, {out / args.kind}.png")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from mckd.predict import predict_files
+
+    inputs = {}
+    for item in args.inputs:
+        if "=" not in item:
+            raise MckdError(f"inputs are MODALITY=FILE (e.g. flair=case_flair.nii.gz), got {item!r}")
+        name, path = item.split("=", 1)
+        if name in inputs:
+            raise MckdError(f"sequence {name!r} is given twice")
+        inputs[name] = path
+    out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
+                        convention=args.labels, force=args.force)
+    print(f"written: {out}")
+
+
+def cmd_plot_seg(args: argparse.Namespace) -> None:
+    from mckd.plot_seg import plot_case
+
+    out = plot_case(args.run_dir, args.case, args.subset.split("+"), args.out, args.slice, args.device)
+    print(f"written: {out}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from mckd import registry
     from mckd.experiment import METHODS
@@ -129,7 +152,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
 # ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser.
-PREPARE_MODULES: list[str] = []
+PREPARE_MODULES: list[str] = ["mckd.data.brats"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
         datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
         for module in PREPARE_MODULES:
             importlib.import_module(module).add_prepare_parser(datasets)
+
+    p = commands.add_parser("predict", help="segment NIfTI sequences with a trained BraTS run",
+                            description="Segment a case from any subset of the model's sequences; write a BraTS "
+                                        "label map as NIfTI on the first input's grid (its affine and header).")
+    p.add_argument("checkpoint", help="run directory or checkpoint.safetensors")
+    p.add_argument("inputs", nargs="+", metavar="MODALITY=FILE", help="e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz")
+    p.add_argument("--out", required=True, help="output .nii.gz")
+    p.add_argument("--mask", help="brain mask NIfTI (default: voxels that differ from the background)")
+    p.add_argument("--labels", default="brats2018", help="output labels: brats2018 (4 = ET, default), brats2023 (3 = ET)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("plot-seg", help="axial slice of each sequence with ground truth and prediction",
+                            description="Segment one cached case with a subset of sequences and draw every sequence "
+                                        "with the ground truth (top) and the prediction (bottom) overlaid.")
+    p.add_argument("run_dir")
+    p.add_argument("--case", required=True, help="case id in the run's cache")
+    p.add_argument("--subset", required=True, help="sequences present, joined by + (e.g. flair+t1ce)")
+    p.add_argument("--slice", type=int, help="axial slice on the cached grid (default: the one with most tumour)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_plot_seg)
 
     p = commands.add_parser("list", help="list the datasets, networks and methods a config can name")
     p.set_defaults(func=cmd_list)

@@ -112,4 +112,6 @@ def evaluate_run(run_dir: str | Path, device: str = "auto") -> list[dict[str, An
     rows = evaluate_subsets(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
     if distributed.is_main():
         write_table(rows, run_dir / "eval" / "subsets", title=f"{run_dir.name}: {split} split, every subset")
+        if hasattr(experiment.task, "write_report"):  # a task's own table (segmentation: the paper's Table 1)
+            experiment.task.write_report(rows, run_dir / "eval" / "table", experiment.model.modalities)
     return rows

@@ -19,6 +19,8 @@ from mckd.errors import ConfigError
 BUILTIN_MODULES: list[str] = [
     "mckd.data.multiview",
     "mckd.nets.mlp",
+    "mckd.data.brats",
+    "mckd.nets.unet3d",
 ]
 
 KINDS = ("data", "model")

@@ -1,0 +1,276 @@
+"""The BraTS cache: made once by ``mckd prepare brats``, read by training and evaluation.
+
+Layout of a cache folder::
+
+    OUT/dataset.json             modalities, cases, layout, label convention, format version
+    OUT/<case>/<modality>.npy    float16 [X, Y, Z], z-scored inside the brain, 0 outside;
+                                 only the sequences the case has
+    OUT/<case>/label.npy         uint8 [X, Y, Z], internal labels (0, 1 core, 2 oedema, 3 enhancing)
+    OUT/<case>/meta.json         crop box, original shape and affine, spacing, z-score statistics
+
+Arrays keep the NIfTI files' voxel order (no transposition) and are cropped to
+the brain's bounding box, so a prediction on the cached grid goes back into
+the original volume by :func:`uncrop`. Every ``.npy`` opens with
+``np.load(path, mmap_mode="r", allow_pickle=False)``.
+
+The cache is written into a temporary sibling folder and renamed into place
+when every case is done, so an interrupted prepare leaves no half cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mckd.data.brats_layout import Case, Layout, case_folders, read_case
+from mckd.errors import DataError
+
+FORMAT_VERSION = 1
+DATASET_FILE = "dataset.json"
+LABEL_FILE = "label.npy"
+META_FILE = "meta.json"
+
+
+def bounding_box(mask: np.ndarray) -> list[list[int]]:
+    """``[[start, stop], ...]`` per axis of the ``True`` voxels (stop exclusive)."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def crop(array: np.ndarray, box: Sequence[Sequence[int]]) -> np.ndarray:
+    return array[tuple(slice(a, b) for a, b in box)]
+
+
+def uncrop(cropped: np.ndarray, box: Sequence[Sequence[int]], shape: Sequence[int], fill: Any = 0) -> np.ndarray:
+    """Put an array on the cropped grid back into a volume of the original ``shape``."""
+    expected = tuple(b - a for a, b in box)
+    if tuple(cropped.shape) != expected:
+        raise DataError(f"uncrop: array has shape {tuple(cropped.shape)}, the crop box {list(box)} has {expected}")
+    out = np.full(tuple(shape), fill, dtype=cropped.dtype)
+    out[tuple(slice(a, b) for a, b in box)] = cropped
+    return out
+
+
+def zscore_in_brain(image: np.ndarray, brain: np.ndarray, name: str) -> tuple[np.ndarray, float, float]:
+    """``(image - mean) / std`` over the brain voxels, 0 outside; returns (float32 array, mean, std)."""
+    values = image[brain].astype(np.float64)
+    mean, std = float(values.mean()), float(values.std())
+    if std < 1e-8:
+        raise DataError(f"{name}: constant inside the brain (value {mean}); cannot z-score it")
+    out = ((image - mean) / std).astype(np.float32)
+    out[~brain] = 0.0
+    return out, mean, std
+
+
+def preprocess_case(case: Case) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, Any]]:
+    """Crop to the brain's box and z-score each sequence inside the brain.
+
+    Returns:
+        (images float16 per present modality, labels uint8 or None, meta).
+    """
+    box = bounding_box(case.brain)
+    brain = crop(case.brain, box)
+    images, stats = {}, {}
+    for modality, image in case.images.items():
+        normalised, mean, std = zscore_in_brain(crop(image, box), brain, f"case {case.case_id} {modality}")
+        if np.abs(normalised).max() > 60000:
+            raise DataError(f"case {case.case_id} {modality}: z-scores beyond float16 range; check the image")
+        images[modality] = normalised.astype(np.float16)
+        stats[modality] = {"mean": mean, "std": std}
+    labels = crop(case.labels, box).astype(np.uint8) if case.labels is not None else None
+    shape = list(case.brain.shape)
+    meta = {
+        "case": case.case_id,
+        "present": list(case.images),
+        "missing": list(case.missing),
+        "original_shape": shape,
+        "affine": case.affine.tolist(),
+        "spacing": list(case.zooms),
+        "crop_box": box,
+        "cropped_shape": [b - a for a, b in box],
+        "zscore": stats,
+        "files": case.files,
+        "warnings": case.warnings,
+    }
+    if labels is not None:
+        meta["label_voxels"] = {str(v): int(c) for v, c in zip(*np.unique(labels, return_counts=True))}
+    return images, labels, meta
+
+
+def _prepare_one(case_dir: str, layout: Layout, out_dir: str, allow_missing: bool) -> dict[str, Any]:
+    case = read_case(Path(case_dir), layout, allow_missing=allow_missing)
+    images, labels, meta = preprocess_case(case)
+    target = Path(out_dir) / case.case_id
+    target.mkdir(parents=True, exist_ok=False)
+    for modality, array in images.items():
+        np.save(target / f"{modality}.npy", array, allow_pickle=False)
+    if labels is not None:
+        np.save(target / LABEL_FILE, labels, allow_pickle=False)
+    (target / META_FILE).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def prepare_cache(
+    source: str | Path,
+    out: str | Path,
+    layout: Layout,
+    workers: int = 1,
+    force: bool = False,
+    allow_missing: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read every case of ``source`` with ``layout`` and write the cache at ``out``.
+
+    Args:
+        workers: processes reading cases in parallel (1: in this process).
+        force: replace an existing cache at ``out`` (only one mckd wrote).
+        allow_missing: absent or empty sequences are treated as missing
+            instead of being an error.
+
+    Returns:
+        The dataset record written to ``out/dataset.json``.
+    """
+    from tqdm import tqdm
+
+    source, out = Path(source), Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise DataError(f"{out} exists and is not empty; pass --force to replace it")
+        if not (out / DATASET_FILE).is_file():
+            raise DataError(f"{out} is not an mckd BraTS cache (no {DATASET_FILE}); refusing to replace it even with --force")
+    cases = case_folders(source, layout)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    metas: dict[str, dict[str, Any]] = {}
+    try:
+        bar = tqdm(total=len(cases), desc="prepare brats", unit="case", disable=not progress)
+        if workers <= 1:
+            for case in cases:
+                metas[case.name] = _prepare_one(str(case), layout, str(staging), allow_missing)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(_prepare_one, str(c), layout, str(staging), allow_missing): c for c in cases}
+                for future in as_completed(futures):
+                    metas[futures[future].name] = future.result()
+                    bar.update()
+        bar.close()
+        for meta in metas.values():
+            for warning in meta["warnings"]:
+                print(f"mckd: warning: {warning}")
+        record = {
+            "format": "mckd-brats-cache",
+            "version": FORMAT_VERSION,
+            "modalities": list(layout.sequences),
+            "cases": sorted(metas),
+            "has_labels": bool(layout.label),
+            "layout": layout.name,
+            "source_label_convention": layout.labels,
+            "labels": {"0": "background", "1": "necrotic / non-enhancing core", "2": "oedema", "3": "enhancing tumour"},
+            "source": str(source.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / DATASET_FILE).write_text(json.dumps(record, indent=2))
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def read_dataset_record(cache: str | Path) -> dict[str, Any]:
+    """``dataset.json`` of a cache, checked."""
+    path = Path(cache) / DATASET_FILE
+    if not path.is_file():
+        raise DataError(f"{cache} is not a BraTS cache (no {DATASET_FILE}); make one with `mckd prepare brats SRC OUT`")
+    record = json.loads(path.read_text())
+    if record.get("format") != "mckd-brats-cache" or record.get("version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format {record.get('format')!r} version {record.get('version')!r}; expected "
+                        f"mckd-brats-cache version {FORMAT_VERSION}: prepare the cache again")
+    return record
+
+
+class CachedCase:
+    """One cached case, memory-mapped: arrays are read only where indexed."""
+
+    def __init__(self, cache: str | Path, case_id: str, modalities: Sequence[str]) -> None:
+        self.folder = Path(cache) / case_id
+        meta_path = self.folder / META_FILE
+        if not meta_path.is_file():
+            raise DataError(f"cache case {self.folder} has no {META_FILE}; prepare the cache again")
+        self.meta = json.loads(meta_path.read_text())
+        self.case_id = case_id
+        self.modalities = tuple(modalities)
+        self.present = np.array([m in self.meta["present"] for m in self.modalities], dtype=bool)
+        self.shape = tuple(self.meta["cropped_shape"])
+        self._images: dict[str, np.ndarray] = {}
+        self._labels: np.ndarray | None = None
+
+    def image(self, modality: str) -> np.ndarray | None:
+        """float16 ``[X, Y, Z]`` memory map, or None when the case lacks the sequence."""
+        if modality not in self.meta["present"]:
+            return None
+        if modality not in self._images:
+            self._images[modality] = np.load(self.folder / f"{modality}.npy", mmap_mode="r", allow_pickle=False)
+        return self._images[modality]
+
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            path = self.folder / LABEL_FILE
+            if not path.is_file():
+                raise DataError(f"cache case {self.folder} has no labels; it was prepared from a layout without labels")
+            self._labels = np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._labels
+
+    def restore(self, cropped: np.ndarray, fill: Any = 0) -> np.ndarray:
+        """An array on this case's cached grid -> the original volume's grid."""
+        return uncrop(cropped, self.meta["crop_box"], self.meta["original_shape"], fill)
+
+
+def write_nifti_like(array: np.ndarray, reference_path: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write ``array`` (on the reference's grid) as NIfTI with the reference's affine and header, atomically.
+
+    The data type is the array's (uint8 for label maps); the header's scaling is reset.
+    """
+    import nibabel as nib
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise DataError(f"{out} exists; pass --force to overwrite it")
+    reference = nib.load(str(reference_path))
+    if tuple(array.shape) != tuple(reference.shape[:3]):
+        raise DataError(f"cannot write {out}: array shape {tuple(array.shape)} is not the reference's "
+                        f"{tuple(reference.shape[:3])} ({reference_path})")
+    header = reference.header.copy()
+    header.set_data_dtype(array.dtype)
+    image = nib.Nifti1Image(array, reference.affine, header)
+    image.header.set_slope_inter(1.0, 0.0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else out.suffix
+    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
+    os.close(handle)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

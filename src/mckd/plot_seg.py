@@ -1,0 +1,104 @@
+"""Figures a radiologist would look at: one axial slice of every sequence, ground truth and prediction overlaid.
+
+Top row: each sequence with the ground truth; bottom row: the same with the
+prediction of a chosen subset of sequences (missing ones are drawn dimmed
+and marked, the way the paper's Fig. 1 and Fig. 6 show them). Colours:
+oedema green, necrotic / non-enhancing core red, enhancing tumour yellow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mckd.errors import MckdError
+
+COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.9, 0.0)}  # core, oedema, enhancing
+NAMES = {1: "core (NCR/NET)", 2: "oedema", 3: "enhancing"}
+
+
+def _overlay(labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
+    for value, colour in COLOURS.items():
+        rgba[labels == value] = (*colour, alpha)
+    return rgba
+
+
+def tumour_slice(labels: np.ndarray) -> int:
+    """The axial (last-axis) slice with the most tumour voxels; the middle one when there is no tumour."""
+    counts = (labels > 0).sum(axis=(0, 1))
+    return int(counts.argmax()) if counts.any() else labels.shape[2] // 2
+
+
+def overlay_figure(
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    present: Sequence[bool],
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    out: str | Path,
+    title: str = "",
+) -> Path:
+    """Write the 2 x N figure for 2D axial slices (``[X, Y]`` each; shown with Y up-down as radiologists read)."""
+    from mckd.report import _pyplot, _save_figure
+
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
+    for col, (image, name, has) in enumerate(zip(images, names, present)):
+        for row, labels in enumerate((truth, prediction)):
+            ax = axes[row][col]
+            ax.imshow(image.T, cmap="gray", origin="lower", alpha=1.0 if has or row == 0 else 0.25)
+            ax.imshow(_overlay(labels).transpose(1, 0, 2), origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = name if row == 0 else (name if has else f"{name} (missing)")
+            ax.set_title(label, fontsize=9, color="black" if has or row == 0 else "grey")
+        axes[0][0].set_ylabel("ground truth")
+        axes[1][0].set_ylabel("prediction")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[v]) for v in COLOURS]
+    fig.legend(handles, [NAMES[v] for v in COLOURS], loc="lower center", ncol=3, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    _save_figure(fig, out)
+    return Path(out)
+
+
+@torch.no_grad()
+def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str | Path,
+              slice_index: int | None = None, device: str = "cpu") -> Path:
+    """Segment cached case ``case_id`` with a trained run using only ``subset``, and draw the figure."""
+    from mckd.data.brats import BratsCases
+    from mckd.data.brats_cache import read_dataset_record
+    from mckd.evaluate import load_run
+
+    experiment = load_run(run_dir, device)
+    options = experiment.config.data.options
+    modalities = experiment.model.modalities
+    unknown = [m for m in subset if m not in modalities]
+    if unknown or not subset:
+        raise MckdError(f"subset {list(subset)}: choose sequences among {list(modalities)}")
+    record = read_dataset_record(options.cache)
+    if case_id not in record["cases"]:
+        raise MckdError(f"case {case_id!r} is not in the cache {options.cache}; it has {record['cases'][:10]}...")
+    cases = BratsCases(options.cache, [case_id], modalities, options.downsample)
+    sample = cases.read(0)
+    torch_device = next(experiment.model.parameters()).device
+    inputs = [torch.from_numpy(x)[None, None].to(torch_device) for x in sample["inputs"]]
+    present = torch.tensor([[m in subset and bool(p) for m, p in zip(modalities, sample["present"])]], device=torch_device)
+    if not bool(present.any()):
+        raise MckdError(f"case {case_id} has none of {list(subset)}")
+    model = experiment.model.eval()
+    logits = experiment.task.infer(lambda xs, pr: model(xs, pr).prediction, inputs, present)
+    prediction = experiment.task.to_labels(logits)[0].cpu().numpy()
+    truth = sample["target"]
+    z = tumour_slice(truth) if slice_index is None else slice_index
+    if not 0 <= z < truth.shape[2]:
+        raise MckdError(f"slice {z} is outside 0..{truth.shape[2] - 1}")
+    images = [x[:, :, z] for x in sample["inputs"]]
+    title = f"{case_id}, slice {z}: prediction from {'+'.join(subset)}"
+    return overlay_figure(images, modalities, present[0].tolist(), truth[:, :, z], prediction[:, :, z], out, title)
