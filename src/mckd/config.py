@@ -228,6 +228,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
 
 
+def _one_line(error: Exception) -> str:
+    """A YAML error's several lines (problem, line, caret) joined into one for the CLI."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip() and part.strip() != "^")
+
+
 def unknown_key_error(key: str, known: list[str], path: str) -> ConfigError:
     """An error for an unknown ``key`` under ``path``, suggesting the closest known key."""
     close = difflib.get_close_matches(key, known, n=1)
@@ -289,7 +294,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             node[parts[-1]] = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({error})") from None
+            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({_one_line(error)})") from None
     return raw
 
 
@@ -304,9 +309,13 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not a text (UTF-8) YAML file: {error.reason} at byte {error.start}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_one_line(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
     return raw
@@ -319,4 +328,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from mckd.checkpoint import atomic_write_text  # a crash mid-write must not leave half a config.yaml
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
