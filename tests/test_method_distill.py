@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from mckd.method.distill import cross_modal_distillation_loss, pairwise_feature_distance
+from mckd.method.distill import (
+    cross_modal_distillation_loss,
+    fused_pairwise_feature_distance,
+    pairwise_feature_distance,
+)
 
 
 def _distance(teacher: torch.Tensor, student: torch.Tensor, p: int, reduction: str) -> torch.Tensor:
@@ -152,3 +156,33 @@ def test_ckd_refuses_a_wrong_p_reduction_or_weight_shape():
         cross_modal_distillation_loss(features, present, torch.ones(2), reduction="sum")
     with pytest.raises(ValueError, match="weights"):
         cross_modal_distillation_loss(features, present, torch.ones(3))
+
+
+@pytest.mark.parametrize("p,reduction", list(HAND))
+def test_fused_and_broadcast_distances_agree_in_value_and_gradient(p, reduction):
+    generator = torch.Generator().manual_seed(4)
+    data = torch.randn(4, 5, 3, 2, generator=generator, dtype=torch.float64)
+    data[0, 1] = data[0, 0]  # a zero distance off the diagonal too
+    fused = data.clone().requires_grad_(True)
+    broadcast = data.clone().requires_grad_(True)
+    a = fused_pairwise_feature_distance(fused, p, reduction)
+    b = pairwise_feature_distance(broadcast, p, reduction)
+    torch.testing.assert_close(a, b)
+    upstream = torch.rand(4, 5, 5, generator=generator, dtype=torch.float64)
+    (a * upstream).sum().backward()
+    (b * upstream).sum().backward()
+    assert torch.isfinite(fused.grad).all()
+    torch.testing.assert_close(fused.grad, broadcast.grad)
+
+
+def test_ckd_loss_with_the_ratio_in_the_graph_can_be_differentiated_twice():
+    # The bi-level look-ahead differentiates the inner gradient again, with respect to w.
+    raw = torch.tensor([0.1, 0.5, -0.3], dtype=torch.float64, requires_grad=True)
+    features = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    present = torch.ones(2, 3, dtype=torch.bool)
+    loss = cross_modal_distillation_loss(features, present, torch.softmax(raw, 0), p=2, detach_weights=False)
+    (grad,) = torch.autograd.grad(loss, features, create_graph=True)
+    (second,) = torch.autograd.grad(grad.pow(2).sum(), raw)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0
+    detached = cross_modal_distillation_loss(features, present, torch.softmax(raw, 0), p=2)
+    torch.testing.assert_close(loss, detached)
