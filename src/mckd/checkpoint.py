@@ -53,6 +53,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    kind = _pickle_kind(path)
+    if kind:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is {kind}, not a safetensors file; mckd refuses to load it because "
+            "unpickling can run arbitrary code (mckd checkpoints are .safetensors written by mckd train)"
+        )
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open
@@ -68,7 +74,28 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         metadata = json.loads(raw_meta.get("mckd", "{}"))
     except json.JSONDecodeError:
         raise CheckpointError(f"checkpoint {str(path)!r} has corrupt metadata") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has corrupt metadata (a {type(metadata).__name__}, expected a mapping)")
     return tensors, metadata
+
+
+def _pickle_kind(path: Path) -> str:
+    """What a pickle-based file looks like from its first bytes ("" when it does not look like one).
+
+    Only the first bytes are read: a pickle stream starts with the PROTO opcode
+    0x80, a ``torch.save`` file is a zip archive (``PK\\x03\\x04``). A
+    safetensors file starts with its header's length (8 bytes, which may begin
+    with 0x80) and then the JSON header's ``{``, which rules it out.
+    """
+    with path.open("rb") as stream:
+        head = stream.read(9)
+    if head[8:9] == b"{":
+        return ""
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save's pickle format)"
+    return ""
 
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
