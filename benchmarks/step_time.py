@@ -103,7 +103,8 @@ def make_step(config: Any, device: torch.device, train_batches: list, val_batche
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "multiview_digits.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "multiview_digits.yaml"),
+                        help="experiment config (default: configs/multiview_digits.yaml)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the config's)")
     parser.add_argument("--iterations", type=int, default=400, help="timed iterations per variant (default: 400)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed iterations per variant first (default: 20)")

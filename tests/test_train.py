@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,14 @@ def test_learning_rate_schedules_follow_their_formulas():
     settings = TrainConfig(schedule="poly", poly_power=0.9)
     assert lr_factor(25, 100, 10, settings) == pytest.approx(math.pow(0.75, 0.9))
     assert lr_factor(7, 100, 10, TrainConfig(schedule="none")) == 1.0
+
+
+def test_the_step_time_benchmark_prints_mckd_over_baseline_as_a_ratio(digits_csv_dir, capsys):
+    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--iterations", "10", "--warmup", "2", "--block", "10", "--batch-size", "16",
+                        "--set", f"data.csv_dir={digits_csv_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"MCKD step / baseline step: \d+\.\d{3}x", out), out
+    assert "| baseline |" in out and "| mckd |" in out and "meta step:" in out
