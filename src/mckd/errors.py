@@ -21,5 +21,12 @@ class DataError(MckdError):
     """An input file or dataset is missing, malformed or inconsistent."""
 
 
+class MissingModalityError(DataError, ValueError):
+    """A sample has no modality present: nothing to encode, fill from or predict with.
+
+    Also a ``ValueError``, as the method's functions raise for other bad arguments.
+    """
+
+
 class CheckpointError(MckdError):
     """A checkpoint is missing, unsafe, or does not match the model."""

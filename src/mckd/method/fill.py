@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from mckd.errors import MissingModalityError
+
 
 def _expand_mask(present: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Reshape ``present`` [B, N] to broadcast against ``features`` [B, N, ...]."""
@@ -35,7 +37,11 @@ def fill_missing_features(features: torch.Tensor, present: torch.Tensor) -> torc
     mask = _expand_mask(present, features)  # (B, N, 1, ...)
     counts = mask.sum(dim=1, keepdim=True)  # (B, 1, 1, ...)
     if bool((counts == 0).any()):
-        raise ValueError("fill_missing_features: a sample has no modality present")
+        empty = (counts.flatten(start_dim=1)[:, 0] == 0).nonzero().flatten().tolist()
+        raise MissingModalityError(
+            f"fill_missing_features: sample(s) {empty[:5]} of the batch have no modality present; "
+            "each sample needs at least one modality to fill the missing ones from"
+        )
     kept = features * mask  # zeros where missing, so they drop out of the sum
     mean = kept.sum(dim=1, keepdim=True) / counts  # (B, 1, *F)
     return kept + (1 - mask) * mean

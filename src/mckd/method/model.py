@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from mckd.errors import MissingModalityError
 from mckd.method.fill import fill_missing_features, zero_missing_features
 
 FILLS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -144,6 +145,12 @@ class MultiModalModel(nn.Module):
             raise ValueError(f"expected {n} inputs ({', '.join(self.modalities)}), got {len(inputs)}")
         if present.dim() != 2 or present.shape[1] != n:
             raise ValueError(f"present must be bool [B, {n}], got shape {tuple(present.shape)}")
+        empty = ~present.to(torch.bool).any(dim=1)  # (B,)
+        if bool(empty.any()):  # with zero filling or HeMIS fusion such a sample would pass silently
+            raise MissingModalityError(
+                f"sample(s) {empty.nonzero().flatten().tolist()[:5]} of the batch have no modality present; "
+                f"every sample needs at least one of {list(self.modalities)}"
+            )
 
     def encode(self, inputs: Sequence[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
         """Encode the present modalities only.
@@ -174,7 +181,7 @@ class MultiModalModel(nn.Module):
             if rows.numel() > 0:
                 per_modality[n] = (rows, _as_levels(self.encoders[name](inputs[n][rows])))
         if not per_modality:
-            raise ValueError("encode: no modality is present in any sample")
+            raise MissingModalityError("encode: no modality is present in any sample")
         template = next(iter(per_modality.values()))[1]
         out = [t.new_zeros((batch, self.num_modalities) + tuple(t.shape[1:])) for t in template]
         for n, (rows, levels) in per_modality.items():
