@@ -135,3 +135,20 @@ def test_a_missing_config_file_or_section_is_named():
         load_config("no/such/config.yaml")
     with pytest.raises(ConfigError, match="missing config key 'model'"):
         config_from_dict({"data": {"name": "multiview_digits"}})
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("5e-5", 5e-5), ("2.5E+2", 250.0), (".5e1", 5.0)])
+def test_exponent_notation_without_a_dot_is_a_number_though_yaml_reads_it_as_a_string(text, value, tmp_path):
+    assert _load(f"train.lr={text}").train.lr == value
+    raw = load_raw(DIGITS)
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("meta_weight_decay: 0.01", f"meta_weight_decay: {text}"))
+    assert load_config(path).method.meta_weight_decay == value
+
+
+def test_strings_that_are_not_numbers_stay_errors_for_number_keys():
+    for text in ("e-3", "1e", "1e-3x", "one"):
+        with pytest.raises(ConfigError, match="train.lr must be a number"):
+            _load(f"train.lr={text}")
+    with pytest.raises(ConfigError, match="train.iterations must be an integer"):
+        _load("train.iterations=1e3")  # an integer key does not take exponent notation
