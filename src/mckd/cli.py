@@ -152,7 +152,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
 # ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser.
-PREPARE_MODULES: list[str] = ["mckd.data.brats"]
+PREPARE_MODULES: list[str] = ["mckd.data.brats", "mckd.data.avmnist"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,8 @@ BUILTIN_MODULES: list[str] = [
     "mckd.nets.mlp",
     "mckd.data.brats",
     "mckd.nets.unet3d",
+    "mckd.data.avmnist",
+    "mckd.nets.avmnist",
 ]
 
 KINDS = ("data", "model")

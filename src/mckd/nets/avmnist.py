@@ -1,0 +1,105 @@
+"""SMIL's Audiovision-MNIST networks (Ma et al., 2021), as MCKD used them.
+
+- image encoder, LeNet-5 style: ``[B, 1, 28, 28]`` -> conv 1->5 k5 (24x24) ->
+  max-pool 2 (12x12) -> ReLU -> conv 5->10 k5 (8x8) -> dropout 0.5 ->
+  max-pool 2 (4x4) -> ReLU -> flatten: 160;
+- audio encoder: ``[B, 1, 20, 20]`` MFCC -> conv 1->32 k2 (19x19) + BN + ReLU
+  -> conv 32->48 k2 (18x18) + BN + ReLU -> conv 48->20 k2 (17x17) + BN + ReLU
+  -> max-pool k2 s4 (4x4) -> dropout 0.25 -> flatten: 320;
+- projection: a linear layer + ReLU from each encoder's size to one shared
+  ``feature_dim``, so Eq. 2 (mean of present features) and Eq. 5 (CKD between
+  modalities) compare vectors of one shape. These projected features are the
+  CKD features: the layer before the fully connected head, as in the paper;
+- fusion head: concatenation -> FC 64 -> ReLU -> dropout -> FC 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mckd.config import Config
+from mckd.data.bundle import DataBundle
+from mckd.errors import ConfigError
+from mckd.method.model import MultiModalModel, fused_channels
+from mckd.registry import register_model
+
+IMAGE_FLAT = 160  # 10 channels x 4 x 4
+AUDIO_FLAT = 320  # 20 channels x 4 x 4
+
+
+def image_encoder(feature_dim: int, dropout: float = 0.5) -> nn.Sequential:
+    """``[B, 1, 28, 28] -> [B, feature_dim]``: SMIL's LeNet-5 style encoder, then the projection."""
+    return nn.Sequential(
+        nn.Conv2d(1, 5, kernel_size=5),  # (B, 5, 24, 24)
+        nn.MaxPool2d(2),  # (B, 5, 12, 12)
+        nn.ReLU(),
+        nn.Conv2d(5, 10, kernel_size=5),  # (B, 10, 8, 8)
+        nn.Dropout(dropout),
+        nn.MaxPool2d(2),  # (B, 10, 4, 4)
+        nn.ReLU(),
+        nn.Flatten(),  # (B, 160)
+        nn.Linear(IMAGE_FLAT, feature_dim),  # (B, F): the CKD features
+        nn.ReLU(),
+    )
+
+
+def audio_encoder(feature_dim: int, dropout: float = 0.25) -> nn.Sequential:
+    """``[B, 1, 20, 20] -> [B, feature_dim]``: SMIL's MFCC encoder, then the projection."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=2),  # (B, 32, 19, 19)
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 48, kernel_size=2),  # (B, 48, 18, 18)
+        nn.BatchNorm2d(48),
+        nn.ReLU(),
+        nn.Conv2d(48, 20, kernel_size=2),  # (B, 20, 17, 17)
+        nn.BatchNorm2d(20),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=2, stride=4),  # (B, 20, 4, 4)
+        nn.Dropout(dropout),
+        nn.Flatten(),  # (B, 320)
+        nn.Linear(AUDIO_FLAT, feature_dim),  # (B, F): the CKD features
+        nn.ReLU(),
+    )
+
+
+ENCODERS = {"image": image_encoder, "audio": audio_encoder}
+
+
+@dataclass
+class AVMNISTNetOptions:
+    """Options of the ``avmnist_smil`` network."""
+
+    feature_dim: int = 64  # the shared feature size both encoders project to (CKD features)
+    head_hidden: int = 64  # the fusion head's hidden FC layer (SMIL: 64)
+    head_dropout: float = 0.5  # dropout between the head's two FC layers
+    image_dropout: float = 0.5  # SMIL's dropout after the image encoder's second conv
+    audio_dropout: float = 0.25  # SMIL's dropout after the audio encoder's pooling
+
+    def validate(self, path: str) -> None:
+        if min(self.feature_dim, self.head_hidden) < 1:
+            raise ConfigError(f"{path}: feature_dim and head_hidden must be >= 1")
+        for name in ("head_dropout", "image_dropout", "audio_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@register_model("avmnist_smil", AVMNISTNetOptions, "SMIL's AV-MNIST image (LeNet-5) and MFCC encoders, FC fusion head")
+def build_avmnist_smil(options: AVMNISTNetOptions, bundle: DataBundle, config: Config) -> MultiModalModel:
+    """One encoder per modality (``image``, ``audio``, or one alone for LowerB); head ``[B, fused] -> [B, 10]``."""
+    encoders = {}
+    for name in bundle.modalities:
+        if name not in ENCODERS:
+            raise ConfigError(f"model avmnist_smil has encoders for {list(ENCODERS)}; the dataset has {name!r}")
+        dropout = options.image_dropout if name == "image" else options.audio_dropout
+        encoders[name] = ENCODERS[name](options.feature_dim, dropout)
+    fused = fused_channels(config.method.fusion, len(bundle.modalities), options.feature_dim)  # N*F for concat
+    head = nn.Sequential(
+        nn.Linear(fused, options.head_hidden),
+        nn.ReLU(),
+        nn.Dropout(options.head_dropout),
+        nn.Linear(options.head_hidden, bundle.num_classes),
+    )
+    return MultiModalModel(bundle.modalities, encoders, head, fill=config.method.fill, fusion=config.method.fusion)
