@@ -54,7 +54,12 @@ def read_view(csv_dir: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"multi-view digits: {path} has shape {table.shape}, expected {expected} (features + label)")
     if not np.isfinite(table).all():
         raise DataError(f"multi-view digits: {path} holds NaN or Inf values")
-    return table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64)
+    labels = table[:, -1]
+    odd = labels[(labels != np.round(labels)) | (labels < 0) | (labels > 9)]
+    if odd.size:  # a label cast to an integer without this check would train on a wrong or negative class
+        raise DataError(f"multi-view digits: {path} has labels {sorted(set(odd.tolist()))[:5]} in its last column; "
+                        "expected the digits 0-9")
+    return table[:, :-1].astype(np.float32), labels.astype(np.int64)
 
 
 @dataclass
