@@ -81,3 +81,10 @@ def test_evaluate_subsets_does_not_depend_on_the_batch_size():
     model, dataset, _ = _signal_and_noise_model()
     task, cpu = ClassificationTask(2), torch.device("cpu")
     assert evaluate_subsets(model, task, dataset, 7, cpu) == evaluate_subsets(model, task, dataset, 50, cpu)
+
+
+def test_evaluating_an_empty_split_is_an_error_not_a_score_of_zero():
+    model, dataset, _ = _signal_and_noise_model()
+    empty = MultiModalTensorDataset([t[:0] for t in dataset.inputs], dataset.target[:0])
+    with pytest.raises(DataError, match="no samples"):
+        evaluate_subsets(model, ClassificationTask(2), empty, 8, torch.device("cpu"))

@@ -118,6 +118,23 @@ def test_availability_rates_mask_only_the_training_split(digits_csv_dir):
     assert bool(bundle.val.present.all()) and bool(bundle.test.present.all())
 
 
+def test_a_dataset_with_an_empty_split_is_refused_before_training(monkeypatch):
+    from mckd import registry
+    from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+    from mckd.errors import DataError
+
+    def tiny(options, seed):
+        def part(size):
+            return MultiModalTensorDataset([torch.zeros(size, 3), torch.zeros(size, 2)], torch.zeros(size, dtype=torch.long))
+
+        return DataBundle(("a", "b"), part(8), part(0), part(4), 2, {"a": (3,), "b": (2,)})
+
+    entry = registry.lookup("data", "multiview_digits")
+    monkeypatch.setitem(registry._ENTRIES["data"], "multiview_digits", registry.Entry(entry.name, entry.options, tiny, ""))
+    with pytest.raises(DataError, match="the val split has no samples"):
+        build_data(load_config(DIGITS))
+
+
 def test_learning_rate_schedules_follow_their_formulas():
     settings = TrainConfig(schedule="cosine")
     assert [lr_factor(i, 100, 10, settings) for i in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)

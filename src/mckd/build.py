@@ -12,7 +12,7 @@ from mckd import registry
 from mckd.config import Config
 from mckd.data.bundle import DataBundle
 from mckd.data.missing import availability_mask, subset_mask
-from mckd.errors import ConfigError
+from mckd.errors import ConfigError, DataError
 from mckd.method.model import MultiModalModel
 from mckd.method.weights import ImportanceWeights
 from mckd.tasks import Task, build_task
@@ -53,6 +53,10 @@ def build_data(config: Config) -> DataBundle:
     """The dataset's splits, with the training split's availability (``missing.policy: rates``) applied."""
     entry = registry.lookup("data", config.data.name)
     bundle: DataBundle = entry.build(config.data.options, config.seed)
+    for name in ("train", "val", "test"):  # training reads train and val, evaluation test: none may be empty
+        if len(getattr(bundle, name)) == 0:
+            raise DataError(f"data {config.data.name!r}: the {name} split has no samples; check data.split "
+                            "(train / meta-validation / test all need some)")
     missing = config.missing
     if missing.policy == "fixed":
         subset_mask(bundle.modalities, missing.subset)  # check the names now

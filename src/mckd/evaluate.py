@@ -52,6 +52,8 @@ def evaluate_subsets(
         One row per subset: ``subset`` (names joined by ``+``), ``size``, and
         each metric's mean over the samples.
     """
+    if len(dataset) == 0:
+        raise DataError("evaluation: the split to evaluate has no samples")  # a mean over nothing is not 0
     modalities = model.modalities
     subsets = list(subsets) if subsets is not None else all_subsets(modalities)
     masks = torch.tensor([[m in s for m in modalities] for s in subsets], dtype=torch.bool, device=device)  # (K, N)
