@@ -76,8 +76,8 @@ class MultiviewDigitsOptions:
         if unknown or not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"{path}.views must be distinct names from {list(VIEWS)}, got {self.views}")
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
-            raise ConfigError(f"{path}.split must be three positive fractions (train, meta-validation, test) "
-                              f"summing to 1, got {self.split}")
+            raise ConfigError(f"{path}.split must be three non-negative fractions summing to 1, none of them 0 "
+                              f"(train, meta-validation and test all need samples), got {self.split}")
 
 
 @register_dataset("multiview_digits", MultiviewDigitsOptions, "UCI multiple-features digits, 6 views, 2,000 samples")
