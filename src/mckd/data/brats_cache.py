@@ -196,15 +196,40 @@ def prepare_cache(
     return record
 
 
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON mapping from the cache; a damaged file is a :class:`DataError` naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} ({what}) is damaged ({error}); prepare the cache again") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path} ({what}) holds a {type(value).__name__}, expected a JSON mapping; prepare the cache again")
+    return value
+
+
+def load_array(path: Path, shape: Sequence[int]) -> np.ndarray:
+    """A cached ``.npy`` array of ``shape``, memory-mapped, never unpickled; a damaged file is a :class:`DataError`."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # missing, truncated, not .npy, or an object (pickle) array
+        reason = "it holds pickled objects, which mckd never loads" if "pickle" in str(error) else str(error)
+        raise DataError(f"{path} is not a readable cached array ({reason}); prepare the cache again") from None
+    if tuple(array.shape) != tuple(shape):
+        raise DataError(f"{path} has shape {tuple(array.shape)} but its meta.json says {tuple(shape)}; prepare the cache again")
+    return array
+
+
 def read_dataset_record(cache: str | Path) -> dict[str, Any]:
     """``dataset.json`` of a cache, checked."""
     path = Path(cache) / DATASET_FILE
     if not path.is_file():
         raise DataError(f"{cache} is not a BraTS cache (no {DATASET_FILE}); make one with `mckd prepare brats SRC OUT`")
-    record = json.loads(path.read_text())
+    record = read_json(path, "the cache's record")
     if record.get("format") != "mckd-brats-cache" or record.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: format {record.get('format')!r} version {record.get('version')!r}; expected "
                         f"mckd-brats-cache version {FORMAT_VERSION}: prepare the cache again")
+    if not isinstance(record.get("modalities"), list) or not isinstance(record.get("cases"), list):
+        raise DataError(f"{path} lacks the lists 'modalities' and 'cases'; prepare the cache again")
     return record
 
 
@@ -216,7 +241,10 @@ class CachedCase:
         meta_path = self.folder / META_FILE
         if not meta_path.is_file():
             raise DataError(f"cache case {self.folder} has no {META_FILE}; prepare the cache again")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_json(meta_path, "a cached case's record")
+        lacking = [k for k in ("present", "cropped_shape", "crop_box", "original_shape") if k not in self.meta]
+        if lacking:
+            raise DataError(f"{meta_path} lacks {lacking}; prepare the cache again")
         self.case_id = case_id
         self.modalities = tuple(modalities)
         self.present = np.array([m in self.meta["present"] for m in self.modalities], dtype=bool)
@@ -229,7 +257,7 @@ class CachedCase:
         if modality not in self.meta["present"]:
             return None
         if modality not in self._images:
-            self._images[modality] = np.load(self.folder / f"{modality}.npy", mmap_mode="r", allow_pickle=False)
+            self._images[modality] = load_array(self.folder / f"{modality}.npy", self.shape)
         return self._images[modality]
 
     def labels(self) -> np.ndarray:
@@ -237,7 +265,7 @@ class CachedCase:
             path = self.folder / LABEL_FILE
             if not path.is_file():
                 raise DataError(f"cache case {self.folder} has no labels; it was prepared from a layout without labels")
-            self._labels = np.load(path, mmap_mode="r", allow_pickle=False)
+            self._labels = load_array(path, self.shape)
         return self._labels
 
     def restore(self, cropped: np.ndarray, fill: Any = 0) -> np.ndarray:
