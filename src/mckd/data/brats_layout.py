@@ -115,9 +115,10 @@ def load_layout(spec: str) -> Layout:
     import yaml
 
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise DataError(f"layout file {spec!r} is not valid YAML: {error}") from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())  # YAML errors span several lines; the CLI prints one
+        raise DataError(f"layout file {spec!r} is not valid YAML: {reason}") from None
     known = {"sequences", "label", "mask", "labels", "cases"}
     if not isinstance(raw, dict) or not isinstance(raw.get("sequences"), dict) or not raw["sequences"]:
         raise DataError(f"layout file {spec!r} must be a mapping with 'sequences: {{modality: file pattern}}'")
@@ -134,6 +135,8 @@ def load_layout(spec: str) -> Layout:
 
 def detect_layout(source: Path) -> Layout:
     """Guess a built-in layout from the file names in the first case folder."""
+    if not Path(source).is_dir():
+        raise DataError(f"BraTS source folder {str(source)!r} does not exist")
     for case in sorted(p for p in Path(source).iterdir() if p.is_dir()):
         names = [p.name for p in case.iterdir()]
         for layout in BUILTIN_LAYOUTS.values():
