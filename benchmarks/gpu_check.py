@@ -84,6 +84,32 @@ def seconds_per_iteration(run_dir: Path, warmup: int) -> float:
     return (last["seconds"] - first["seconds"]) / (last["iteration"] - first["iteration"])
 
 
+def syncs_per_iteration(raw: dict[str, Any], overrides: list[str], batch: int) -> float:
+    """Synchronising CUDA calls per training iteration, from torch's sync debug mode.
+
+    Two runs of 4 and 8 iterations (one log record and one checkpoint each, at
+    the end); the difference over 4 is what one iteration costs.
+    """
+    import warnings
+
+    counts = []
+    for total in (4, 8):
+        config = config_from_dict(apply_overrides(raw, [
+            *overrides, f"train.iterations={total}", f"train.batch_size={batch}", f"train.log_every={total}",
+            "train.progress=false", "train.device=cuda", "train.precision=bf16", "train.num_workers=0",
+            "method.meta_every=1000",
+        ]))
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train(config, tmp)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return (counts[1] - counts[0]) / 4
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "brats_paper_gpu.yaml"))
@@ -171,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         bf16 = {r["variant"]: r["ms_per_iteration"] for r in results if r["precision"] == "bf16"}
         fp32 = {r["variant"]: r["ms_per_iteration"] for r in results if r["precision"] == "fp32"}
         print(f"bf16 speed-up over fp32 (MCKD with meta every {args.meta_every}): {fp32['mckd'] / bf16['mckd']:.2f}x")
+    if device == "cuda":
+        print(f"host-device synchronisations per MCKD iteration (bf16): {syncs_per_iteration(raw, overrides, batch):.1f}")
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

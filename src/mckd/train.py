@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
     context = distributed.setup(settings.device)
     device = context.device
     if settings.deterministic:
-        torch.use_deterministic_algorithms(True)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        # warn_only: a CUDA op without a deterministic kernel warns instead of stopping the run
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not settings.deterministic
     checkpoint_path = run_dir / CHECKPOINT
@@ -355,13 +359,14 @@ def save_training_state(path: Path, experiment: Experiment, state: TrainingState
 
     Tensors: ``model.*``, ``weights.raw`` (what evaluation reads), the
     optimisers' tensors (``optimizer.*``, ``meta_optimizer.*``), the data
-    positions (``data.train``, ``data.val``), the running log sums, and
-    every rank's RNG states (``rng.<rank>.<name>``). Metadata (JSON): the
+    positions (``data.train``, ``data.val``), and every rank's running log
+    sums (``log.<rank>.sums``) and RNG states (``rng.<rank>.<name>``). Metadata (JSON): the
     iteration, the config, the number of processes, and the non-tensor
     parts of the optimiser and scheduler state dicts.
     """
-    rng = rng_state_tensors(context.device, state.generators)
-    gathered = {name: distributed.gather_tensors(tensor) for name, tensor in rng.items()}  # every rank takes part
+    per_rank = {f"rng.{{rank}}.{name}": tensor for name, tensor in rng_state_tensors(context.device, state.generators).items()}
+    per_rank["log.{rank}.sums"] = state.log_sums.detach().float()
+    gathered = {key: distributed.gather_tensors(tensor) for key, tensor in per_rank.items()}  # every rank takes part
     if not context.is_main:
         return
     tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
@@ -381,10 +386,9 @@ def save_training_state(path: Path, experiment: Experiment, state: TrainingState
         tensors.update(part_tensors)
     for name, stream in state.streams.items():
         tensors[f"data.{name}"] = stream.state()
-    tensors["log.sums"] = state.log_sums
-    for name, per_rank in gathered.items():
-        for rank, tensor in enumerate(per_rank):
-            tensors[f"rng.{rank}.{name}"] = tensor
+    for key, values in gathered.items():
+        for rank, tensor in enumerate(values):
+            tensors[key.format(rank=rank)] = tensor
     save_checkpoint(path, tensors, metadata)
 
 
@@ -407,10 +411,10 @@ def restore_training_state(path: Path, state: TrainingState, context: distribute
     saved_world = int(metadata["world_size"])
     for name, stream in state.streams.items():
         stream.load_state(tensors[f"data.{name}"], saved_world, context.world_size)
-    state.log_sums.copy_(tensors["log.sums"])
     state.log_count = int(metadata["log_count"])
     iteration = int(metadata["iteration"])
     if saved_world == context.world_size:
+        state.log_sums.copy_(tensors[f"log.{context.rank}.sums"])
         prefix = f"rng.{context.rank}."
         rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         set_rng_state_tensors(rng, context.device, state.generators)
@@ -420,5 +424,9 @@ def restore_training_state(path: Path, state: TrainingState, context: distribute
                   "model and optimiser state are exact, data order and random streams are not")
         from mckd.build import seed_everything
 
-        seed_everything(int(metadata["config"].get("seed", 0)) * 100_003 + iteration * 101 + context.rank)
+        seed = int(metadata["config"].get("seed", 0)) * 100_003 + iteration * 101 + context.rank
+        seed_everything(seed)
+        for offset, generator in enumerate(state.generators.values(), start=1):
+            generator.manual_seed(seed + offset)
+        state.log_sums.copy_(tensors["log.0.sums"])  # rank 0's partial sums stand in for every rank's
     return iteration
