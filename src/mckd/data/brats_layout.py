@@ -201,6 +201,8 @@ def read_nifti(path: Path, what: str = "image") -> Volume:
     import nibabel as nib
 
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} ({what}) does not exist")
     try:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)
