@@ -86,16 +86,18 @@ def test_sigterm_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_p
 
 
 def test_a_crash_resumes_from_the_last_periodic_checkpoint_exactly(tmp_path):
-    config = digits_config("train.checkpoint_every=5")
+    config = digits_config("train.checkpoint_every=4")
     train(config, tmp_path / "straight")
 
     def crash() -> None:
         raise RuntimeError("power cut")
 
-    with pytest.raises(RuntimeError, match="power cut"):  # after iteration 12: the last checkpoint is at 10
-        train(config, tmp_path / "crashed", observers=[at_iteration(12, crash)])
+    # after iteration 11: the last checkpoint is at 8, with the meta step of 6 not yet logged; the log record
+    # of 10 has logged it since, and the resumed run must not log it twice
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(config, tmp_path / "crashed", observers=[at_iteration(11, crash)])
     _, metadata = load_checkpoint(tmp_path / "crashed" / CHECKPOINT)
-    assert metadata["iteration"] == 10
+    assert metadata["iteration"] == 8 and metadata["weight_history"] == [6]
 
     train(config, tmp_path / "crashed", resume=True)
     assert_same_checkpoint(tmp_path / "straight", tmp_path / "crashed")
@@ -121,3 +123,13 @@ def test_optimizer_and_scheduler_states_round_trip_through_tensors_and_json():
 def test_a_state_that_is_neither_tensor_nor_plain_data_is_refused():
     with pytest.raises(CheckpointError, match="object at part.hook"):
         flatten_state({"hook": object()}, "part")
+
+
+def test_a_resumed_lckd_run_keeps_its_elected_teacher_and_equals_an_uninterrupted_run(tmp_path):
+    config = digits_config("method.distill=teacher", "method.teacher_every=5")  # elections at 0, 5, 10, ...
+    train(config, tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted):
+        train(config, tmp_path / "stopped", observers=[at_iteration(7, lambda: os.kill(os.getpid(), signal.SIGTERM))])
+    train(config, tmp_path / "stopped", resume=True)
+    assert_same_checkpoint(tmp_path / "straight", tmp_path / "stopped")
+    assert records(tmp_path / "straight") == records(tmp_path / "stopped")

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -180,6 +180,8 @@ class TrainingState:
     generators: dict[str, torch.Generator]  # RNGs that are not global (the missing policy's)
     log_sums: torch.Tensor  # running task and CKD losses since the last log record
     log_count: int = 0
+    variants: Any = None  # the method switches' hooks; their state_dict() (LCKD's teacher) is kept too
+    weight_history: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # meta steps not yet logged
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, observers: Sequence[Observer] = ()) -> Experiment:
@@ -237,9 +239,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
     state = TrainingState(model, weights, optimizer, scheduler, weight_optimizer, streams,
                           {"missing": drop_generator}, torch.zeros(2, device=device))
 
-    start_iteration = 0
+    start_iteration, saved = 0, None
     if resume:
-        start_iteration = restore_training_state(checkpoint_path, state, context)
+        saved = load_checkpoint(checkpoint_path)
+        start_iteration = restore_training_state(saved, str(checkpoint_path), state, context)
     else:
         distributed.broadcast_(weights.raw)  # rank 0's random start (equal anyway: same seed)
     # An encoder whose modality no sample of this rank's batch has takes no part in the backward pass.
@@ -249,7 +252,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
     def autocast() -> torch.autocast:
         return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
-    metrics_file = open_metrics(run_dir / METRICS, start_iteration) if context.is_main else None
+    pending = {step for step, _ in state.weight_history}  # restored meta-step weights, logged again at the next record
+    metrics_file = open_metrics(run_dir / METRICS, start_iteration, pending) if context.is_main else None
 
     def record(entry: dict[str, Any]) -> None:
         if metrics_file is not None:
@@ -257,9 +261,14 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
 
     if not resume:
         record({"iteration": 0, "kind": "weights", "weights": weights.as_dict()})
-    variants = MethodVariants(experiment, device, record, observers, optimizer)  # LCKD, ShaSpec, bi-level
+    # LCKD, ShaSpec, bi-level; on resume LCKD's first election is not recorded (its teacher comes from the checkpoint)
+    variants = MethodVariants(experiment, device, record if saved is None else lambda entry: None, observers, optimizer)
+    variants.record = record
+    state.variants = variants
+    if saved is not None:
+        restore_variants_and_random_state(saved, state, context)  # last: nothing draws a random number before the loop
 
-    weight_history: list[tuple[int, torch.Tensor]] = []  # (iteration, normalised weights [N]) per meta step
+    weight_history = state.weight_history  # (iteration, normalised weights [N]) per meta step, until logged
     start = time.perf_counter()
     progress = tqdm(range(start_iteration, total), desc=f"train seed {config.seed}", initial=start_iteration,
                     total=total, disable=not (settings.progress and context.is_main), dynamic_ncols=True)
@@ -270,7 +279,6 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
         weight_history.clear()
 
     def save(iteration: int, complete: bool) -> None:
-        flush_weight_history()
         if metrics_file is not None:
             metrics_file.flush()
         save_training_state(checkpoint_path, experiment, state, iteration, context, complete)
@@ -343,12 +351,18 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
     return experiment
 
 
-def open_metrics(path: Path, start_iteration: int) -> Any:
-    """``metrics.jsonl`` for writing; on resume, keep the records up to ``start_iteration`` and append."""
+def open_metrics(path: Path, start_iteration: int, pending_weights: set[int] = frozenset()) -> Any:
+    """``metrics.jsonl`` for writing; on resume, keep what the run had written up to ``start_iteration`` and append.
+
+    Records of later iterations go (the resumed run writes them again), and so
+    do the weights records of ``pending_weights``: meta steps the checkpoint
+    holds as not yet logged, which a crash after the checkpoint may have logged.
+    """
     if start_iteration == 0 or not path.is_file():
         return path.open("w")
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= start_iteration]
+    rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line, row in rows if row.get("iteration", 0) <= start_iteration
+            and not (row.get("kind") == "weights" and row.get("iteration") in pending_weights)]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
     return path.open("a")
 
@@ -384,6 +398,12 @@ def save_training_state(path: Path, experiment: Experiment, state: TrainingState
                        ("scheduler", state.scheduler)):
         part_tensors, metadata[name] = flatten_state(part.state_dict(), name)
         tensors.update(part_tensors)
+    if state.weight_history:  # weights of meta steps since the last log record, written at the next one
+        metadata["weight_history"] = [step for step, _ in state.weight_history]
+        tensors["log.weight_history"] = torch.stack([values for _, values in state.weight_history])  # (K, N)
+    if hasattr(state.variants, "state_dict"):
+        part_tensors, metadata["variants"] = flatten_state(state.variants.state_dict(), "variants")
+        tensors.update(part_tensors)
     for name, stream in state.streams.items():
         tensors[f"data.{name}"] = stream.state()
     for key, values in gathered.items():
@@ -392,19 +412,19 @@ def save_training_state(path: Path, experiment: Experiment, state: TrainingState
     save_checkpoint(path, tensors, metadata)
 
 
-def restore_training_state(path: Path, state: TrainingState, context: distributed.Context) -> int:
-    """Load what :func:`save_training_state` wrote into ``state``; return the iteration to continue from.
+def restore_training_state(saved: tuple[dict[str, torch.Tensor], dict[str, Any]], source: str,
+                           state: TrainingState, context: distributed.Context) -> int:
+    """Load what :func:`save_training_state` wrote into ``state``, RNGs aside; return the iteration to continue from.
 
-    With the number of processes it was saved with, the continuation is exact.
-    With another number, the model, optimisers and weights are exact, the data
-    position is carried over by samples seen, and the RNGs are reseeded.
+    The RNGs and the method switches' state are restored by
+    :func:`restore_variants_and_random_state`, once everything is built.
     """
-    tensors, metadata = load_checkpoint(path)
+    tensors, metadata = saved
     if metadata.get("format", 1) < CHECKPOINT_FORMAT or "optimizer" not in metadata:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds no training state (written by an older mckd); "
+        raise CheckpointError(f"checkpoint {source!r} holds no training state (written by an older mckd); "
                               "it can be evaluated but not resumed")
-    load_state_into(state.model, tensors, "model.", str(path))
-    load_state_into(state.weights, tensors, "weights.", str(path))
+    load_state_into(state.model, tensors, "model.", source)
+    load_state_into(state.weights, tensors, "weights.", source)
     state.optimizer.load_state_dict(unflatten_state(metadata["optimizer"], tensors))
     state.weight_optimizer.load_state_dict(unflatten_state(metadata["meta_optimizer"], tensors))
     state.scheduler.load_state_dict(unflatten_state(metadata["scheduler"], tensors))
@@ -412,21 +432,36 @@ def restore_training_state(path: Path, state: TrainingState, context: distribute
     for name, stream in state.streams.items():
         stream.load_state(tensors[f"data.{name}"], saved_world, context.world_size)
     state.log_count = int(metadata["log_count"])
-    iteration = int(metadata["iteration"])
+    rank = context.rank if saved_world == context.world_size else 0  # another count: rank 0's sums stand in
+    state.log_sums.copy_(tensors[f"log.{rank}.sums"])
+    state.weight_history[:] = list(zip(metadata.get("weight_history", []), tensors.get("log.weight_history", [])))
+    return int(metadata["iteration"])
+
+
+def restore_variants_and_random_state(saved: tuple[dict[str, torch.Tensor], dict[str, Any]], state: TrainingState,
+                                      context: distributed.Context) -> None:
+    """The method switches' state, then every RNG of this rank.
+
+    With the number of processes the checkpoint was saved with, the
+    continuation is exact. With another number, the model, optimisers and
+    weights are exact, the data position is carried over by samples seen, and
+    the RNGs are reseeded from the seed, the iteration and the rank.
+    """
+    tensors, metadata = saved
+    if "variants" in metadata and hasattr(state.variants, "load_state_dict"):
+        state.variants.load_state_dict(unflatten_state(metadata["variants"], tensors))
+    saved_world, iteration = int(metadata["world_size"]), int(metadata["iteration"])
     if saved_world == context.world_size:
-        state.log_sums.copy_(tensors[f"log.{context.rank}.sums"])
         prefix = f"rng.{context.rank}."
         rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         set_rng_state_tensors(rng, context.device, state.generators)
-    else:
-        if context.is_main:
-            print(f"mckd: resuming {saved_world}-process training with {context.world_size} processes: "
-                  "model and optimiser state are exact, data order and random streams are not")
-        from mckd.build import seed_everything
+        return
+    if context.is_main:
+        print(f"mckd: resuming {saved_world}-process training with {context.world_size} processes: "
+              "model and optimiser state are exact, data order and random streams are not")
+    from mckd.build import seed_everything
 
-        seed = int(metadata["config"].get("seed", 0)) * 100_003 + iteration * 101 + context.rank
-        seed_everything(seed)
-        for offset, generator in enumerate(state.generators.values(), start=1):
-            generator.manual_seed(seed + offset)
-        state.log_sums.copy_(tensors["log.0.sums"])  # rank 0's partial sums stand in for every rank's
-    return iteration
+    seed = int(metadata["config"].get("seed", 0)) * 100_003 + iteration * 101 + context.rank
+    seed_everything(seed)
+    for offset, generator in enumerate(state.generators.values(), start=1):
+        generator.manual_seed(seed + offset)

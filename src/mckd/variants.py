@@ -103,6 +103,13 @@ class MethodVariants:
             )
         return meta_step(model, weights, weight_optimizer, val["inputs"], val["target"], loss)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run continues exactly (:mod:`mckd.train`): LCKD's teacher."""
+        return {"teacher": self.teacher}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher = state["teacher"]
+
     def after_iteration(self, iteration: int) -> None:
         """LCKD's election every ``teacher_every`` iterations; then the observers."""
         if self.teacher is not None and iteration % self.method.teacher_every == 0:
