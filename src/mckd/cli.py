@@ -99,7 +99,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from mckd.experiment import benchmark
 
     out = Path(args.out) if args.out else _default_out(args.config)
-    benchmark(args.config, args.methods, args.seeds, out, args.overrides)
+    benchmark(args.config, args.methods, args.seeds, out, args.overrides, reuse=args.reuse)
     print((out / "summary.md").read_text())
     print(f"written: {out}")
 
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["mckd", "baseline"], help="methods (see mckd list); first is the reference")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep runs in OUT already trained and evaluated with the same resolved config")
     _add_set(p)
     p.set_defaults(func=cmd_benchmark)
 

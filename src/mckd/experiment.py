@@ -62,8 +62,13 @@ def method_overrides(name: str) -> list[str]:
     return list(METHODS[name][0])
 
 
-def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[int], out: str | Path) -> list[Row]:
+def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[int], out: str | Path,
+                reuse: bool = False) -> list[Row]:
     """Train and evaluate one config per seed into ``out/seed_<s>``; aggregate into ``out/subsets``.
+
+    With ``reuse``, a seed whose run directory was trained and evaluated with
+    the same resolved config is read instead of trained again (an interrupted
+    benchmark continues; copies of one benchmark with other methods share runs).
 
     Returns the per-subset mean and standard deviation over seeds.
     """
@@ -74,9 +79,14 @@ def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[i
     for seed in seeds:
         config = config_from_dict(apply_overrides(raw, [*overrides, f"seed={seed}"]))
         run_dir = out / f"seed_{seed}"
-        experiment = train(config, run_dir)
-        metric_names = experiment.task.metric_names
-        tables.append(evaluate_run(run_dir, config.train.device))
+        if reuse and finished_run(run_dir, config):
+            table = read_table(run_dir / "eval" / "subsets.csv")
+            metric_names = tuple(k for k in table[0] if k not in ("subset", "size"))
+            tables.append(table)
+        else:
+            experiment = train(config, run_dir)
+            metric_names = experiment.task.metric_names
+            tables.append(evaluate_run(run_dir, config.train.device))
         metrics_paths.append(run_dir / METRICS)
     assert metric_names is not None
     rows = aggregate_seeds(tables, metric_names)
@@ -84,6 +94,16 @@ def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[i
     atomic_write_text(out / "seeds.json", json.dumps({"seeds": list(seeds), "overrides": list(overrides)}, indent=2))
     plot_weights(metrics_paths, out / "weights.png", title=f"Importance weights, {out.name}")
     return rows
+
+
+def finished_run(run_dir: Path, config: Any) -> bool:
+    """Whether ``run_dir`` holds an evaluated run of exactly ``config`` (its resolved ``config.yaml``)."""
+    import yaml
+
+    saved, table = run_dir / "config.yaml", run_dir / "eval" / "subsets.csv"
+    if not (saved.is_file() and table.is_file() and (run_dir / METRICS).is_file()):
+        return False
+    return yaml.safe_load(saved.read_text()) == config.to_dict()
 
 
 def final_weights(run_dirs: Sequence[Path]) -> dict[str, float]:
@@ -98,8 +118,11 @@ def benchmark(
     seeds: Sequence[int],
     out: str | Path,
     overrides: Sequence[str] = (),
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Train every method over every seed, compare each with the first, and write a summary.
+
+    ``reuse``: keep finished runs of the same resolved config (see :func:`train_seeds`).
 
     Writes ``out/<method>/...`` (see :func:`train_seeds`), ``out/compare_<a>_vs_<b>.{csv,md,png}``
     and ``out/summary.md``. Returns the comparison summaries.
@@ -111,7 +134,8 @@ def benchmark(
         method_overrides(name)
     if len(methods) < 1:
         raise ConfigError("benchmark needs at least one method")
-    tables = {name: train_seeds(raw, [*overrides, *method_overrides(name)], seeds, out / name) for name in methods}
+    tables = {name: train_seeds(raw, [*overrides, *method_overrides(name)], seeds, out / name, reuse)
+              for name in methods}
     reference = methods[0]
     metric = _primary_metric(config.task)
     summaries = {}
