@@ -21,7 +21,15 @@ from mckd.errors import CheckpointError
 
 
 def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a crash leaves the old file intact."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: a crash leaves the old file intact.
+
+    Under torchrun only rank 0 writes (every file mckd writes goes through
+    here: checkpoints, configs, tables, plots); on other ranks this does nothing.
+    """
+    from mckd import distributed
+
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
