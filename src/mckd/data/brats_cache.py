@@ -34,6 +34,12 @@ from mckd.data.brats_layout import Case, Layout, case_folders, read_case
 from mckd.errors import DataError
 
 FORMAT_VERSION = 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 DATASET_FILE = "dataset.json"
 LABEL_FILE = "label.npy"
 META_FILE = "meta.json"
@@ -153,6 +159,7 @@ def prepare_cache(
     cases = case_folders(source, layout)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the cache is an ordinary folder
     metas: dict[str, dict[str, Any]] = {}
     try:
         bar = tqdm(total=len(cases), desc="prepare brats", unit="case", disable=not progress)
@@ -297,6 +304,7 @@ def write_nifti_like(array: np.ndarray, reference_path: str | Path, out: str | P
     os.close(handle)
     try:
         nib.save(image, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the output is an ordinary file
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
