@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import warnings
 import wave
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             channels, width, rate, frames = (stream.getnchannels(), stream.getsampwidth(),
                                              stream.getframerate(), stream.getnframes())
             raw = stream.readframes(frames)
-    except (wave.Error, EOFError) as error:
-        raise DataError(f"WAV file {str(path)!r} is not a readable PCM WAV file ({error})") from None
+    except (wave.Error, EOFError, RuntimeError, struct.error, ValueError, OSError) as error:
+        # RuntimeError: the wave module's chunk reader seeking past the end of a truncated file
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise DataError(f"WAV file {str(path)!r} is not a readable PCM WAV file ({reason}); it may be truncated or corrupt") from None
     if frames == 0 or len(raw) < channels * width:
         raise DataError(f"WAV file {str(path)!r} holds no samples")
     raw = raw[: (len(raw) // (channels * width)) * channels * width]  # a truncated last frame is dropped

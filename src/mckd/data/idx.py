@@ -10,6 +10,7 @@ content, not by name).
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def read_idx_bytes(path: str | Path) -> bytes:
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt deflate data inside a valid header
             raise DataError(f"IDX file {str(path)!r} is a damaged gzip file ({error})") from None
     return raw
 
