@@ -335,10 +335,11 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
                 state.log_sums.zero_()
                 state.log_count = 0
 
-            if settings.checkpoint_every and (iteration + 1) % settings.checkpoint_every == 0 and iteration + 1 < total:
+            stopping = stop.should_stop() and iteration + 1 < total  # SIGTERM / Ctrl-C, agreed by every rank
+            periodic = settings.checkpoint_every and (iteration + 1) % settings.checkpoint_every == 0
+            if (stopping or periodic) and iteration + 1 < total:
                 save(iteration + 1, complete=False)
-            if stop.should_stop() and iteration + 1 < total:
-                save(iteration + 1, complete=False)
+            if stopping:
                 if metrics_file is not None:
                     metrics_file.close()
                 distributed.barrier()
