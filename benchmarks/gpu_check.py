@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         props = torch.cuda.get_device_properties(0)
         print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}, "
               f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
-    print(f"network: {raw['model']} from {args.config}; crop {list(crop)} ([X, Y, Z]), batch {batch}, "
+    print(f"network: {raw['model']} from {args.config}{' with ' + ', '.join(overrides) if overrides else ''}; crop {list(crop)} ([X, Y, Z]), batch {batch}, "
           f"4 modalities, random missing subsets")
 
     results: list[dict[str, Any]] = []
@@ -154,13 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = len(args.precisions) * len(VARIANTS)
     iterations = args.iterations
     with tempfile.TemporaryDirectory() as tmp:
+        over_budget = False
         for precision in args.precisions:
+            if over_budget:
+                break
             for name, variant in VARIANTS.items():
                 done = len(results)
                 if done:  # keep within the budget: what is left, shared by the runs left
                     per_iteration = (time.perf_counter() - start) / sum(r["iterations"] for r in results)
                     left = args.budget_s - (time.perf_counter() - start)
-                    iterations = max(2 * log_every, min(args.iterations, int(left / (runs - done) / per_iteration) - args.warmup))
+                    affordable = int(left / (runs - done) / per_iteration) - args.warmup
+                    if affordable < log_every:
+                        print(f"  budget of {args.budget_s:.0f} s spent: {precision} {name} and later runs skipped")
+                        over_budget = True
+                        break
+                    iterations = min(args.iterations, affordable)
                 total = args.warmup + iterations
                 config = config_from_dict(apply_overrides(raw, [
                     *overrides, *variant, f"train.iterations={total}", f"train.batch_size={batch}",
@@ -188,16 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for precision in args.precisions:
         t = {r["variant"]: r["ms_per_iteration"] for r in results if r["precision"] == precision}
+        if len(t) < len(VARIANTS):
+            continue
         meta_ms = max(0.0, (t["mckd"] - t["ckd"]) * args.meta_every)
         amortised = t["ckd"] + meta_ms / paper_meta_every
         print(f"{precision}: CKD step / baseline {t['ckd'] / t['baseline']:.3f}x; meta step {meta_ms:.0f} ms, "
               f"{100 * meta_ms / paper_meta_every / amortised:.1f}% of training at one every {paper_meta_every}; "
               f"MCKD / baseline {amortised / t['baseline']:.3f}x")
-    if len(args.precisions) == 2:
+    if len(results) == runs and len(args.precisions) == 2:
         bf16 = {r["variant"]: r["ms_per_iteration"] for r in results if r["precision"] == "bf16"}
         fp32 = {r["variant"]: r["ms_per_iteration"] for r in results if r["precision"] == "fp32"}
         print(f"bf16 speed-up over fp32 (MCKD with meta every {args.meta_every}): {fp32['mckd'] / bf16['mckd']:.2f}x")
-    if device == "cuda":
+    if device == "cuda" and time.perf_counter() - start < args.budget_s + 20:
         print(f"host-device synchronisations per MCKD iteration (bf16): {syncs_per_iteration(raw, overrides, batch):.1f}")
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:
