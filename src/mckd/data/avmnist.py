@@ -189,6 +189,18 @@ def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
         if arrays[name].shape != expected or arrays[name].dtype != dtype:
             raise DataError(f"{str(path)!r}: array {name!r} is {arrays[name].dtype} {arrays[name].shape}, "
                             f"expected {np.dtype(dtype)} {expected}")
+    lacking = [key for key in ("recipe", "seed", "speakers") if key not in metadata]
+    if lacking:
+        raise DataError(f"{str(path)!r}: its metadata lacks {lacking}; prepare it again with `mckd prepare avmnist`")
+    # Values a damaged or hand-made file could hold that would otherwise fail deep in training (or train on NaN).
+    if size and (arrays["label"].min() < 0 or arrays["label"].max() > 9):
+        raise DataError(f"{str(path)!r}: labels range over {int(arrays['label'].min())}..{int(arrays['label'].max())}; "
+                        "expected the digits 0-9")
+    if size and arrays["split"].max() > 2:
+        raise DataError(f"{str(path)!r}: split codes go up to {int(arrays['split'].max())}; expected 0 train, "
+                        "1 meta-validation, 2 test")
+    if not np.isfinite(arrays["audio"]).all():
+        raise DataError(f"{str(path)!r}: the MFCCs hold {int((~np.isfinite(arrays['audio'])).sum())} NaN or Inf values")
     return arrays, metadata
 
 
