@@ -302,7 +302,7 @@ def test_a_damaged_cache_record_is_named(cache, damage, message):
         (lambda f: (f / "meta.json").write_text("{}"), "lacks"),
         (lambda f: (f / "t1.npy").write_bytes((f / "t1.npy").read_bytes()[:100]), "t1.npy is not a readable cached array"),
         (lambda f: np.save(f / "t1.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True),
-         "t1.npy is not a readable cached array .*Python objects"),
+         "t1.npy is not a readable cached array .*pickled objects, which mckd never loads"),
         (lambda f: np.save(f / "t1.npy", np.zeros((3, 3, 3), np.float16)), "has shape .* but its meta.json says"),
         (lambda f: (f / "label.npy").write_bytes(b"garbage"), "label.npy is not a readable cached array"),
     ],

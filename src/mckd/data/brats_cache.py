@@ -19,6 +19,7 @@ when every case is done, so an interrupted prepare leaves no half cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -226,6 +227,31 @@ def load_array(path: Path, shape: Sequence[int]) -> np.ndarray:
     return array
 
 
+def check_array_file(path: Path, shape: Sequence[int]) -> None:
+    """Read only the ``.npy`` header: a plain array of ``shape`` whose data fill the rest of the file."""
+    try:
+        with path.open("rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            found, _, dtype = read_header(stream)
+            expected_size = stream.tell() + int(np.prod(found, dtype=np.int64)) * dtype.itemsize
+    except (OSError, ValueError, EOFError) as error:
+        with contextlib.suppress(OSError):
+            with path.open("rb") as stream:
+                first = stream.read(1)
+            if first == b"\x80":  # a pickle's PROTO opcode
+                error = ValueError("it holds pickled objects, which mckd never loads")
+        raise DataError(f"{path} is not a readable cached array ({error}); prepare the cache again") from None
+    if dtype.hasobject:
+        raise DataError(f"{path} is not a readable cached array (it holds pickled objects, which mckd never loads); "
+                        "prepare the cache again")
+    if tuple(found) != tuple(shape):
+        raise DataError(f"{path} has shape {tuple(found)} but its meta.json says {tuple(shape)}; prepare the cache again")
+    if path.stat().st_size != expected_size:
+        raise DataError(f"{path} is not a readable cached array ({path.stat().st_size} bytes, its header announces "
+                        f"{expected_size}: truncated?); prepare the cache again")
+
+
 def read_dataset_record(cache: str | Path) -> dict[str, Any]:
     """``dataset.json`` of a cache, checked."""
     path = Path(cache) / DATASET_FILE
@@ -258,6 +284,13 @@ class CachedCase:
         self.shape = tuple(self.meta["cropped_shape"])
         self._images: dict[str, np.ndarray] = {}
         self._labels: np.ndarray | None = None
+        # Check each array's header and size now (a few bytes per file): a damaged cache fails before
+        # training starts and writes a run directory, not at the first crop that reaches the bad case.
+        for modality in self.modalities:
+            if modality in self.meta["present"]:
+                check_array_file(self.folder / f"{modality}.npy", self.shape)
+        if (self.folder / LABEL_FILE).exists():
+            check_array_file(self.folder / LABEL_FILE, self.shape)
 
     def image(self, modality: str) -> np.ndarray | None:
         """float16 ``[X, Y, Z]`` memory map, or None when the case lacks the sequence."""
