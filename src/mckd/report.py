@@ -54,15 +54,20 @@ def read_table(path: str | Path) -> list[Row]:
     if not path.is_file():
         raise MckdError(f"table {str(path)!r} does not exist; evaluate the run first (mckd evaluate)")
     rows = []
-    with path.open() as stream:
-        for row in csv.DictReader(stream):
-            parsed: Row = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value) if key != "subset" else value
-                except ValueError:
-                    parsed[key] = value
-            rows.append(parsed)
+    try:
+        with path.open(encoding="utf-8") as stream:
+            for row in csv.DictReader(stream):
+                parsed: Row = {}
+                for key, value in row.items():
+                    try:
+                        parsed[key] = float(value) if key != "subset" else value
+                    except (ValueError, TypeError):
+                        parsed[key] = value
+                rows.append(parsed)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise MckdError(f"table {str(path)!r} is not a readable CSV table ({error})") from None
+    if not rows or "subset" not in rows[0] or "size" not in rows[0]:
+        raise MckdError(f"table {str(path)!r} holds no rows with 'subset' and 'size' columns; evaluate the run again")
     return rows
 
 
@@ -106,7 +111,11 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
     rows: list[Row] = []
     for row in a:
         other = by_subset[row["subset"]]
-        value_a, value_b = float(row[metric]), float(other[metric])
+        try:
+            value_a, value_b = float(row[metric]), float(other[metric])
+        except (TypeError, ValueError):
+            raise MckdError(f"subset {row['subset']!r}: {metric} is {row[metric]!r} and {other[metric]!r}; "
+                            "expected numbers in both tables") from None
         entry: Row = {"subset": row["subset"], "size": int(row["size"]), name_a: value_a, name_b: value_b,
                       "difference": value_a - value_b}
         if f"{metric}_std" in row and f"{metric}_std" in other:
