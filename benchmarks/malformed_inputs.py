@@ -4,7 +4,8 @@ Everything is made here from scratch, in a temporary folder, without the
 project's test fixtures or shared data: synthetic multi-view CSVs, BraTS-like
 NIfTI cases, MNIST-like IDX files and FSDD-like WAV files, a few good runs to
 damage, and then one malformed input per case. Each case runs ``mckd
-prepare``, ``mckd train``, ``mckd evaluate`` or ``mckd predict`` and must:
+prepare``, ``mckd train``, ``mckd evaluate``, ``mckd predict`` (or ``mckd
+compare``) and must:
 
 - exit with status 2,
 - print exactly one line to stderr, ``mckd: error: ...``, that names the
@@ -484,6 +485,23 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             Case("predict/unknown-label-convention", predict(f"flair={flair}") + ["--labels", "brats2099"], ["label convention 'brats2099'"], [prediction]),
         ]
 
+    # ---- compare (two evaluated runs) -----------------------------------------------------------
+    if want("compare"):
+        tables = {}
+        for name, content in {"empty": b"", "binary": bytes(range(128, 256)), "text": b"subset,size,acc\nfou,1,high\n",
+                              "good": b"subset,size,acc\nfou,1,0.5\n"}.items():
+            (root / "tables" / name).mkdir(parents=True)
+            (root / "tables" / name / "subsets.csv").write_bytes(content)
+            tables[name] = root / "tables" / name
+        comparison = root / "comparison"
+        compare = lambda a, b: ["compare", str(tables[a]), str(tables[b]), "--out", str(comparison)]  # noqa: E731
+        cases += [
+            Case("compare/empty-table", compare("empty", "good"), ["empty/subsets.csv", "holds no rows"], [comparison]),
+            Case("compare/binary-table", compare("good", "binary"), ["binary/subsets.csv", "not a readable CSV table"], [comparison]),
+            Case("compare/non-numeric-metric", compare("good", "text"), ["acc is 0.5 and 'high'"], [comparison]),
+            Case("compare/not-a-run", ["compare", str(tables["good"]), str(root / "nowhere")], ["nowhere", "has no subsets.csv"], []),
+        ]
+
     # ---- AV-MNIST prepare --------------------------------------------------------------------
     if want("prepare"):
         av = root / "avmnist"
@@ -595,7 +613,7 @@ def run_case(case: Case, root: Path, in_process: bool) -> Result:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--in-process", action="store_true", help="call mckd.cli.main instead of starting processes")
-    parser.add_argument("--only", choices=["prepare", "train", "evaluate", "predict"], help="the cases of one command")
+    parser.add_argument("--only", choices=["prepare", "train", "evaluate", "predict", "compare"], help="the cases of one command")
     parser.add_argument("--keep", help="build in this folder (must not exist) and keep it")
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once as subprocesses (default 2)")
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ def built(tmp_path_factory):
 def test_the_run_covers_every_command_and_every_listed_check(built):
     _, cases = built
     commands = {name.split("/")[0] for name in cases}
-    assert commands == {"prepare-brats", "prepare-avmnist", "train", "evaluate", "predict"}
+    assert commands == {"prepare-brats", "prepare-avmnist", "train", "evaluate", "predict", "compare"}
     for check in ["missing-sequence", "missing-label", "unknown-modality", "shape-mismatch", "affine-mismatch",
                   "nan-voxels", "all-zero-sequence", "labels-outside-convention", "truncated-nifti", "wav-truncated",
                   "idx-truncated", "idx-header-vs-size", "images-labels-length", "source-empty", "split-too-small",
