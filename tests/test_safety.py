@@ -275,3 +275,21 @@ def test_errors_are_product_errors():
 
     for name in ("ConfigError", "DataError", "CheckpointError", "MissingModalityError"):
         assert issubclass(getattr(errors, name), MckdError)
+
+
+def test_a_full_disk_or_an_unwritable_place_is_a_product_error_and_keeps_the_previous_file(tmp_path):
+    import errno
+
+    target = tmp_path / "summary.md"
+    atomic_write_text(target, "version 1\n")
+
+    def disk_full(tmp: str) -> None:
+        Path(tmp).write_text("version 2, ha")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(MckdError, match="cannot write .*summary.md.*No space left on device.*previous version"):
+        atomic_write(target, disk_full)
+    assert target.read_text() == "version 1\n" and _leftovers(tmp_path) == []
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(MckdError, match="cannot write"):
+        atomic_write_text(tmp_path / "a_file" / "table.csv", "x")

@@ -7,6 +7,7 @@ anything, so a crafted file cannot run code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,7 +18,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mckd.errors import CheckpointError
+from mckd.errors import CheckpointError, MckdError
+
+
+# Errors of the machine, not of the program: a full disk, a read-only or over-quota file system, no permission.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EISDIR}
 
 
 def atomic_write(path: str | Path, write: Any) -> None:
@@ -31,16 +36,22 @@ def atomic_write(path: str | Path, write: Any) -> None:
     if not distributed.is_main():
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # the folder is a file, not writable, ...
+        raise MckdError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
     os.close(handle)
     try:
         write(tmp)
         with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
+            raise MckdError(f"cannot write {str(path)!r}: {error.strerror}; the previous version, if any, "
+                            "is intact") from None
         raise
 
 

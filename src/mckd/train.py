@@ -213,7 +213,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
     experiment = build_experiment(config)
     bundle, model, weights, task = experiment.bundle, experiment.model, experiment.weights, experiment.task
     if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # --out names a file, or a folder that cannot be made
+            raise MckdError(f"cannot make the run directory {str(run_dir)!r}: {error.strerror or error}") from None
         save_config(config, run_dir / "config.yaml")
         atomic_write_text(
             run_dir / "data.json",

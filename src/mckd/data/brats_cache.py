@@ -152,6 +152,8 @@ def prepare_cache(
     from tqdm import tqdm
 
     source, out = Path(source), Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a cache folder; choose another OUT")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise DataError(f"{out} exists and is not empty; pass --force to replace it")
