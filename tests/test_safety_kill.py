@@ -73,9 +73,10 @@ def test_a_process_killed_while_writing_checkpoints_leaves_a_complete_earlier_ve
     version = metadata["version"]
     assert version >= reached  # nothing older than what was reported complete
     assert torch.equal(tensors["values"], torch.full((1_000_000,), float(version)))  # the tensors match the metadata
-    # A kill mid-write can leave only the hidden temporary file of the unfinished version.
+    # A kill mid-write can leave only hidden temporary files of the unfinished version (atomic_write's
+    # .checkpoint.safetensors.*.tmp, and safetensors' own .tmp* inside it in recent versions).
     others = [p.name for p in tmp_path.iterdir() if p != path]
-    assert all(name.startswith(".checkpoint.safetensors.") and name.endswith(".tmp") for name in others), others
+    assert all(name.startswith(".") and "tmp" in name for name in others), others
 
 
 def test_training_killed_while_checkpointing_resumes_from_what_is_on_disk(tmp_path, digits_csv_dir, capsys):
