@@ -1,4 +1,4 @@
-"""Config errors, exhaustively: every key of every section of the shipped configs.
+"""Config errors, exhaustively: every key of every section of every shipped config.
 
 A misspelt key at any level is an error that names where it is and suggests
 the closest key; a value of the wrong type names the key; out-of-range values
@@ -18,7 +18,8 @@ from mckd.config import apply_overrides, config_from_dict, load_config, load_raw
 from mckd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["multiview_digits.yaml", "brats_small_cpu.yaml"]
+# Every shipped experiment config (layout files, which have no data section, are not configs).
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if "data" in (load_raw(p) or {}))
 
 
 def misspell(key: str) -> str:
