@@ -284,6 +284,13 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         resume_pickle = copy_tree(digits_run, root / "runs" / "resume_pickle")
         (resume_pickle / "checkpoint.safetensors").write_bytes(pickle.dumps(Payload(marker)))
         resume_other = copy_tree(digits_run, root / "runs" / "resume_other")
+        resume_damaged = copy_tree(digits_run, root / "runs" / "resume_damaged")
+        from mckd.checkpoint import load_checkpoint, save_checkpoint
+
+        tensors, metadata = load_checkpoint(resume_damaged / "checkpoint.safetensors")
+        metadata.update(iteration=1, complete=False)
+        del metadata["world_size"], tensors["data.train"]  # a hand-edited or damaged training state
+        save_checkpoint(resume_damaged / "checkpoint.safetensors", tensors, metadata)
         cases += [
             Case("train/resume-without-checkpoint", ["train", "--resume", str(resume_none)],
                  ["cannot resume", "checkpoint.safetensors", "does not exist"], [resume_none / "checkpoint.safetensors"]),
@@ -292,6 +299,9 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             Case("train/resume-other-model-configuration", ["train", "--resume", str(resume_other), "--set", "model.hidden=8"],
                  ["does not match this model configuration", "encoders.fou.0.weight (16, 76) vs (8, 76)"],
                  [resume_other / "checkpoint.safetensors", resume_other / "metrics.jsonl"]),
+            Case("train/resume-damaged-training-state", ["train", "--resume", str(resume_damaged)],
+                 ["resume_damaged/checkpoint.safetensors", "lacks ['world_size', 'data.train']", "cannot be resumed"],
+                 [resume_damaged / "checkpoint.safetensors", resume_damaged / "metrics.jsonl"]),
             Case("train/resume-not-a-run", ["train", "--resume", str(root / "digits_csv")],
                  ["cannot resume", "no config.yaml"], [root / "digits_csv"]),
         ]

@@ -427,6 +427,10 @@ def restore_training_state(saved: tuple[dict[str, torch.Tensor], dict[str, Any]]
     if metadata.get("format", 1) < CHECKPOINT_FORMAT or "optimizer" not in metadata:
         raise CheckpointError(f"checkpoint {source!r} holds no training state (written by an older mckd); "
                               "it can be evaluated but not resumed")
+    lacking = [k for k in ("meta_optimizer", "scheduler", "world_size", "log_count", "iteration") if k not in metadata]
+    lacking += [f"data.{name}" for name in state.streams if f"data.{name}" not in tensors]
+    if lacking:  # a damaged or hand-edited checkpoint: say so rather than fail with a KeyError
+        raise CheckpointError(f"checkpoint {source!r} lacks {lacking}; it cannot be resumed")
     load_state_into(state.model, tensors, "model.", source)
     load_state_into(state.weights, tensors, "weights.", source)
     state.optimizer.load_state_dict(unflatten_state(metadata["optimizer"], tensors))
