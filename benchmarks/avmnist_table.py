@@ -117,6 +117,11 @@ def accuracy(out: Path, name: str, subset: str, seeds: list[int]) -> list[float]
     return values
 
 
+def paired(out: Path, name: str, subset: str, seeds: list[int]) -> dict[int, float]:
+    """Seed -> test accuracy (%) of the finished seeds of run ``name``."""
+    return {seed: value for seed in seeds for value in accuracy(out, name, subset, [seed])}
+
+
 def cell(values: list[float], seeds: list[int]) -> str:
     if not values:
         return "—"
@@ -152,6 +157,15 @@ def report(out: Path, rates: list[int], directions: list[str], seeds: list[int],
             rows.append([direction, label, *cells])
         lower = accuracy(out, f"missing_{missing}/lowerb", test, seeds)
         rows.append([direction, f"LowerB ({test} only)", *[cell(lower, seeds)] * len(rates)])
+        for label, other in (("MCKD − no-CKD, paired by seed", "nockd"), ("MCKD − LowerB, paired by seed", None)):
+            cells = []
+            for rate in rates:
+                ours = paired(out, f"missing_{missing}/r{rate}/mckd", test, seeds)
+                theirs = paired(out, f"missing_{missing}/r{rate}/{other}" if other else f"missing_{missing}/lowerb",
+                                test, seeds)
+                common = sorted(set(ours) & set(theirs))
+                cells.append(cell([ours[s] - theirs[s] for s in common], seeds) if common else "—")
+            rows.append([direction, label, *cells])
         csv_rows.append({"direction": missing, "model": "LowerB", "rate": "", "values": lower})
         if missing == "audio":
             for label, values in PAPER.items():
