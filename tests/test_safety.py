@@ -293,3 +293,16 @@ def test_a_full_disk_or_an_unwritable_place_is_a_product_error_and_keeps_the_pre
     (tmp_path / "a_file").write_text("")
     with pytest.raises(MckdError, match="cannot write"):
         atomic_write_text(tmp_path / "a_file" / "table.csv", "x")
+
+
+def test_atomic_writes_get_the_usual_permissions_not_mkstemps_owner_only(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "table.md"
+        atomic_write_text(target, "| a |\n")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

@@ -46,6 +46,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; results should read like any file
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
@@ -53,6 +54,12 @@ def atomic_write(path: str | Path, write: Any) -> None:
             raise MckdError(f"cannot write {str(path)!r}: {error.strerror}; the previous version, if any, "
                             "is intact") from None
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -307,6 +307,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
             scheduler.step()
             state.log_sums += torch.stack([task_loss.detach().float(), ckd_loss.detach().float()])
             state.log_count += 1
@@ -329,7 +330,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
                     "kind": "train",
                     "task_loss": task_mean,
                     "ckd_loss": ckd_mean,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": step_lr,
                     "seconds": time.perf_counter() - start,
                 })
                 if metrics_file is not None:
