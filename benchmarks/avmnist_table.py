@@ -38,9 +38,11 @@ import numpy as np
 
 from mckd.checkpoint import atomic_write_text
 from mckd.config import apply_overrides, config_from_dict, load_raw
-from mckd.evaluate import evaluate_run
 from mckd.report import plot_weights, read_table, read_weight_history
-from mckd.train import METRICS, train
+from mckd.runs import evaluate_run
+from mckd.train import train
+
+METRICS = "metrics.jsonl"
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"audio": ROOT / "configs" / "avmnist_missing_audio.yaml", "image": ROOT / "configs" / "avmnist_missing_image.yaml"}

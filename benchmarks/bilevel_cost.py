@@ -13,13 +13,13 @@ import time
 
 import torch
 
-from mckd.build import build_experiment, resolve_device
+from mckd.build import build_experiment, build_method
 from mckd.config import load_config
 from mckd.data.bundle import move_batch
 from mckd.data.missing import random_subset
-from mckd.method.bilevel import bilevel_meta_step
-from mckd.method.distill import cross_modal_distillation_loss
-from mckd.method.meta import meta_step
+from mckd.distributed import resolve_device
+from mckd.method import MethodServices
+from mckd.train import make_optimizer, train_step
 
 
 def main() -> None:
@@ -32,35 +32,27 @@ def main() -> None:
     config = load_config(args.config, [f"train.device={args.device}"])
     device = resolve_device(args.device)
     experiment = build_experiment(config)
-    model, weights, task, method = experiment.model.to(device), experiment.weights.to(device), experiment.task, config.method
+    model, task = experiment.model.to(device), experiment.task
     loader = lambda split: torch.utils.data.DataLoader(split, batch_size=config.train.batch_size, shuffle=True)  # noqa: E731
     train_batch = move_batch(next(iter(loader(experiment.bundle.train))), device)
     val = move_batch(next(iter(loader(experiment.bundle.val))), device)
     present = random_subset(train_batch["present"], torch.Generator(device=device).manual_seed(0))
-    optimizer = torch.optim.Adam([weights.raw], lr=method.meta_lr)
+    model_optimizer = make_optimizer(model.parameters(), config.train)
+    methods = {}
+    for mode in ("first_order", "bilevel"):  # the same MCKD, one meta step kind each
+        mode_config = load_config(args.config, [f"train.device={args.device}", f"method.meta_mode={mode}"])
+        methods[mode] = build_method(mode_config, experiment.bundle.modalities).to(device)
+        methods[mode].setup(MethodServices(task_loss=task.loss, model_optimizer=model_optimizer))
     model.train()
 
-    def first_order() -> None:
-        meta_step(model, weights, optimizer, val["inputs"], val["target"], task.loss)
+    def inner() -> None:  # what the meta step's cost is spread over (one meta step every meta_every of these)
+        train_step(model, methods["first_order"], task, model_optimizer, train_batch, present)
 
-    def bilevel() -> None:
-        bilevel_meta_step(model, weights, optimizer, train_batch["inputs"], present, train_batch["target"],
-                          val["inputs"], val["target"], task.loss, method.alpha, config.train.lr, method.p,
-                          method.ckd_reduction)
-
-    # the inner step: what the meta step's cost is spread over (one meta step every method.meta_every of these)
-    model_optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-
-    def inner() -> None:
-        output = model(train_batch["inputs"], present)
-        loss = task.loss(output.prediction, train_batch["target"]) + method.alpha * cross_modal_distillation_loss(
-            output.features, present, weights(), method.p, method.ckd_reduction)
-        model_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        model_optimizer.step()
+    def meta(mode: str):
+        return lambda: methods[mode].meta_step(model, val, train_batch, present, config.train.lr)
 
     seconds = {}
-    for name, step in (("inner", inner), ("first_order", first_order), ("bilevel", bilevel)):
+    for name, step in (("inner", inner), ("first_order", meta("first_order")), ("bilevel", meta("bilevel"))):
         for _ in range(5):
             step()
         if device.type == "cuda":
@@ -77,7 +69,7 @@ def main() -> None:
     for name, value in seconds.items():
         print(f"{name:12s} {1000 * value:8.2f} ms per step")
     print(f"bilevel / first_order: {seconds['bilevel'] / seconds['first_order']:.2f}x")
-    every = method.meta_every
+    every = config.method.options.meta_every
     for name in ("first_order", "bilevel"):
         share = seconds[name] / (every * seconds["inner"] + seconds[name])
         print(f"training time in {name} meta steps, one every {every} iterations: {100 * share:.1f}%")

@@ -1,7 +1,7 @@
 """CPU training-step time of the BraTS network: MCKD over no-CKD, present-only encoding over encoding zeros.
 
 One step = forward, region Dice + BCE loss (+ alpha * CKD for MCKD), backward
-and an SGD step, batch 2, four 1-channel sequences, random inputs and labels
+and an SGD step (:func:`mckd.train.train_step`), batch 2, four 1-channel sequences, random inputs and labels
 (the step's cost does not depend on the values). "Half missing": each sample
 has two of its four sequences.
 
@@ -21,40 +21,42 @@ import time
 
 import torch
 
+from mckd.build import build_method, build_model
 from mckd.config import config_from_dict
-from mckd.data.bundle import DataBundle
-from mckd.method.distill import cross_modal_distillation_loss
-from mckd.method.weights import ImportanceWeights
-from mckd.nets.unet3d import build_unet3d, UNet3DOptions
+from mckd.method import MethodServices
+from mckd.method.base import combine
+from mckd.method.model import ModelOutput
 from mckd.tasks.segmentation import SegmentationTask
+from mckd.train import train_step
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
-def make(crop: int, widths: list[int]):
-    config = config_from_dict({"task": "segmentation", "data": {"name": "brats", "cache": "-"},
-                               "model": {"name": "unet3d", "widths": widths}})
-    bundle = DataBundle(MODALITIES, None, None, None, 3, {m: (1, crop, crop, crop) for m in MODALITIES})  # type: ignore[arg-type]
-    return build_unet3d(UNet3DOptions(widths=widths), bundle, config)
+def make(crop: int, widths: list[int], alpha: float):
+    """The unet3d model and the MCKD method (``alpha`` 0: no CKD) of the BraTS configs, for random volumes."""
+    config = config_from_dict({"task": {"name": "segmentation"}, "data": {"name": "brats", "cache": "-"},
+                               "model": {"name": "unet3d", "widths": widths},
+                               "method": {"name": "mckd", "alpha": alpha, "meta": False}})
+    method = build_method(config, MODALITIES)
+    return build_model(config, MODALITIES, {m: (1, crop, crop, crop) for m in MODALITIES}, 3, method), method
 
 
-def make_step(model, task, weights, inputs, present, target, alpha: float, encode_zeros: bool):
+def make_step(model, method, task, inputs, present, target, encode_zeros: bool):
     """One training step of one condition, as a closure (conditions are timed round-robin)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    method.setup(MethodServices(task_loss=task.loss))
+    batch = {"inputs": inputs, "target": target}
 
     def step() -> None:
-        if encode_zeros:
-            zeroed = [x * present[:, n].reshape(-1, 1, 1, 1, 1) for n, x in enumerate(inputs)]
-            levels = model.encode(zeroed, torch.ones_like(present))  # all B*N pairs through the encoder
-            levels = [level * present.reshape(*present.shape, *(1,) * (level.dim() - 2)) for level in levels]
-            prediction = model.decode(model.fuse(levels, present))
-            features = levels[-1]
-        else:
-            output = model(inputs, present)
-            prediction, features = output.prediction, output.features
-        loss = task.loss(prediction, target)
-        if alpha > 0:
-            loss = loss + alpha * cross_modal_distillation_loss(features, present, weights().detach(), 1, "mean")
+        if not encode_zeros:  # what mckd trains: train_step encodes the present pairs only
+            train_step(model, method, task, optimizer, batch, present)
+            return
+        zeroed = [x * present[:, n].reshape(-1, 1, 1, 1, 1) for n, x in enumerate(inputs)]
+        levels = model.encode(zeroed, torch.ones_like(present))  # all B*N pairs through the encoder
+        levels = [level * present.reshape(*present.shape, *(1,) * (level.dim() - 2)) for level in levels]
+        prediction = model.decode(model.fuse(levels, present))
+        output = ModelOutput(prediction=prediction, features=levels[-1], levels=levels)
+        loss = combine(task.loss(prediction, target), method.loss_terms(output, present))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,9 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = make(args.crop, args.widths)
     task = SegmentationTask(3, roi=[args.crop] * 3)
-    weights = ImportanceWeights(MODALITIES)
     shape = (2, 1, args.crop, args.crop, args.crop)
     inputs = [torch.randn(shape) for _ in MODALITIES]
     target = torch.randint(0, 4, shape, dtype=torch.uint8)
@@ -86,7 +86,8 @@ def main() -> None:
         "MCKD,   half missing, present only": (half, 0.1, False),
         "MCKD,   half missing, encode zeros": (half, 0.1, True),
     }
-    steps = {name: make_step(model, task, weights, inputs, p, target, a, z) for name, (p, a, z) in conditions.items()}
+    steps = {name: make_step(*make(args.crop, args.widths, a), task, inputs, p, target, z)
+             for name, (p, a, z) in conditions.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(args.steps + 1):  # round-robin, so a busy machine slows every condition alike
         for name, step in steps.items():

@@ -54,7 +54,6 @@ class SyntheticVolumesOptions:
     modalities: list[str] = field(default_factory=lambda: ["flair", "t1", "t1ce", "t2"])
     crop: list[int] = field(default_factory=lambda: [160, 160, 80])  # [X, Y, Z]
     samples: int = 8  # distinct random samples per split (reused every epoch)
-    num_classes: int = 3  # output channels: 3 region channels (ET, TC, WT)
 
 
 @register_dataset("synthetic_volumes", SyntheticVolumesOptions, "random 1-channel volumes and BraTS labels (speed checks)")
@@ -69,8 +68,8 @@ def build_synthetic_volumes(options: SyntheticVolumesOptions, seed: int) -> Data
 
     return DataBundle(
         modalities=tuple(options.modalities), train=split(), val=split(), test=split(),
-        num_classes=options.num_classes, input_shapes={m: (1, *options.crop) for m in options.modalities},
-        info={"task_options": {"head": "regions", "roi": list(options.crop)}},
+        num_classes=4, input_shapes={m: (1, *options.crop) for m in options.modalities},
+        facts={"target": "label_map", "roi": list(options.crop), "spacing": [1.0, 1.0, 1.0], "downsample": 1},
     )
 
 

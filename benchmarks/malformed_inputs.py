@@ -91,7 +91,8 @@ def digits_csvs(folder: Path, views: dict[str, int], rng: np.random.Generator) -
 
 def digits_config(path: Path, csv_dir: Path, hidden: int = 16, extra: str = "") -> Path:
     return write_yaml(path, f"""\
-task: classification
+task:
+  name: classification
 data:
   name: multiview_digits
   csv_dir: {csv_dir}
@@ -102,6 +103,7 @@ model:
   feature_dim: 8
   decoder_hidden: 16
 method:
+  name: mckd
   alpha: 0.1
   meta_every: 1
 train:
@@ -147,18 +149,20 @@ def brats_source(root: Path, rng: np.random.Generator, cases: int = 4) -> Path:
 
 def brats_config(path: Path, cache: Path, extra_data: str = "") -> Path:
     return write_yaml(path, f"""\
-task: segmentation
+task:
+  name: segmentation
+  sw_batch_size: 1
 data:
   name: brats
   cache: {cache}
   crop: [8, 8, 8]
   val_crops: 1
   crops_per_epoch: 4
-  sw_batch_size: 1
 {extra_data}model:
   name: unet3d
   widths: [4, 8]
 method:
+  name: mckd
   meta_every: 1
 train:
   iterations: 1

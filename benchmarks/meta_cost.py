@@ -8,7 +8,7 @@ rounds:
 - ``ckd``: the CKD term over all ordered pairs of present modalities, no meta step;
 - ``mckd``: CKD plus a meta step every ``method.meta_every`` iterations (the config's).
 
-An observer timestamps the end of every iteration with the process's CPU time
+A callback timestamps the end of every iteration with the process's CPU time
 and the wall clock; the first 10% of iterations are warm-up. The CPU time per
 iteration (this process only, one thread) is the headline figure: on a shared
 machine the wall clock also counts other people's work. The best of the
@@ -42,13 +42,18 @@ VARIANTS = {
 
 
 class IterationClock:
-    """An observer of :func:`mckd.train.train`: CPU and wall time at the end of every iteration."""
+    """A callback of :func:`mckd.train.train`: CPU and wall time at the end of every iteration."""
+
+    name = "clock"
 
     def __init__(self) -> None:
         self.cpu: list[float] = []
         self.wall: list[float] = []
 
-    def __call__(self, iteration: int, experiment: object) -> None:
+    def state_dict(self) -> dict:
+        return {}
+
+    def on_iteration_end(self, iteration: int, experiment: object) -> None:
         self.cpu.append(time.process_time())
         self.wall.append(time.perf_counter())
 
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_raw(args.config)
     common = [f"train.iterations={args.iterations}", f"train.log_every={args.iterations}", "train.progress=false",
               "train.checkpoint_every=0", *args.overrides]
-    meta_every = config_from_dict(apply_overrides(raw, common)).method.meta_every
+    meta_every = config_from_dict(apply_overrides(raw, common)).method.options.meta_every
     warmup = max(1, args.iterations // 10)
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, overrides in VARIANTS.items():
                 clock = IterationClock()
                 train(config_from_dict(apply_overrides(raw, [*common, *overrides])), Path(tmp) / f"{name}_{repeat}",
-                      observers=[clock])
+                      callbacks=[clock])
                 c, w = clock.per_iteration(warmup)
                 cpu[name].append(c)
                 wall[name].append(w)

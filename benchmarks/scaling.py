@@ -33,7 +33,7 @@ def worker(config_path: str, run_dir: str, iterations: int, overrides: list[str]
     """One rank: train, then rank 0 prints its throughput as one JSON line."""
     from mckd import distributed
     from mckd.config import apply_overrides, config_from_dict, load_raw
-    from mckd.train import train
+    from mckd.train import Callback, train
 
     config = config_from_dict(apply_overrides(load_raw(config_path), [
         f"train.iterations={iterations}", f"train.log_every={iterations}", "train.progress=false",
@@ -42,11 +42,12 @@ def worker(config_path: str, run_dir: str, iterations: int, overrides: list[str]
     cpu: list[float] = []
     wall: list[float] = []
 
-    def clock(iteration: int, experiment: object) -> None:  # end of every iteration
-        cpu.append(time.process_time())
-        wall.append(time.perf_counter())
+    class Clock(Callback):
+        def on_iteration_end(self, iteration: int, experiment: object) -> None:  # end of every iteration
+            cpu.append(time.process_time())
+            wall.append(time.perf_counter())
 
-    train(config, run_dir, observers=[clock])
+    train(config, run_dir, callbacks=[Clock()])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if distributed.is_main():
         warmup = max(1, iterations // 10)

@@ -9,9 +9,10 @@ network), identical at start:
 - ``mckd``: the ``ckd`` step plus the first-order meta step on the
   importance weights every ``method.meta_every`` iterations (the config's).
 
-Each step is what :func:`mckd.train.train` does per iteration, built from the
-same library calls: modalities dropped by ``random_subset``, forward, loss,
-backward, optimiser step, and for ``mckd`` the meta step. Batches are drawn
+Each step is what :func:`mckd.train.train` does per iteration, by the same
+calls: modalities dropped by ``random_subset``, :func:`mckd.train.train_step`
+(forward, loss, backward, optimiser step), and for ``mckd`` the method's meta
+step. Batches are drawn
 once, in memory, and the same batches feed every variant, so data loading is
 left out and the figures are the step itself (``benchmarks/meta_cost.py``
 times the whole loop instead). The variants run interleaved in blocks, in a
@@ -61,40 +62,32 @@ def draw_batches(dataset: Any, count: int, batch_size: int, generator: torch.Gen
 
 def make_step(config: Any, device: torch.device, train_batches: list, val_batches: list,
               drops: list[torch.Tensor], meta_seconds: list[float]) -> Callable[[int], None]:
-    """One training iteration of ``config``'s method, as a function of the iteration number.
+    """One training iteration of ``config``'s method (:func:`mckd.train.train_step` and the method's meta step).
 
     The time of each meta step (synchronised on CUDA) is appended to ``meta_seconds``.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     from mckd.build import build_experiment
-    from mckd.method.distill import cross_modal_distillation_loss
-    from mckd.method.meta import meta_step
-    from mckd.train import make_optimizer
+    from mckd.method import MethodServices
+    from mckd.train import make_optimizer, train_step
 
     experiment = build_experiment(config)
-    model, weights, task, method = experiment.model, experiment.weights, experiment.task, config.method
+    model, method, task = experiment.model, experiment.method, experiment.task
     model.to(device).train()
-    weights.to(device)
+    method.to(device)
     optimizer = make_optimizer(model.parameters(), config.train)
-    weight_optimizer = torch.optim.Adam([weights.raw], lr=method.meta_lr, weight_decay=method.meta_weight_decay)
+    method.setup(MethodServices(task_loss=task.loss, model_optimizer=optimizer))
 
     def step(iteration: int) -> None:
         batch = train_batches[iteration % len(train_batches)]
         present = drops[iteration % len(drops)]  # the same random subsets for every variant
-        output = model(batch["inputs"], present)
-        loss = task.loss(output.prediction, batch["target"])
-        if method.alpha > 0:
-            ckd = cross_modal_distillation_loss(output.features, present, weights(), method.p, method.ckd_reduction)
-            loss = loss + method.alpha * ckd
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if method.meta and (iteration + 1) % method.meta_every == 0:
+        train_step(model, method, task, optimizer, batch, present)
+        if method.meta_due(iteration + 1):
             sync()
             start = time.perf_counter()
             for k in range(method.meta_batches):
                 val = val_batches[(iteration + k) % len(val_batches)]
-                meta_step(model, weights, weight_optimizer, val["inputs"], val["target"], task.loss)
+                method.meta_step(model, val, batch, present, optimizer.param_groups[0]["lr"])
             sync()
             meta_seconds.append(time.perf_counter() - start)
 
@@ -129,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append(f"train.batch_size={args.batch_size}")
     configs = {name: config_from_dict(apply_overrides(raw, [*common, *extra])) for name, extra in VARIANTS.items()}
     reference = configs["mckd"]
-    meta_every = reference.method.meta_every
+    meta_every = reference.method.options.meta_every
     block = meta_every * math.ceil(args.block / meta_every)
     blocks = max(1, math.ceil(args.iterations / block))
 
@@ -176,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"device {device}, {torch.get_num_threads()} thread(s), load average {load}; batch {reference.train.batch_size}; "
           f"{blocks} blocks x {block} iterations per variant after {args.warmup} warm-up; "
-          f"meta step every {meta_every} iteration(s), {reference.method.meta_batches} batch(es)")
+          f"meta step every {meta_every} iteration(s), {reference.method.options.meta_batches} batch(es)")
     print()
     print("| variant | ms per step (median over blocks) | min .. max |")
     print("|---|---|---|")

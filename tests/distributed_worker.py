@@ -20,14 +20,14 @@ from safetensors.torch import save_file
 
 from mckd import distributed
 from mckd.config import apply_overrides, config_from_dict, load_raw
-from mckd.train import TrainingInterrupted, train
+from mckd.train import Callback, TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def dump(experiment, run_dir: Path, rank: int) -> None:
     tensors = {f"model.{k}": v.contiguous() for k, v in experiment.model.state_dict().items()}
-    tensors["weights.raw"] = experiment.weights.raw.detach().clone()
+    tensors["method.weights.raw"] = experiment.method.weights.raw.detach().clone()
     save_file(tensors, str(run_dir / f"rank{rank}.safetensors"))
 
 
@@ -43,12 +43,13 @@ def main() -> None:
 
     dump(train(config, out / "straight"), out / "straight", rank)
 
-    def sigterm_rank_1(iteration: int, experiment) -> None:
-        if rank == 1 and iteration == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
+    class SigtermRank1(Callback):
+        def on_iteration_end(self, iteration: int, experiment) -> None:
+            if rank == 1 and iteration == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
 
     try:
-        train(config, out / "stopped", observers=[sigterm_rank_1])
+        train(config, out / "stopped", callbacks=[SigtermRank1()])
     except TrainingInterrupted as stopped:
         (out / "stopped" / f"stopped{rank}.txt").write_text(str(stopped.iteration))
     if rank == 0:  # for the test to resume it with one process

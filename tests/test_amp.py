@@ -14,7 +14,8 @@ from torch.nn import functional as F
 from mckd.checkpoint import load_checkpoint
 from mckd.config import apply_overrides, config_from_dict, load_raw
 from mckd.method import ImportanceWeights, MultiModalModel, cross_modal_distillation_loss, meta_step
-from mckd.train import CHECKPOINT, METRICS, autocast_dtype, train
+from mckd.runs import RunDir
+from mckd.train import autocast_dtype, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,10 +71,10 @@ def test_bf16_training_on_the_cpu_gives_finite_losses_and_float32_checkpoints(tm
         "train.device=cpu", "train.precision=bf16", "method.meta_every=3",
     ]))
     train(config, tmp_path)
-    rows = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    rows = [json.loads(line) for line in RunDir(tmp_path).metrics.read_text().splitlines()]
     losses = [r[k] for r in rows if r["kind"] == "train" for k in ("task_loss", "ckd_loss")]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     weights = [v for r in rows if r["kind"] == "weights" for v in r["weights"].values()]
     assert all(math.isfinite(v) for v in weights)
-    tensors, _ = load_checkpoint(tmp_path / CHECKPOINT)
-    assert all(t.dtype == torch.float32 for name, t in tensors.items() if name.startswith(("model.", "weights.")))
+    tensors, _ = load_checkpoint(RunDir(tmp_path).checkpoint)
+    assert all(t.dtype == torch.float32 for name, t in tensors.items() if name.startswith(("model.", "method.weights.")))

@@ -306,7 +306,7 @@ def test_smil_networks_flatten_to_160_and_320_before_the_projection(prepared: Pa
 
 
 def test_a_short_training_run_learns_and_records_the_weights(prepared: Path, tmp_path: Path) -> None:
-    from mckd.evaluate import evaluate_run
+    from mckd.runs import evaluate_run
     from mckd.report import read_weight_history
     from mckd.train import train
 

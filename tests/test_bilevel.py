@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mckd.method import ImportanceWeights, MultiModalModel
-from mckd.method.bilevel import bilevel_meta_step, lookahead_meta_loss
+from mckd.method import MethodServices, MultiModalModel
+from mckd.method.bilevel import bilevel_meta_step, lookahead_meta_loss, optimizer_step_scale
+from mckd.method.mckd import MCKD, MCKDOptions
 from mckd.method.meta import meta_loss
-from mckd.variants import optimizer_step_scale
 
 ALPHA, ETA = 0.5, 0.5
 
@@ -23,13 +23,20 @@ def tiny_problem():
     sizes = {"a": 3, "b": 5, "c": 2}
     encoders = {m: nn.Sequential(nn.Linear(d, 4), nn.Tanh()) for m, d in sizes.items()}
     model = MultiModalModel(list(sizes), encoders, nn.Linear(12, 3)).double()
-    weights = ImportanceWeights(list(sizes), generator=torch.Generator().manual_seed(1)).double()
+    weights = mckd_method(ALPHA).weights.double()
     train_inputs = [torch.randn(6, d, dtype=torch.float64) for d in sizes.values()]
     train_present = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
     train_target = torch.randint(0, 3, (6,))
     val_inputs = [torch.randn(5, d, dtype=torch.float64) for d in sizes.values()]
     val_target = torch.randint(0, 3, (5,))
     return model, weights, (train_inputs, train_present, train_target), (val_inputs, val_target)
+
+
+def mckd_method(alpha: float) -> MCKD:
+    """The MCKD training method whose own inner objective the look-ahead differentiates."""
+    method = MCKD(MCKDOptions(alpha=alpha, meta_mode="bilevel"), ["a", "b", "c"], seed=1)
+    method.setup(MethodServices(task_loss=F.cross_entropy))
+    return method
 
 
 def reference_lookahead_loss(model, raw, train, val, scale=None) -> float:
@@ -58,7 +65,8 @@ def reference_lookahead_loss(model, raw, train, val, scale=None) -> float:
 
 
 def bilevel_gradient(model, weights, train, val, eta=ETA, alpha=ALPHA, scale=None) -> torch.Tensor:
-    loss = lookahead_meta_loss(model, weights(), *train, *val, F.cross_entropy, alpha, eta, step_scale=scale)
+    inner = mckd_method(alpha).inner_objective
+    loss = lookahead_meta_loss(model, weights(), *train, *val, F.cross_entropy, inner, eta, step_scale=scale)
     return torch.autograd.grad(loss, [weights.raw])[0]
 
 
@@ -100,7 +108,8 @@ def test_bilevel_step_changes_only_the_weights_and_restores_train_mode():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     raw_before = weights.raw.detach().clone()
     optimizer = torch.optim.Adam([weights.raw], lr=1e-2)
-    loss = bilevel_meta_step(model, weights, optimizer, *train, *val, F.cross_entropy, ALPHA, ETA)
+    loss = bilevel_meta_step(model, weights, optimizer, *train, *val, F.cross_entropy,
+                             mckd_method(ALPHA).inner_objective, ETA)
     assert torch.isfinite(loss)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -17,20 +17,19 @@ from brats_helpers import cache2013, cache4  # noqa: F401 (fixtures)
 from conftest import ROOT, shared_path
 from mckd.config import apply_overrides, config_from_dict, load_raw
 from mckd.data.brats import BratsCaseDataset, BratsCases
-from mckd.evaluate import all_subsets, evaluate_subsets
-from mckd.tasks import build_task
+from mckd.evaluation import all_subsets, evaluate_subsets
 from mckd.tasks.segmentation import (
     HD95_ONE_EMPTY,
     SegmentationTask,
     labels_from_regions,
     regions_from_labels,
     relabel_small_enhancing,
-    table1,
 )
+from mckd.report import table1
 
 TINY = [
     "data.downsample=4", "data.crop=[16,16,16]", "data.val_crops=2", "data.crops_per_epoch=4",
-    "data.overlap=0.0", "data.sw_batch_size=4",
+    "task.overlap=0.0", "task.sw_batch_size=4",
     "model.widths=[4,8,16]", "train.iterations=4", "method.meta_every=2",
     "train.progress=false", "train.device=cpu", "train.log_every=2",
 ]
@@ -43,7 +42,7 @@ def tiny_config(cache: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained_run(cache2013: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mckd.evaluate import evaluate_run
+    from mckd.runs import evaluate_run
     from mckd.train import train
 
     run = tmp_path_factory.mktemp("run") / "brats_tiny"
@@ -55,26 +54,25 @@ def trained_run(cache2013: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_the_small_and_paper_configs_load():
     for name in ("brats_small_cpu.yaml", "brats_paper_gpu.yaml"):
         config = config_from_dict(load_raw(ROOT / "configs" / name))
-        assert config.task == "segmentation" and config.data.name == "brats"
+        assert config.task.name == "segmentation" and config.data.name == "brats"
     paper = config_from_dict(load_raw(ROOT / "configs" / "brats_paper_gpu.yaml"))
     assert (paper.train.iterations, paper.train.batch_size, paper.train.lr, paper.train.momentum) == (115000, 2, 0.01, 0.99)
     assert paper.train.nesterov and paper.train.schedule == "cosine" and paper.train.optimizer == "sgd"
-    assert (paper.method.meta_every, paper.method.meta_lr, paper.method.meta_weight_decay) == (100, 0.01, 5e-5)
-    assert (paper.method.alpha, paper.method.p, sorted(paper.data.options.crop)) == (0.1, 1, [80, 160, 160])
+    assert (paper.method.options.meta_every, paper.method.options.meta_lr, paper.method.options.meta_weight_decay) == (100, 0.01, 5e-5)
+    assert (paper.method.options.alpha, paper.method.options.p, sorted(paper.data.options.crop)) == (0.1, 1, [80, 160, 160])
 
 
 def test_fifteen_subsets_of_four_sequences_are_evaluated(cache4: Path):
     assert len(all_subsets(["flair", "t1", "t1ce", "t2"])) == 15
     cases = BratsCases(cache4, ["BraTS2021_00006"], ["flair", "t1", "t1ce", "t2"], downsample=8)
     config = tiny_config(cache4)
-    from mckd import registry
-    from mckd.data.bundle import DataBundle
+    from mckd.build import build_method, build_model
 
-    bundle = DataBundle(("flair", "t1", "t1ce", "t2"), None, None, BratsCaseDataset(cases), 3,  # type: ignore[arg-type]
-                        {m: (1, 16, 16, 16) for m in ("flair", "t1", "t1ce", "t2")})
-    model = registry.lookup("model", "unet3d").build(config.model.options, bundle, config)
-    task = build_task("segmentation", 3, roi=[16, 16, 16], overlap=0.0, sw_batch_size=8, spacing=[8, 8, 8])
-    rows = evaluate_subsets(model, task, bundle.test, 1, torch.device("cpu"))
+    modalities = ("flair", "t1", "t1ce", "t2")
+    model = build_model(config, modalities, {m: (1, 16, 16, 16) for m in modalities}, 3,
+                        build_method(config, modalities))
+    task = SegmentationTask(3, roi=[16, 16, 16], overlap=0.0, sw_batch_size=8, spacing=[8, 8, 8])
+    rows = evaluate_subsets(model, task, BratsCaseDataset(cases), 1, torch.device("cpu"))
     assert len(rows) == 15 and rows[-1]["subset"] == "flair+t1+t1ce+t2"
     assert all(0 <= r["dice_et"] <= 1 and r["hd95_wt"] >= 0 for r in rows)
 
@@ -120,7 +118,7 @@ def test_a_few_training_iterations_then_the_table(trained_run: Path):
 def test_softmax_head_trains_with_dice_ce(cache2013: Path, tmp_path: Path):
     from mckd.train import train
 
-    experiment = train(tiny_config(cache2013, "data.head=labels", "train.iterations=1", "method.meta=false"), tmp_path)
+    experiment = train(tiny_config(cache2013, "task.head=labels", "train.iterations=1", "method.meta=false"), tmp_path)
     assert experiment.task.head == "labels"
     assert experiment.model.decoder.out.conv.conv.out_channels == 4
 

@@ -43,10 +43,10 @@ def test_two_ranks_agree_and_a_stopped_run_resumes_exactly(tmp_path):
         assert [name for name in rank0 if not torch.equal(rank0[name], rank1[name])] == []
     saved, metadata = load_checkpoint(straight / "checkpoint.safetensors")
     assert metadata["world_size"] == 2
-    assert torch.equal(saved["weights.raw"], load_file(str(straight / "rank0.safetensors"))["weights.raw"])
-    assert not torch.equal(saved["weights.raw"], torch.rand(6, generator=torch.Generator().manual_seed(0))), \
-        "the meta steps moved w"
-    assert {"rng.0.torch", "rng.1.torch", "rng.1.gen_missing"} <= set(saved)  # every rank's RNGs
+    w = saved["method.weights.raw"]
+    assert torch.equal(w, load_file(str(straight / "rank0.safetensors"))["method.weights.raw"])
+    assert not torch.equal(w, torch.rand(6, generator=torch.Generator().manual_seed(0))), "the meta steps moved w"
+    assert {"ranks.0.rng.torch", "ranks.1.rng.torch", "ranks.1.rng.gen_missing"} <= set(saved)  # every rank's RNGs
     lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["kind"] == "train"] == [5, 10, 15, 20]  # one writer, no duplicates
 

@@ -10,9 +10,9 @@ from torch import nn
 
 from mckd.data.bundle import MultiModalTensorDataset
 from mckd.errors import DataError
-from mckd.evaluate import all_subsets, evaluate_subsets, subset_name
+from mckd.evaluation import all_subsets, evaluate_subsets, subset_name
 from mckd.method.model import MultiModalModel
-from mckd.tasks import ClassificationTask
+from mckd.tasks.classification import ClassificationTask
 
 DIGIT_VIEWS = ["fou", "fac", "kar", "pix", "zer", "mor"]
 

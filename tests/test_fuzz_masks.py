@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from helpers import ckd_by_loops
 from mckd.data.missing import availability_mask, fixed_subset, random_subset
 from mckd.errors import MckdError
 from mckd.method.distill import cross_modal_distillation_loss
@@ -87,15 +88,8 @@ def test_distillation_of_any_mask_sums_only_pairs_present_in_the_same_sample(pre
     features = torch.randn(batch, n, *shape, requires_grad=True)
     weights = torch.softmax(torch.randn(n), dim=0)
     loss = cross_modal_distillation_loss(features, present, weights, p=p, reduction=reduction)
-    expected = torch.zeros(())
-    for b in range(batch):
-        for i in range(n):
-            for j in range(n):
-                if i != j and present[b, i] and present[b, j]:
-                    diff = (features[b, i] - features[b, j]).detach().flatten()
-                    distance = diff.abs().pow(p).mean() if reduction == "mean" else torch.linalg.vector_norm(diff, ord=p)
-                    expected = expected + weights[i] / weights[j] * distance
-    torch.testing.assert_close(loss.detach(), expected / batch, rtol=1e-4, atol=1e-5)
+    expected = ckd_by_loops(features.detach(), present, weights, p, reduction)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
     loss.backward()  # a mask with no pair still gives a usable (zero) gradient
     assert torch.isfinite(features.grad).all()
     assert bool((features.grad[~present] == 0).all())  # missing entries receive nothing
@@ -209,14 +203,14 @@ def test_availability_rates_outside_zero_one_are_a_config_error(rate):
 
 def test_evaluating_a_subset_that_leaves_a_sample_with_nothing_is_a_clear_error():
     from mckd.data.bundle import MultiModalTensorDataset
-    from mckd.evaluate import evaluate_subsets
-    from mckd.tasks import build_task
+    from mckd.evaluation import evaluate_subsets
+    from mckd.tasks.classification import ClassificationTask
 
     torch.manual_seed(0)
     model = _model(2, False, [3, 2], 4, "mean", "concat")
     present = torch.tensor([[True, True], [True, False], [True, True]])  # sample 1 has no m1
     dataset = MultiModalTensorDataset([torch.randn(3, 3), torch.randn(3, 2)], torch.tensor([0, 1, 2]), present)
-    task = build_task("classification", 3)
+    task = ClassificationTask(3)
     rows = evaluate_subsets(model, task, dataset, 2, torch.device("cpu"), subsets=[("m0",), ("m0", "m1")])
     assert [row["subset"] for row in rows] == ["m0", "m0+m1"]
     with pytest.raises(MckdError, match="none of the modalities of subset 'm1'"):

@@ -7,31 +7,12 @@ import math
 import pytest
 import torch
 
+from helpers import ckd_by_loops
 from mckd.method.distill import (
     cross_modal_distillation_loss,
     fused_pairwise_feature_distance,
     pairwise_feature_distance,
 )
-
-
-def _distance(teacher: torch.Tensor, student: torch.Tensor, p: int, reduction: str) -> torch.Tensor:
-    diff = (teacher - student).flatten().abs()
-    if reduction == "mean":
-        return (diff**p).mean()
-    return (diff**p).sum() ** (1.0 / p)
-
-
-def _ckd_by_loops(features, present, weights, p, reduction):
-    """(1/B) sum_b sum_{i != j, both present} (w_i / w_j) d(f_i detached, f_j)."""
-    batch, n = present.shape
-    total = features.new_zeros(())
-    for b in range(batch):
-        for i in range(n):
-            for j in range(n):
-                if i != j and present[b, i] and present[b, j]:
-                    ratio = float(weights[i]) / float(weights[j])
-                    total = total + ratio * _distance(features[b, i].detach(), features[b, j], p, reduction)
-    return total / batch
 
 
 # One sample, two modalities f_1 = [1, 2], f_2 = [3, 5], w = [1/4, 3/4]: |f_1 - f_2| = [2, 3].
@@ -62,7 +43,7 @@ def test_ckd_loss_matches_a_loop_over_ordered_pairs_present_in_each_sample(p, re
     present[:, 1] |= ~present.any(dim=1)
     weights = torch.softmax(torch.randn(4, generator=generator, dtype=torch.float64), dim=0)
     loss = cross_modal_distillation_loss(features, present, weights, p=p, reduction=reduction)
-    expected = _ckd_by_loops(features, present, weights, p, reduction)
+    expected = ckd_by_loops(features, present, weights, p, reduction)
     torch.testing.assert_close(loss, expected)
 
 
@@ -113,7 +94,7 @@ def test_ckd_gradient_equals_that_of_the_loop_with_explicitly_detached_teachers(
     ours = data.clone().requires_grad_(True)
     cross_modal_distillation_loss(ours, present, weights, p=p, reduction=reduction).backward()
     reference = data.clone().requires_grad_(True)
-    _ckd_by_loops(reference, present, weights, p, reduction).backward()
+    ckd_by_loops(reference, present, weights, p, reduction).backward()
     torch.testing.assert_close(ours.grad, reference.grad)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,14 +10,15 @@ from safetensors.torch import load, save
 from torch import nn
 from torch.nn import functional as F
 
-from mckd.config import MethodConfig, apply_overrides, config_from_dict, load_raw
+from mckd.config import config_from_dict, load_raw
 from mckd.data.bundle import MultiModalTensorDataset
-from mckd.experiment import METHODS
-from mckd.method.lckd import elect_teacher, teacher_distillation_loss
+from mckd.evaluation import evaluate_subsets
+from mckd.experiment import method_config
+from mckd.method import MethodServices
+from mckd.method.lckd import LCKD, LCKDOptions, elect_teacher, teacher_distillation_loss
 from mckd.method.model import MultiModalModel, fused_channels, hemis_fusion
-from mckd.method.shaspec import ShaSpecModel, domain_classification_loss, shared_alignment_loss
-from mckd.tasks import ClassificationTask
-from mckd.variants import MethodVariants, shared_specific_model
+from mckd.method.shaspec import ShaSpecModel, domain_classification_loss, shared_alignment_loss, shared_specific_model
+from mckd.tasks.classification import ClassificationTask
 
 PRESENT = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)  # (B=4, N=3)
 
@@ -28,8 +28,9 @@ PRESENT = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=torch
 
 def test_zero_fill_preset_is_zero_features_without_distillation():
     raw = load_raw(Path(__file__).resolve().parents[1] / "configs" / "multiview_digits.yaml")
-    config = config_from_dict(apply_overrides(raw, METHODS["zero_fill"][0]))
-    assert (config.method.fill, config.method.alpha, config.method.meta) == ("zero", 0.0, False)
+    config = config_from_dict(method_config(raw, "zero_fill"))
+    assert (config.method.name, config.model.fill) == ("mckd", "zero")
+    assert (config.method.options.alpha, config.method.options.meta) == (0.0, False)
 
 
 # --- HeMIS ---------------------------------------------------------------------------------------------
@@ -97,15 +98,17 @@ def test_lckd_elects_the_modality_that_scores_best_alone_on_validation():
         decoder.weight.copy_(torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
         decoder.bias.zero_()
     model = MultiModalModel(list("abc"), encoders, decoder)
-    experiment = SimpleNamespace(
-        model=model, task=ClassificationTask(2), bundle=SimpleNamespace(modalities=("a", "b", "c"), val=val),
-        config=SimpleNamespace(method=MethodConfig(distill="teacher"), eval=SimpleNamespace(batch_size=32)),
-    )
+    task = ClassificationTask(2)
+
+    def score_each_modality() -> list[float]:  # what the training loop lends the method
+        rows = evaluate_subsets(model, task, val, 32, torch.device("cpu"), subsets=[(m,) for m in "abc"])
+        return [row["accuracy"] for row in rows]
+
     records = []
-    model.train()
-    variants = MethodVariants(experiment, torch.device("cpu"), records.append)
-    assert variants.teacher == 1 and records[-1]["teacher"] == "b"
-    assert records[-1]["scores"]["b"] == 1.0 and model.training
+    method = LCKD(LCKDOptions(), list("abc"), seed=0)
+    method.setup(MethodServices(task_loss=task.loss, score_each_modality=score_each_modality, record=records.append))
+    assert method.teacher == 1 and records[-1]["teacher"] == "b"
+    assert records[-1]["scores"]["b"] == 1.0
 
 
 # --- ShaSpec ---------------------------------------------------------------------------------------------
@@ -132,8 +135,7 @@ def tiny_shaspec() -> tuple[ShaSpecModel, list[torch.Tensor]]:
     sizes = (2, 3, 4)
     encoders = {m: nn.Sequential(nn.Linear(d, 6), nn.ReLU()) for m, d in zip("abc", sizes)}
     base = MultiModalModel(list("abc"), encoders, nn.Linear(18, 5))
-    bundle = SimpleNamespace(input_shapes={m: (d,) for m, d in zip("abc", sizes)})
-    return shared_specific_model(base, bundle), [torch.randn(4, d) for d in sizes]
+    return shared_specific_model(base, {m: (d,) for m, d in zip("abc", sizes)}), [torch.randn(4, d) for d in sizes]
 
 
 def test_shaspec_fills_a_missing_modality_with_the_mean_of_present_shared_features():

@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from mckd.checkpoint import flatten_state, load_checkpoint, unflatten_state
-from mckd.config import apply_overrides, config_from_dict, load_raw
+from mckd.config import config_from_dict, load_raw
+from mckd.experiment import method_config
 from mckd.errors import CheckpointError
-from mckd.train import CHECKPOINT, METRICS, TrainingInterrupted, train
+from helpers import AtIteration
+from mckd.runs import RunDir
+from mckd.train import TrainingInterrupted, read_training_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,10 +30,10 @@ pytestmark = [
 ]
 
 
-def digits_config(*overrides: str):
+def digits_config(*overrides: str, method: str = "mckd"):
     """A short run with everything that draws random numbers switched on (dropout, missing subsets, meta steps)."""
     raw = load_raw(ROOT / "configs" / "multiview_digits.yaml")
-    return config_from_dict(apply_overrides(raw, [
+    return config_from_dict(method_config(raw, method, [
         "train.iterations=24", "train.batch_size=32", "train.log_every=5", "train.progress=false",
         "train.device=cpu", "train.precision=fp32", "train.deterministic=true", "train.schedule=cosine",
         "method.meta_every=3", "missing.policy=random_subset", *overrides,
@@ -39,38 +42,28 @@ def digits_config(*overrides: str):
 
 def records(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock seconds."""
-    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+    rows = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:
-    tensors_a, meta_a = load_checkpoint(a / CHECKPOINT)
-    tensors_b, meta_b = load_checkpoint(b / CHECKPOINT)
+    tensors_a, meta_a = load_checkpoint(RunDir(a).checkpoint)
+    tensors_b, meta_b = load_checkpoint(RunDir(b).checkpoint)
     assert sorted(tensors_a) == sorted(tensors_b)
     different = [name for name in tensors_a if not torch.equal(tensors_a[name], tensors_b[name])]
     assert different == []
     assert meta_a == meta_b
 
 
-def at_iteration(when: int, action):
-    """An observer (called after every iteration) that does ``action`` after iteration ``when``."""
-
-    def observer(iteration: int, experiment) -> None:
-        if iteration == when:
-            action()
-
-    return observer
-
-
 def test_sigterm_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path):
     config = digits_config()
     train(config, tmp_path / "straight")
 
-    sigterm = at_iteration(9, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    sigterm = AtIteration(9, lambda: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(TrainingInterrupted) as stopped:
-        train(config, tmp_path / "stopped", observers=[sigterm])
+        train(config, tmp_path / "stopped", callbacks=[sigterm])
     assert stopped.value.iteration == 9
-    _, metadata = load_checkpoint(tmp_path / "stopped" / CHECKPOINT)
+    _, metadata = load_checkpoint(RunDir(tmp_path / "stopped").checkpoint)
     assert metadata["iteration"] == 9 and metadata["complete"] is False
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
 
@@ -89,9 +82,9 @@ def test_a_crash_resumes_from_the_last_periodic_checkpoint_exactly(tmp_path):
     # after iteration 11: the last checkpoint is at 8, with the meta step of 6 not yet logged; the log record
     # of 10 has logged it since, and the resumed run must not log it twice
     with pytest.raises(RuntimeError, match="power cut"):
-        train(config, tmp_path / "crashed", observers=[at_iteration(11, crash)])
-    _, metadata = load_checkpoint(tmp_path / "crashed" / CHECKPOINT)
-    assert metadata["iteration"] == 8 and metadata["weight_history"] == [6]
+        train(config, tmp_path / "crashed", callbacks=[AtIteration(11, crash)])
+    state = read_training_state(RunDir(tmp_path / "crashed").checkpoint)
+    assert state["iteration"] == 8 and state["log"]["pending"] == [6]
 
     train(config, tmp_path / "crashed", resume=True)
     assert_same_checkpoint(tmp_path / "straight", tmp_path / "crashed")
@@ -120,10 +113,10 @@ def test_a_state_that_is_neither_tensor_nor_plain_data_is_refused():
 
 
 def test_a_resumed_lckd_run_keeps_its_elected_teacher_and_equals_an_uninterrupted_run(tmp_path):
-    config = digits_config("method.distill=teacher", "method.teacher_every=5")  # elections at 0, 5, 10, ...
+    config = digits_config("method.teacher_every=5", method="lckd")  # elections at 0, 5, 10, ...
     train(config, tmp_path / "straight")
     with pytest.raises(TrainingInterrupted):
-        train(config, tmp_path / "stopped", observers=[at_iteration(7, lambda: os.kill(os.getpid(), signal.SIGTERM))])
+        train(config, tmp_path / "stopped", callbacks=[AtIteration(7, lambda: os.kill(os.getpid(), signal.SIGTERM))])
     train(config, tmp_path / "stopped", resume=True)
     assert_same_checkpoint(tmp_path / "straight", tmp_path / "stopped")
     assert records(tmp_path / "straight") == records(tmp_path / "stopped")

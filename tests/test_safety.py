@@ -20,20 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mckd.checkpoint import atomic_write, atomic_write_text, load_checkpoint, load_state_into, save_checkpoint
+from helpers import Payload
+from mckd.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from mckd.io import atomic_write, atomic_write_text
 from mckd.errors import CheckpointError, MckdError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Payload:
-    """Unpickling this creates ``path``: the proof that a loader ran code from the file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
 
 
 def crafted_files(folder: Path, marker: Path) -> dict[str, Path]:
@@ -83,7 +75,7 @@ def test_a_crafted_checkpoint_given_to_the_cli_is_a_one_line_error_and_runs_noth
     run = tmp_path / "run"
     run.mkdir()
     crafted_files(tmp_path / "files", marker)["pickle4"].rename(run / "checkpoint.safetensors")
-    (run / "config.yaml").write_text("task: classification\n")
+    (run / "config.yaml").write_text("task:\n  name: classification\n")
     for argv in (["evaluate", str(run), "--device", "cpu"],
                  ["train", "--resume", str(run)],
                  ["predict", str(run), "flair=x.nii.gz", "--out", str(tmp_path / "out.nii.gz"), "--device", "cpu"]):
@@ -138,13 +130,13 @@ def test_checkpoint_metadata_that_is_not_a_mapping_is_refused(tmp_path):
 
 
 def _mlp(hidden: int, views: dict[str, int]) -> torch.nn.Module:
+    from mckd.build import build_method, build_model
     from mckd.config import config_from_dict
-    from mckd.data.bundle import DataBundle
-    from mckd.nets.mlp import MultiviewMLPOptions, build_multiview_mlp
 
-    config = config_from_dict({"data": {"name": "multiview_digits"}, "model": {"name": "multiview_mlp"}})
-    bundle = DataBundle(tuple(views), None, None, None, 10, {v: (d,) for v, d in views.items()})  # type: ignore[arg-type]
-    return build_multiview_mlp(MultiviewMLPOptions(hidden=hidden, feature_dim=8, decoder_hidden=16), bundle, config)
+    config = config_from_dict({"data": {"name": "multiview_digits"},
+                               "model": {"name": "multiview_mlp", "hidden": hidden, "feature_dim": 8,
+                                         "decoder_hidden": 16}})
+    return build_model(config, tuple(views), {v: (d,) for v, d in views.items()}, 10, build_method(config, tuple(views)))
 
 
 def test_a_checkpoint_of_another_model_configuration_is_refused_naming_the_keys(tmp_path):
@@ -193,7 +185,7 @@ def test_a_write_that_fails_midway_leaves_the_previous_file_intact_and_no_tempor
 
 def test_every_result_writer_keeps_the_previous_version_when_the_write_fails(tmp_path, monkeypatch):
     """Checkpoints, tables, plots and configs, each with its real writer, crash inside the write."""
-    import mckd.checkpoint as checkpoint_module
+    import mckd.io as io_module
     from mckd.config import config_from_dict, save_config
     from mckd.report import plot_subset_comparison, write_table
 
@@ -209,28 +201,28 @@ def test_every_result_writer_keeps_the_previous_version_when_the_write_fails(tmp
         write()
     before = {name: (tmp_path / name).read_bytes() for name in writers}
 
-    real_replace = checkpoint_module.os.replace
+    real_replace = io_module.os.replace
 
     def crash_before_rename(src, dst):
         raise PowerCut  # the new version is complete in the temporary file, the rename never happens
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", crash_before_rename)
+    monkeypatch.setattr(io_module.os, "replace", crash_before_rename)
     for name, write in writers.items():
         with pytest.raises(PowerCut):
             write()
         assert (tmp_path / name).read_bytes() == before[name], name
-    monkeypatch.setattr(checkpoint_module.os, "replace", real_replace)
+    monkeypatch.setattr(io_module.os, "replace", real_replace)
     assert _leftovers(tmp_path) == []
 
 
 # Writes that are not atomic_write: each is safe for the reason given.
 ALLOWED_DIRECT_WRITES = {
-    ("checkpoint.py", "atomic_write_text"): "writes the temporary file of atomic_write",
+    ("io.py", "atomic_write_text"): "writes the temporary file of atomic_write",
     ("checkpoint.py", "save_checkpoint"): "writes the temporary file of atomic_write",
     ("brats_cache.py", "_prepare_one"): "writes into the staging folder that is renamed into place at the end",
     ("brats_cache.py", "prepare_cache"): "writes into the staging folder that is renamed into place at the end",
     ("brats_cache.py", "write_nifti_like"): "writes a temporary file, then os.replace",
-    ("train.py", "open_metrics"): "metrics.jsonl is an append-only log; resume rewrites it atomically",
+    ("train.py", "_open"): "metrics.jsonl is an append-only log; resume rewrites it atomically",
 }
 WRITE_CALLS = {"write_text", "write_bytes", "savefig", "save", "dump", "save_file", "to_csv", "tofile", "savez"}
 
@@ -267,7 +259,7 @@ def test_result_files_are_written_only_through_atomic_write():
         for function, line, call in _direct_writes(path):
             if (path.name, function) not in ALLOWED_DIRECT_WRITES and not call.startswith(("json.dumps", "yaml.")):
                 offenders.append(f"{path.relative_to(ROOT)}:{line} in {function}: {call}")
-    assert offenders == [], "write through mckd.checkpoint.atomic_write (or say why not here):\n" + "\n".join(offenders)
+    assert offenders == [], "write through mckd.io.atomic_write (or say why not here):\n" + "\n".join(offenders)
 
 
 def test_errors_are_product_errors():

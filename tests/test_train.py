@@ -15,8 +15,9 @@ from safetensors import safe_open
 
 from mckd.build import build_data
 from mckd.config import TrainConfig, config_from_dict, load_config
-from mckd.evaluate import evaluate_run
+from mckd.runs import evaluate_run
 from mckd.method.weights import ImportanceWeights
+from mckd.runs import RunDir
 from mckd.train import lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,23 +79,24 @@ def test_the_run_directory_holds_the_resolved_config_and_a_tensors_only_checkpoi
     run_dir, experiment = mckd_run
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config_from_dict(saved).to_dict() == experiment.config.to_dict()
-    assert saved["method"]["meta_every"] == 5 and saved["train"]["iterations"] == 40
+    assert saved["method"]["name"] == "mckd" and saved["method"]["meta_every"] == 5 and saved["train"]["iterations"] == 40
     with safe_open(str(run_dir / "checkpoint.safetensors"), framework="pt") as handle:  # never unpickles
         keys = set(handle.keys())
-        torch.testing.assert_close(handle.get_tensor("weights.raw"), experiment.weights.raw.detach())
-    assert "weights.raw" in keys and any(k.startswith("model.encoders.fac.") for k in keys)
+        torch.testing.assert_close(handle.get_tensor("method.weights.raw"), experiment.method.weights.raw.detach())
+    assert "method.weights.raw" in keys and any(k.startswith("model.encoders.fac.") for k in keys)
 
 
 def test_without_meta_steps_training_never_moves_w_even_with_distillation_on(digits_csv_dir, tmp_path):
     experiment = train(_config(digits_csv_dir, "method.meta=false", "train.iterations=10", "seed=3"), tmp_path)
-    assert torch.equal(experiment.weights.raw.detach(), _initial_raw(3))
+    assert torch.equal(experiment.method.weights.raw.detach(), _initial_raw(3))
     assert all(r["ckd_loss"] > 0 for r in _records(tmp_path, "train"))
     assert [r["iteration"] for r in _records(tmp_path, "weights")] == [0]
 
 
-def test_the_baseline_has_no_distillation_term(digits_csv_dir, tmp_path):
+def test_the_baseline_has_no_distillation_term_and_logs_no_weights(digits_csv_dir, tmp_path):
     train(_config(digits_csv_dir, "method.alpha=0", "method.meta=false", "train.iterations=10"), tmp_path)
-    assert all(r["ckd_loss"] == 0.0 for r in _records(tmp_path, "train"))
+    assert all("ckd_loss" not in r and r["task_loss"] > 0 for r in _records(tmp_path, "train"))
+    assert [r["iteration"] for r in _records(tmp_path, "weights")] == [0]  # the random start only
 
 
 def test_a_fixed_single_modality_policy_leaves_no_pair_to_distil(digits_csv_dir, tmp_path):
@@ -124,6 +126,7 @@ def test_a_dataset_with_an_empty_split_is_refused_before_training(monkeypatch):
         return DataBundle(("a", "b"), part(8), part(0), part(4), 2, {"a": (3,), "b": (2,)})
 
     entry = registry.lookup("data", "multiview_digits")
+    registry.entries("data")  # the built-ins are loaded before one is replaced
     monkeypatch.setitem(registry._ENTRIES["data"], "multiview_digits", registry.Entry(entry.name, entry.options, tiny, ""))
     with pytest.raises(DataError, match="the val split has no samples"):
         build_data(load_config(DIGITS))

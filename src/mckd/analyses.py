@@ -25,13 +25,13 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from mckd.checkpoint import atomic_write_text
 from mckd.config import apply_overrides, config_from_dict, load_raw
 from mckd.data.bundle import move_batch
 from mckd.errors import ConfigError
-from mckd.experiment import METHODS, _primary_metric, final_weights, train_seeds
+from mckd.experiment import final_weights, method_config, train_seeds
+from mckd.io import atomic_write_text
 from mckd.report import Row, _pyplot, _save_figure, read_table, write_table
-from mckd.train import METRICS, train
+from mckd.train import Callback, train
 
 ANALYSES = ("alpha", "norm", "features")
 DEFAULT_ALPHAS = (0.0, 0.01, 0.1, 0.3, 1.0)
@@ -59,7 +59,7 @@ def analyse_alpha(
     """Sweep ``method.alpha`` with p = 1 and p = 2; write ``alpha.{md,csv,png}`` under ``out``."""
     out = Path(out)
     raw = load_raw(config_path)
-    metric = _primary_metric(config_from_dict(apply_overrides(raw, list(overrides))).task)
+    metric = config_from_dict(apply_overrides(raw, list(overrides))).task.options.primary_metric
     table: list[Row] = []
     trained: set[str] = set()
     for p in (1, 2):
@@ -101,7 +101,7 @@ def analyse_norm(
     """Train with each weight normalisation; write ``norm.{md,csv,png}`` under ``out``."""
     out = Path(out)
     raw = load_raw(config_path)
-    metric = _primary_metric(config_from_dict(apply_overrides(raw, list(overrides))).task)
+    metric = config_from_dict(apply_overrides(raw, list(overrides))).task.options.primary_metric
     table: list[Row] = []
     for norm in normalisations:
         run = out / norm
@@ -153,19 +153,28 @@ def removed_modality_feature_quality(features: torch.Tensor) -> tuple[torch.Tens
     return l1, cosine
 
 
-class FeatureQualityProbe:
-    """An observer for :func:`mckd.train.train`: every ``every`` iterations, Eq. 2's quality on a split.
+class FeatureQualityProbe(Callback):
+    """A callback of :func:`mckd.train.train`: every ``every`` iterations, Eq. 2's quality on the validation split.
 
     ``history`` holds one entry per probe: the iteration, and the L1 distance
-    and cosine similarity per modality (means over the split's samples).
+    and cosine similarity per modality (means over the split's samples); it
+    is kept in the checkpoint, so a resumed run continues it.
     """
 
-    def __init__(self, dataset: Any, every: int, batch_size: int = 512) -> None:
-        self.dataset, self.every, self.batch_size = dataset, every, batch_size
+    name = "feature_quality"
+
+    def __init__(self, every: int, batch_size: int = 512) -> None:
+        self.every, self.batch_size = every, batch_size
         self.history: list[dict[str, Any]] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.history = list(state["history"])
+
     @torch.no_grad()
-    def __call__(self, iteration: int, experiment: Any) -> None:
+    def on_iteration_end(self, iteration: int, experiment: Any) -> None:
         if iteration % self.every != 0 and iteration != 1:
             return
         model = experiment.model
@@ -174,7 +183,7 @@ class FeatureQualityProbe:
         model.eval()
         sums = torch.zeros(2, model.num_modalities, dtype=torch.float64)
         count = 0
-        for batch in DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False):
+        for batch in DataLoader(experiment.bundle.val, batch_size=self.batch_size, shuffle=False):
             batch = move_batch(batch, device)
             present = torch.ones_like(batch["present"], dtype=torch.bool)
             features = model.encode(batch["inputs"], present)[model.distill_level]  # (B, N, *F)
@@ -198,24 +207,22 @@ def analyse_features(
 ) -> list[Row]:
     """Eq. 2's generated features against the real ones over training; write ``features.{md,csv,png}``.
 
-    Each method of :data:`mckd.experiment.METHODS` is trained over the seeds
-    with a :class:`FeatureQualityProbe` on the validation split (every
-    ``every`` iterations; 0: ``train.log_every``).
+    Each method or preset (:func:`mckd.experiment.method_config`) is trained
+    over the seeds with a :class:`FeatureQualityProbe` on the validation split
+    (every ``every`` iterations; 0: ``train.log_every``).
     """
     out = Path(out)
     raw = load_raw(config_path)
     curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for name in methods:
-        if name not in METHODS:
-            raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        method_config(raw, name)  # an unknown name fails before anything trains
+    for name in methods:
         curves[name] = {}
         for seed in seeds:
-            config = config_from_dict(apply_overrides(raw, [*overrides, *METHODS[name][0], f"seed={seed}"]))
-            from mckd.build import build_data
-
-            probe = FeatureQualityProbe(build_data(config).val, every or config.train.log_every)
+            config = config_from_dict(method_config(raw, name, [*overrides, f"seed={seed}"]))
+            probe = FeatureQualityProbe(every or config.train.log_every)
             run = out / name / f"seed_{seed}"
-            train(config, run, observers=[probe])
+            train(config, run, callbacks=[probe])
             atomic_write_text(run / "feature_quality.json", json.dumps(probe.history, indent=1))
             for entry in probe.history:
                 l1 = float(np.mean(list(entry["l1"].values())))

@@ -1,9 +1,18 @@
-"""From a config to the objects a run needs: data, model, task, importance weights."""
+"""From a config to the objects a run needs: data, task, training method and model.
+
+:func:`build_experiment` is the one place where a run is assembled, in a
+fixed order (the random streams depend on it): seed, data, training method,
+task, model. :func:`build_model` is the one place where a model is made, for
+training and for loading a trained run alike: the network's encoders and
+decoder, put together with ``model.fill`` and ``model.fusion``, then wrapped
+by the training method.
+"""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,8 +22,9 @@ from mckd.config import Config
 from mckd.data.bundle import DataBundle
 from mckd.data.missing import availability_mask, subset_mask
 from mckd.errors import ConfigError, DataError
-from mckd.method.model import MultiModalModel
-from mckd.method.weights import ImportanceWeights
+from mckd.method.base import TrainingMethod
+from mckd.method.model import MultiModalModel, fused_channels
+from mckd.nets.base import NetworkSpec
 from mckd.tasks import Task, build_task
 
 
@@ -25,7 +35,7 @@ class Experiment:
     config: Config
     bundle: DataBundle
     model: MultiModalModel
-    weights: ImportanceWeights
+    method: TrainingMethod
     task: Task
 
 
@@ -34,19 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
-    return device
 
 
 def build_data(config: Config) -> DataBundle:
@@ -69,17 +66,29 @@ def build_data(config: Config) -> DataBundle:
     return bundle
 
 
+def build_method(config: Config, modalities: Sequence[str]) -> TrainingMethod:
+    """The training method of ``config.method`` (its own random start comes from the seed, not the global RNG)."""
+    cls = registry.lookup("method", config.method.name).build
+    return cls(config.method.options, modalities, config.seed)
+
+
+def build_model(config: Config, modalities: Sequence[str], input_shapes: Mapping[str, Sequence[int]],
+                num_outputs: int, method: TrainingMethod) -> MultiModalModel:
+    """The network of ``config.model`` with its fill and fusion, wrapped by ``method`` (ShaSpec's encoders)."""
+    n, fusion = len(modalities), config.model.fusion
+    spec = NetworkSpec(tuple(modalities), dict(input_shapes), num_outputs,
+                       lambda channels: fused_channels(fusion, n, channels))
+    parts = registry.lookup("model", config.model.name).build(config.model.options, spec)
+    model = MultiModalModel(modalities, parts.encoder, parts.decoder, fill=config.model.fill, fusion=fusion,
+                            distill_level=parts.distill_level)
+    return method.wrap_model(model, input_shapes)
+
+
 def build_experiment(config: Config) -> Experiment:
-    """Seed, then build the data, the model, the importance weights and the task."""
+    """Seed, then build the data, the training method, the task and the model."""
     seed_everything(config.seed)
     bundle = build_data(config)
-    entry = registry.lookup("model", config.model.name)
-    model = entry.build(config.model.options, bundle, config)
-    if config.method.shared_specific:  # ShaSpec over the same encoders and decoder (mckd.variants)
-        from mckd.variants import shared_specific_model
-
-        model = shared_specific_model(model, bundle)
-    generator = torch.Generator().manual_seed(config.seed)
-    weights = ImportanceWeights(bundle.modalities, config.method.weight_norm, generator=generator)
-    task = build_task(config.task, bundle.num_classes, **bundle.info.get("task_options", {}))
-    return Experiment(config=config, bundle=bundle, model=model, weights=weights, task=task)
+    method = build_method(config, bundle.modalities)
+    task = build_task(config.task, bundle.task_facts())
+    model = build_model(config, bundle.modalities, bundle.input_shapes, task.num_outputs, method)
+    return Experiment(config=config, bundle=bundle, model=model, method=method, task=task)

@@ -7,10 +7,7 @@ anything, so a crafted file cannot run code.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mckd.errors import CheckpointError, MckdError
-
-
-# Errors of the machine, not of the program: a full disk, a read-only or over-quota file system, no permission.
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EISDIR}
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a crash leaves the old file intact.
-
-    Under torchrun only rank 0 writes (every file mckd writes goes through
-    here: checkpoints, configs, tables, plots); on other ranks this does nothing.
-    """
-    from mckd import distributed
-
-    if not distributed.is_main():
-        return
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:  # the folder is a file, not writable, ...
-        raise MckdError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
-    os.close(handle)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; results should read like any file
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRNOS:
-            raise MckdError(f"cannot write {str(path)!r}: {error.strerror}; the previous version, if any, "
-                            "is intact") from None
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+from mckd.errors import CheckpointError
+from mckd.io import atomic_write
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -178,14 +130,26 @@ def flatten_state(state: Any, prefix: str) -> tuple[dict[str, torch.Tensor], Any
                 items.append([key, walk(value, f"{path}.{key}" if path else str(key))])
             return {_DICT: items}
         if isinstance(obj, tuple):
-            return {_TUPLE: [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
+            return {_TUPLE: [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)]}
         if isinstance(obj, list):
-            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+            return [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)]
         if obj is None or isinstance(obj, (bool, int, float, str)):
             return obj
         raise CheckpointError(f"cannot store {type(obj).__name__} at {prefix}.{path} in a tensors-only checkpoint")
 
     return tensors, walk(state, "")
+
+
+def referenced_tensors(tree: Any) -> list[str]:
+    """The tensor names a tree of :func:`flatten_state` refers to, in order."""
+    if isinstance(tree, dict):
+        if _TENSOR in tree:
+            return [tree[_TENSOR]]
+        children = tree.get(_TUPLE) or [value for _, value in tree.get(_DICT, [])]
+        return [name for child in children for name in referenced_tensors(child)]
+    if isinstance(tree, list):
+        return [name for child in tree for name in referenced_tensors(child)]
+    return []
 
 
 def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:

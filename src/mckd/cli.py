@@ -25,16 +25,16 @@ def _default_out(config: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> None:
     from mckd import distributed
     from mckd.config import apply_overrides, config_from_dict, load_raw
-    from mckd.evaluate import evaluate_run
     from mckd.experiment import train_seeds
     from mckd.report import markdown_table
+    from mckd.runs import RunDir, evaluate_run
     from mckd.train import train
 
     if args.resume:
         if args.config or args.seeds:
             raise MckdError("--resume RUN_DIR continues one run with its own config.yaml: give no CONFIG and no --seeds")
         out = Path(args.resume)
-        saved = out / "config.yaml"
+        saved = RunDir(out).config
         if not saved.is_file():
             raise MckdError(f"cannot resume {str(out)!r}: it has no config.yaml (not a run directory of mckd train)")
         raw = load_raw(saved)
@@ -55,32 +55,23 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mckd.evaluate import evaluate_run
     from mckd.report import markdown_table
+    from mckd.runs import RunDir, evaluate_run
 
     rows = evaluate_run(args.run_dir, args.device)
     print(markdown_table(rows))
-    print(f"written: {Path(args.run_dir) / 'eval' / 'subsets.md'}")
-
-
-def _run_table(run: Path) -> Path:
-    for candidate in (run / "subsets.csv", run / "eval" / "subsets.csv"):
-        if candidate.is_file():
-            return candidate
-    raise MckdError(
-        f"{str(run)!r} has no subsets.csv or eval/subsets.csv: pass a run directory made by "
-        "mckd train (evaluated) or a multi-seed directory"
-    )
+    print(f"written: {RunDir(args.run_dir).subsets.with_suffix('.md')}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from mckd.report import compare_tables, plot_subset_comparison, read_table, write_table
+    from mckd.runs import RunDir
 
     a, b = Path(args.run_a), Path(args.run_b)
     name_a, name_b = args.names or (a.name, b.name)
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
-    rows_a, rows_b = read_table(_run_table(a)), read_table(_run_table(b))
+    rows_a, rows_b = read_table(RunDir(a).results_table()), read_table(RunDir(b).results_table())
     metric = args.metric or next(k for k in rows_a[0] if k not in ("subset", "size"))
     if metric not in rows_a[0]:
         raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
@@ -139,15 +130,17 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from mckd import registry
-    from mckd.experiment import METHODS
 
+    headings = {"data": "datasets (data.name)", "model": "networks (model.name)", "task": "tasks (task.name)",
+                "method": "training methods (method.name, mckd benchmark --methods)"}
     for kind in registry.KINDS:
-        print(f"{kind}:")
+        print(f"{headings[kind]}:")
         for name in registry.names(kind):
             print(f"  {name:22s} {registry.lookup(kind, name).description}")
-    print("methods (mckd benchmark --methods):")
-    for name, (overrides, description) in METHODS.items():
-        print(f"  {name:22s} {description}")
+    print("presets (mckd benchmark --methods): a method with fixed settings")
+    for name, preset in sorted(registry.presets().items()):
+        settings = ", ".join(f"{key}={value}" for key, value in preset.overrides)
+        print(f"  {name:22s} {preset.method} with {settings}: {preset.description}")
 
 
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
@@ -193,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train each method over each seed, evaluate every subset, compare each "
                                         "method with the first, and write tables, plots and summary.md.")
     p.add_argument("config")
-    p.add_argument("--methods", nargs="+", default=["mckd", "baseline"], help="methods (see mckd list); first is the reference")
+    p.add_argument("--methods", nargs="+", default=["mckd", "baseline"],
+                   help="training methods or presets (see mckd list); the first is the reference")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
     p.add_argument("--reuse", action="store_true",

@@ -1,9 +1,12 @@
 """Experiment configuration: YAML files with every default written down.
 
-A config has fixed sections (``method``, ``missing``, ``train``, ``eval``) and
-two open ones, ``data`` and ``model``, whose ``name`` picks a registered
-dataset or network; the registered options dataclass then defines the
-section's keys and defaults (see :mod:`mckd.registry`).
+A config has fixed sections (``missing``, ``train``, ``eval``) and four open
+ones, ``task``, ``data``, ``model`` and ``method``, whose ``name`` picks a
+registered task, dataset, network or training method; the registered options
+dataclass then defines the section's keys and defaults (see
+:mod:`mckd.registry`). The ``model`` section also has the keys every network
+shares, ``fill`` and ``fusion`` (:class:`ModelSection`): the architecture
+around the network's encoders and decoder.
 
 Loading checks everything: an unknown key is an error that suggests the
 closest known key, a value of the wrong type or out of range is an error that
@@ -19,47 +22,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 
 from mckd.errors import ConfigError
-
-
-@dataclass
-class MethodConfig:
-    """The MCKD method's settings (paper defaults)."""
-
-    alpha: float = 0.1  # weight of the CKD term in Eq. 4; 0 turns distillation off
-    p: int = 1  # norm of Eq. 5: 1 (paper default) or 2 (ablation)
-    ckd_reduction: Literal["mean", "norm"] = "mean"  # mean |f_i-f_j|^p per element (authors' code) or ||f_i-f_j||_p (paper text)
-    weight_norm: Literal["softmax", "sigmoid", "relu"] = "softmax"  # normalisation of Eq. 6
-    fill: Literal["mean", "zero"] = "mean"  # missing features: mean of present ones (Eq. 2) or zeros
-    fusion: Literal["concat", "hemis"] = "concat"  # concat (Eq. 3) or hemis: mean and variance over present modalities
-    meta: bool = True  # take meta steps on the importance weights; false keeps them at their random start
-    meta_every: int = 1  # inner iterations between meta steps
-    meta_batches: int = 1  # validation batches (one Adam step each) per meta step
-    meta_lr: float = 1e-2  # Adam learning rate of the importance weights
-    meta_weight_decay: float = 1e-2  # Adam weight decay of the importance weights
-    meta_mode: Literal["first_order", "bilevel"] = "first_order"  # authors' step, or through a one-step look-ahead
-    lookahead_lr: float = 0.0  # bilevel: step size of the look-ahead; 0 uses the model optimiser's current lr
-    lookahead_step: Literal["sgd", "optimizer"] = "sgd"  # bilevel: theta - eta*grad, or preconditioned as the optimiser steps
-    distill: Literal["weighted", "teacher"] = "weighted"  # MCKD's w_i/w_j pairs, or LCKD: elected teacher -> others
-    teacher_every: int = 100  # teacher: iterations between elections of the best single modality on validation
-    shared_specific: bool = False  # ShaSpec: shared + specific encoders, residual fusion, alignment and domain losses
-    align_weight: float = 0.1  # ShaSpec: weight of the L1 alignment of shared features across modalities
-    domain_weight: float = 0.1  # ShaSpec: weight of the domain (which modality) classifier on specific features
-
-    def validate(self, path: str) -> None:
-        _check(self.alpha >= 0, f"{path}.alpha must be >= 0, got {self.alpha}")
-        _check(self.p in (1, 2), f"{path}.p must be 1 or 2, got {self.p}")
-        _check(self.meta_every >= 1, f"{path}.meta_every must be >= 1, got {self.meta_every}")
-        _check(self.meta_batches >= 1, f"{path}.meta_batches must be >= 1, got {self.meta_batches}")
-        _check(self.meta_lr > 0, f"{path}.meta_lr must be > 0, got {self.meta_lr}")
-        _check(self.meta_weight_decay >= 0, f"{path}.meta_weight_decay must be >= 0")
-        _check(self.lookahead_lr >= 0, f"{path}.lookahead_lr must be >= 0, got {self.lookahead_lr}")
-        _check(self.teacher_every >= 1, f"{path}.teacher_every must be >= 1, got {self.teacher_every}")
-        _check(min(self.align_weight, self.domain_weight) >= 0, f"{path}.align_weight and domain_weight must be >= 0")
+from mckd.io import atomic_write_text
 
 
 @dataclass
@@ -135,16 +103,38 @@ class Section:
     name: str
     options: Any
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
 
 @dataclass
+class ModelSection(Section):
+    """The ``model`` section: a registered network plus the architecture every network shares."""
+
+    fill: Literal["mean", "zero"] = "mean"  # missing features: mean of the present ones (Eq. 2) or zeros
+    fusion: Literal["concat", "hemis"] = "concat"  # concat (Eq. 3) or hemis: mean and variance over present modalities
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "fill": self.fill, "fusion": self.fusion, **dataclasses.asdict(self.options)}
+
+
+# Keys of the open sections besides ``name`` and the entry's options, with their types.
+_SECTION_TYPES: dict[str, type[Section]] = {"model": ModelSection}
+
+
+def _default_section(kind: str, name: str) -> Any:
+    return lambda: _build_section(kind, {"name": name})
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole experiment."""
 
-    data: Section
-    model: Section
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Section = field(default_factory=_default_section("task", "classification"))
     seed: int = 0
-    method: MethodConfig = field(default_factory=MethodConfig)
+    data: Section
+    model: ModelSection
+    method: Section = field(default_factory=_default_section("method", "mckd"))
     missing: MissingConfig = field(default_factory=MissingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -155,7 +145,7 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Section):
-                out[f.name] = {"name": value.name, **dataclasses.asdict(value.options)}
+                out[f.name] = value.to_dict()
             elif dataclasses.is_dataclass(value):
                 out[f.name] = dataclasses.asdict(value)
             else:
@@ -210,7 +200,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a mapping, got {type(value).__name__} {value!r}")
         key_tp, value_tp = args if args else (Any, Any)
         return {_convert(k, key_tp, f"{path}"): _convert(v, value_tp, f"{path}.{k}") for k, v in value.items()}
-    if tp is Section:
+    if isinstance(tp, type) and issubclass(tp, Section):
         return _build_section(path, value)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path)
@@ -271,6 +261,7 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
 
 
 def _build_section(kind: str, values: Any) -> Section:
+    """An open section: its ``name``'s registered options, plus the section's shared keys (``model``: fill, fusion)."""
     from mckd import registry
 
     if not isinstance(values, dict) or "name" not in values:
@@ -278,36 +269,61 @@ def _build_section(kind: str, values: Any) -> Section:
         raise ConfigError(f"config section {kind!r} needs a 'name', one of: {', '.join(names)}")
     values = dict(values)
     name = values.pop("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{kind}.name must be a string, got {name!r}")
     entry = registry.lookup(kind, name)
-    return Section(name=name, options=build_dataclass(entry.options, values, kind))
+    section_type = _SECTION_TYPES.get(kind, Section)
+    shared = {f.name: f for f in dataclasses.fields(section_type) if f.name not in ("name", "options")}
+    own = {f.name for f in dataclasses.fields(entry.options) if f.init}
+    for key in values:
+        if key not in own and key not in shared:
+            raise unknown_key_error(str(key), ["name", *own, *shared], kind)
+    hints = typing.get_type_hints(section_type)
+    common = {key: _convert(values.pop(key), hints[key], f"{kind}.{key}") for key in list(values) if key in shared}
+    return section_type(name=name, options=build_dataclass(entry.options, values, kind), **common)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
+def split_override(item: str) -> tuple[str, str]:
+    """``"train.lr=0.01"`` -> ``("train.lr", "0.01")``; a malformed item is a :class:`ConfigError`."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not all(key.split(".")):
+        raise ConfigError(f"--set key {key!r} is not a dotted key like train.lr")
+    return key, text
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a raw config mapping in place, making sections on the way."""
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of a raw config mapping."""
     raw = yaml.safe_load(yaml.safe_dump(raw)) or {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"--set key {key!r} is not a dotted key like train.lr")
-        node = raw
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
-            node = child
+        key, text = split_override(item)
         try:
-            node[parts[-1]] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({_one_line(error)})") from None
+        set_key(raw, key, value)
     return raw
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build and check a :class:`Config` from plain data."""
-    return build_dataclass(Config, raw, "")
+    """Build and check a :class:`Config` from plain data (an older layout is upgraded first)."""
+    from mckd.config_upgrade import upgrade_raw_config
+
+    return build_dataclass(Config, upgrade_raw_config(raw), "")
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:
@@ -335,6 +351,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
-    from mckd.checkpoint import atomic_write_text  # a crash mid-write must not leave half a config.yaml
-
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))  # never half a config.yaml

@@ -74,8 +74,8 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
-def device_for(name: str, local_rank: int = 0) -> torch.device:
-    """The device of ``train.device`` for the process of ``local_rank``.
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of ``train.device`` (or ``--device``) for the process of ``local_rank``: the one resolver.
 
     ``auto`` is ``cuda:<local_rank>`` when CUDA is available, else CPU; a bare
     ``cuda`` becomes ``cuda:<local_rank>``, so each process of a machine gets
@@ -99,8 +99,8 @@ def device_for(name: str, local_rank: int = 0) -> torch.device:
 
 
 def local_device(name: str = "auto") -> torch.device:
-    """:func:`device_for` this process (``LOCAL_RANK`` from torchrun, 0 otherwise)."""
-    return device_for(name, _env_int("LOCAL_RANK", 0))
+    """:func:`resolve_device` this process (``LOCAL_RANK`` from torchrun, 0 otherwise)."""
+    return resolve_device(name, _env_int("LOCAL_RANK", 0))
 
 
 def setup(device_name: str = "auto", timeout_minutes: float = 30.0) -> Context:
@@ -112,7 +112,7 @@ def setup(device_name: str = "auto", timeout_minutes: float = 30.0) -> Context:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = device_for(device_name, local_rank)
+    device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

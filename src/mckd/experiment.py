@@ -1,23 +1,26 @@
 """Runs over several seeds, and benchmarks that compare methods on one dataset.
 
-A *method* is a named set of config overrides over the same data, encoders,
-decoder and training budget (see :data:`METHODS`), so every comparison is
-like for like. The first method of a benchmark is the reference the others
-are compared with.
+A method of a benchmark is a registered training method or a preset
+(``mckd list``), run over the same data, encoders, decoder and training
+budget, so every comparison is like for like (:func:`method_config`). The
+first method of a benchmark is the reference the others are compared with.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mckd.checkpoint import atomic_write_text
-from mckd.config import apply_overrides, config_from_dict, load_raw
+from mckd import registry
+from mckd.config import apply_overrides, config_from_dict, load_raw, set_key, split_override
+from mckd.config_upgrade import upgrade_raw_config
 from mckd.errors import ConfigError
-from mckd.evaluate import evaluate_run
+from mckd.io import atomic_write_text
 from mckd.report import (
     Row,
     aggregate_seeds,
@@ -30,69 +33,103 @@ from mckd.report import (
     read_weight_history,
     write_table,
 )
-from mckd.train import METRICS, train
-
-# Each method: (config overrides, what it is).
-METHODS: dict[str, tuple[list[str], str]] = {
-    "mckd": ([], "MCKD: cross-modal distillation weighted by meta-learned importance (the config as written)"),
-    "baseline": (["method.alpha=0", "method.meta=false"], "the same network and data without distillation or meta step"),
-    # Peers, each over the same encoders, decoder, data and budget (see mckd.variants):
-    "mckd_bilevel": (["method.meta_mode=bilevel"],
-                     "MCKD with the bi-level meta-gradient of Eq. 4 through a one-step look-ahead (method/bilevel.py)"),
-    "mckd_bilevel_opt": (["method.meta_mode=bilevel", "method.lookahead_step=optimizer"],
-                         "bi-level MCKD whose look-ahead is preconditioned as the model's optimiser steps "
-                         "(Adam: 1/(sqrt(v)+eps))"),
-    "zero_fill": (["method.fill=zero", "method.alpha=0", "method.meta=false"],
-                  "missing features are zeros, no distillation: how mmFormer and RFNet drop absent modalities"),
-    "hemis": (["method.fusion=hemis", "method.alpha=0", "method.meta=false"],
-              "HeMIS (Havaei et al., 2016): mean and variance over the present modalities replace concatenation"),
-    "lckd": (["method.distill=teacher", "method.meta=false"],
-             "LCKD (Wang et al., 2023): every method.teacher_every iterations the best single modality on "
-             "validation becomes the teacher; unweighted L1 distillation teacher -> others"),
-    "shaspec": (["method.shared_specific=true", "method.alpha=0", "method.meta=false"],
-                "ShaSpec (Wang et al., 2023): shared + specific encoders, residual fusion, L1 alignment of "
-                "shared features, domain classifier on specific features"),
-}
+from mckd.runs import RunDir, evaluate_run
+from mckd.train import train
 
 
-def method_overrides(name: str) -> list[str]:
-    """The overrides that make method ``name``; an unknown name is a config error."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return list(METHODS[name][0])
+def method_names() -> list[str]:
+    """Every name ``--methods`` takes: the registered training methods, then the presets."""
+    return [*registry.names("method"), *sorted(registry.presets())]
+
+
+def describe_method(name: str) -> str:
+    """One line on what method or preset ``name`` is."""
+    presets = registry.presets()
+    return presets[name].description if name in presets else registry.lookup("method", name).description
+
+
+def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A raw config that trains method (or preset) ``name`` on what ``raw`` describes.
+
+    1. The ``method:`` section becomes ``name``'s method; the keys the old and
+       the new method share (``alpha``, ``p``, ...) carry over, the others go.
+    2. ``overrides`` are applied; a ``method.KEY`` override only to a method
+       that has ``KEY`` (so one benchmark can set ``method.teacher_every`` for
+       LCKD alone).
+    3. A preset's own settings are applied last: they define it.
+    """
+    presets = registry.presets()
+    preset = presets.get(name)
+    base = preset.method if preset else name
+    if base not in registry.names("method"):
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    keys = {f.name for f in dataclasses.fields(registry.lookup("method", base).options)}
+    raw = upgrade_raw_config(copy.deepcopy(raw), warn=False)
+    old = raw.get("method") if isinstance(raw.get("method"), dict) else {}
+    raw["method"] = dict(old) if old.get("name") == base else {"name": base, **{k: v for k, v in old.items()
+                                                                              if k in keys}}
+    own = []
+    for item in overrides:
+        key, _ = split_override(item)
+        parts = key.split(".")
+        if parts[0] == "method" and len(parts) == 2 and parts[1] != "name" and parts[1] not in keys:
+            continue  # another method's key
+        own.append(item)
+    raw = apply_overrides(raw, own)
+    for key, value in preset.overrides if preset else ():
+        set_key(raw, key, value)
+    return raw
+
+
+def check_overrides_fit_some_method(methods: Sequence[str], overrides: Sequence[str]) -> None:
+    """A ``method.KEY`` override that none of ``methods`` has is a :class:`ConfigError` (a typo, most likely)."""
+    presets = registry.presets()
+    keys: set[str] = set()
+    for name in methods:
+        base = presets[name].method if name in presets else name
+        keys |= {f.name for f in dataclasses.fields(registry.lookup("method", base).options)}
+    for item in overrides:
+        key, _ = split_override(item)
+        parts = key.split(".")
+        if parts[0] == "method" and len(parts) == 2 and parts[1] not in keys | {"name"}:
+            raise ConfigError(f"--set {key}: none of the methods {list(methods)} has the key {parts[1]!r}")
 
 
 def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[int], out: str | Path,
-                reuse: bool = False) -> list[Row]:
+                reuse: bool = False, method: str | None = None) -> list[Row]:
     """Train and evaluate one config per seed into ``out/seed_<s>``; aggregate into ``out/subsets``.
 
-    With ``reuse``, a seed whose run directory was trained and evaluated with
-    the same resolved config is read instead of trained again (an interrupted
-    benchmark continues; copies of one benchmark with other methods share runs).
+    ``method``: train that method or preset (:func:`method_config`) instead of
+    the config's own. With ``reuse``, a seed whose run directory was trained
+    and evaluated with the same resolved config is read instead of trained
+    again (an interrupted benchmark continues; copies of one benchmark with
+    other methods share runs).
 
     Returns the per-subset mean and standard deviation over seeds.
     """
-    out = Path(out)
+    out = RunDir(out)
     if not seeds:
         raise ConfigError("at least one seed is needed")
     tables, metric_names, metrics_paths = [], None, []
     for seed in seeds:
-        config = config_from_dict(apply_overrides(raw, [*overrides, f"seed={seed}"]))
-        run_dir = out / f"seed_{seed}"
-        if reuse and finished_run(run_dir, config):
-            table = read_table(run_dir / "eval" / "subsets.csv")
+        seeded = [*overrides, f"seed={seed}"]
+        config = config_from_dict(method_config(raw, method, seeded) if method else apply_overrides(raw, seeded))
+        run = out.seed(seed)
+        if reuse and finished_run(run.path, config):
+            table = read_table(run.subsets.with_suffix(".csv"))
             metric_names = tuple(k for k in table[0] if k not in ("subset", "size"))
             tables.append(table)
         else:
-            experiment = train(config, run_dir)
+            experiment = train(config, run.path)
             metric_names = experiment.task.metric_names
-            tables.append(evaluate_run(run_dir, config.train.device))
-        metrics_paths.append(run_dir / METRICS)
+            tables.append(evaluate_run(run.path, config.train.device))
+        metrics_paths.append(run.metrics)
     assert metric_names is not None
     rows = aggregate_seeds(tables, metric_names)
-    write_table(rows, out / "subsets", title=f"{out.name}: mean and standard deviation over seeds {list(seeds)}")
-    atomic_write_text(out / "seeds.json", json.dumps({"seeds": list(seeds), "overrides": list(overrides)}, indent=2))
-    plot_weights(metrics_paths, out / "weights.png", title=f"Importance weights, {out.name}")
+    write_table(rows, out.aggregate, title=f"{out.path.name}: mean and standard deviation over seeds {list(seeds)}")
+    atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
+                                                    "overrides": list(overrides)}, indent=2))
+    plot_weights(metrics_paths, out.weights_plot, title=f"Importance weights, {out.path.name}")
     return rows
 
 
@@ -100,15 +137,17 @@ def finished_run(run_dir: Path, config: Any) -> bool:
     """Whether ``run_dir`` holds an evaluated run of exactly ``config`` (its resolved ``config.yaml``)."""
     import yaml
 
-    saved, table = run_dir / "config.yaml", run_dir / "eval" / "subsets.csv"
-    if not (saved.is_file() and table.is_file() and (run_dir / METRICS).is_file()):
+    run = RunDir(run_dir)
+    if not (run.config.is_file() and run.subsets.with_suffix(".csv").is_file() and run.metrics.is_file()):
         return False
-    return yaml.safe_load(saved.read_text()) == config.to_dict()
+    return yaml.safe_load(run.config.read_text()) == config.to_dict()
 
 
 def final_weights(run_dirs: Sequence[Path]) -> dict[str, float]:
-    """Final normalised weights, mean over runs."""
-    finals = [read_weight_history(d / METRICS)[1] for d in run_dirs]
+    """Final normalised weights, mean over runs (empty for a method without importance weights)."""
+    finals = [read_weight_history(RunDir(d).metrics)[1] for d in run_dirs]
+    if not finals or not finals[0]:
+        return {}
     return {name: float(np.mean([f[name][-1] for f in finals])) for name in finals[0]}
 
 
@@ -129,15 +168,13 @@ def benchmark(
     """
     out = Path(out)
     raw = load_raw(config_path)
-    config = config_from_dict(apply_overrides(raw, list(overrides)))  # fail early on a bad config
-    for name in methods:
-        method_overrides(name)
     if len(methods) < 1:
         raise ConfigError("benchmark needs at least one method")
-    tables = {name: train_seeds(raw, [*overrides, *method_overrides(name)], seeds, out / name, reuse)
-              for name in methods}
+    check_overrides_fit_some_method(methods, overrides)
+    configs = {name: config_from_dict(method_config(raw, name, overrides)) for name in methods}  # fail early
+    tables = {name: train_seeds(raw, overrides, seeds, out / name, reuse, method=name) for name in methods}
     reference = methods[0]
-    metric = _primary_metric(config.task)
+    metric = configs[reference].task.options.primary_metric
     summaries = {}
     for other in methods[1:]:
         rows, summary = compare_tables(tables[reference], tables[other], metric, reference, other)
@@ -182,7 +219,7 @@ def write_methods_table(
         "",
         markdown_table(summary),
         "",
-        "Methods: " + "; ".join(f"`{name}`: {METHODS[name][1]}" for name in methods if name in METHODS) + ".",
+        "Methods: " + "; ".join(f"`{name}`: {describe_method(name)}" for name in methods) + ".",
         "",
         f"Command: `{command}`; per subset: `methods.md`, `methods.csv`.",
         "",
@@ -190,12 +227,6 @@ def write_methods_table(
     write_table(per_subset, out / "methods", title=f"{metric} per subset, mean over seeds {list(seeds)}",
                 notes=text)
     return text
-
-
-def _primary_metric(task: str) -> str:
-    from mckd.tasks import build_task
-
-    return build_task(task, 2).primary_metric
 
 
 def _test_sentence(summary: Row, a: str, b: str) -> str:
@@ -228,8 +259,9 @@ def write_summary(
         "",
         "## Learned importance weights",
         "",
-        f"Final normalised weights of `{reference}` (mean over seeds), highest first: "
-        + ", ".join(f"{name} {weights[name]:.3f}" for name in ranked) + ".",
+        (f"Final normalised weights of `{reference}` (mean over seeds), highest first: "
+         + ", ".join(f"{name} {weights[name]:.3f}" for name in ranked) + ".") if weights
+        else f"`{reference}` learns no importance weights.",
         "",
         f"Single-modality {metric} of `{reference}`, highest first: "
         + ", ".join(f"{r['subset']} {r[metric]:.3f}" for r in singles) + ".",
@@ -244,7 +276,7 @@ def write_summary(
     ]
     top_two = set(ranked[:2])
     for other, summary in summaries.items():
-        lacking = [r for r in tables[reference] if not top_two & set(str(r["subset"]).split("+"))]
+        lacking = [r for r in tables[reference] if top_two and not top_two & set(str(r["subset"]).split("+"))]
         others = {r["subset"]: r for r in tables[other]}
         diffs = sorted(((r[metric] - others[r["subset"]][metric]), r["subset"]) for r in tables[reference])
         lines += [
@@ -268,5 +300,6 @@ def write_summary(
             f"Table: `compare_{reference}_vs_{other}.md`; plot: `compare_{reference}_vs_{other}.png`.",
             "",
         ]
-    lines += [f"Weights over training: `{reference}/weights.png`.", ""]
+    if weights:
+        lines += [f"Weights over training: `{reference}/weights.png`.", ""]
     return "\n".join(lines)

@@ -74,7 +74,7 @@ def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str
     """Segment cached case ``case_id`` with a trained run using only ``subset``, and draw the figure."""
     from mckd.data.brats import BratsCases
     from mckd.data.brats_cache import read_dataset_record
-    from mckd.evaluate import load_run
+    from mckd.runs import load_run
 
     experiment = load_run(run_dir, device)
     options = experiment.config.data.options

@@ -22,54 +22,33 @@ from torch.nn import functional as F
 from mckd.errors import DataError, MckdError
 
 
-def load_segmentation_model(checkpoint: str | Path, device: torch.device) -> tuple[Any, Any, Any]:
-    """``(model, config, checkpoint path)`` from a run directory or a ``.safetensors`` file; no dataset is read."""
-    from mckd import registry
-    from mckd.checkpoint import load_checkpoint, load_state_into
-    from mckd.config import config_from_dict
-    from mckd.data.brats import num_outputs
-    from mckd.data.bundle import DataBundle
+def load_segmentation_model(checkpoint: str | Path, device: torch.device) -> Any:
+    """The trained model of a BraTS segmentation run (:func:`mckd.runs.load_model`); no dataset is read."""
+    from mckd.runs import load_model
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.safetensors"
-    tensors, metadata = load_checkpoint(path)
-    if "config" not in metadata:
-        raise MckdError(f"checkpoint {str(path)!r} holds no config; it was not written by mckd train")
-    config = config_from_dict(metadata["config"])
-    if config.task != "segmentation" or config.data.name != "brats":
-        raise MckdError(f"checkpoint {str(path)!r} is a {config.task} model on {config.data.name!r}; "
+    loaded = load_model(checkpoint, device)
+    config = loaded.config
+    if config.task.name != "segmentation" or config.data.name != "brats":
+        raise MckdError(f"checkpoint {str(loaded.path)!r} is a {config.task.name} model on {config.data.name!r}; "
                         "mckd predict needs a BraTS segmentation run")
-    options = config.data.options
-    modalities = tuple(metadata.get("modalities") or options.modalities)
-    bundle = DataBundle(modalities=modalities, train=None, val=None, test=None,  # type: ignore[arg-type]
-                        num_classes=num_outputs(options.head),
-                        input_shapes={m: (1, *options.crop) for m in modalities})
-    model = registry.lookup("model", config.model.name).build(config.model.options, bundle, config)
-    if config.method.shared_specific:
-        from mckd.variants import shared_specific_model
-
-        model = shared_specific_model(model, bundle)
-    load_state_into(model, tensors, "model.", str(path))
-    model.to(device).eval()
-    return model, config, path
+    return loaded
 
 
 @torch.no_grad()
 def predict_labels(
-    model: Any,
-    config: Any,
+    loaded: Any,
     images: Mapping[str, np.ndarray],
     brain: np.ndarray | None,
     spacing: tuple[float, ...],
     device: torch.device,
 ) -> np.ndarray:
     """Internal labels (uint8, the input grid) from raw images ``{modality: [X, Y, Z]}`` on one grid."""
-    from mckd.data.brats import task_options
+    from mckd.data.brats import data_facts
     from mckd.data.brats_cache import bounding_box, crop, uncrop, zscore_in_brain
     from mckd.data.brats_layout import brain_mask
     from mckd.tasks import build_task
 
+    model, config = loaded.model, loaded.config
     options = config.data.options
     unknown = [m for m in images if m not in model.modalities]
     if unknown or not images:
@@ -96,9 +75,9 @@ def predict_labels(
     inputs = iter(inputs)
     batch = [next(inputs) if p else torch.zeros_like(template) for p in present]
     mask = torch.tensor([present], dtype=torch.bool, device=device)  # (1, N)
-    settings = task_options(options, spacing)
-    settings["et_min_voxels"] = options.et_min_voxels  # applied after upsampling, on the input grid
-    task = build_task("segmentation", 3 if options.head == "regions" else 4, **settings)
+    facts = {**loaded.facts, **data_facts(options, spacing),
+             "downsample": 1}  # post-processing is applied after upsampling, on the input grid
+    task = build_task(config.task, facts)
     logits = task.infer(lambda xs, pr: model(xs, pr).prediction, batch, mask)  # (1, C, x, y, z)
     if step > 1:
         logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)  # (1, C, *shape)
@@ -116,7 +95,6 @@ def predict_files(
     force: bool = False,
 ) -> Path:
     """Segment the NIfTI ``inputs`` (``{modality: path}``) with a trained run and write ``out``."""
-    from mckd.build import resolve_device
     from mckd.data.brats_cache import write_nifti_like
     from mckd.data.brats_layout import LABEL_CONVENTIONS, check_finite, check_same_grid, read_nifti, to_convention
 
@@ -129,8 +107,11 @@ def predict_files(
         raise DataError(f"label convention {convention!r} is not one of {sorted(LABEL_CONVENTIONS)}")
     if not inputs:
         raise DataError("give at least one sequence, e.g. --flair case_flair.nii.gz")
+    from mckd.distributed import resolve_device
+
     torch_device = resolve_device(device)
-    model, config, _ = load_segmentation_model(checkpoint, torch_device)
+    loaded = load_segmentation_model(checkpoint, torch_device)
+    model = loaded.model
     unknown = [m for m in inputs if m not in model.modalities]
     if unknown:
         raise DataError(f"this model takes {list(model.modalities)}; {unknown} are not among them")
@@ -151,5 +132,5 @@ def predict_files(
         check_same_grid(first, mask_volume)
         brain = np.asarray(mask_volume.array) > 0.5
     images = {m: np.asarray(v.array, dtype=np.float32) for m, v in volumes.items()}
-    labels = predict_labels(model, config, images, brain, first.zooms, torch_device)
+    labels = predict_labels(loaded, images, brain, first.zooms, torch_device)
     return write_nifti_like(to_convention(labels, convention), first.path, out, force=force)

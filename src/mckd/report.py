@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from mckd.checkpoint import atomic_write_text
 from mckd.errors import MckdError
+from mckd.io import atomic_write, atomic_write_text
 
 Row = dict[str, Any]
 
@@ -169,10 +169,16 @@ def _pyplot():
     return plt
 
 
-def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: str = "Importance weights") -> None:
-    """The normalised importance weights over training (the paper's Fig. 4): mean over runs, band = min..max."""
-    plt = _pyplot()
+def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: str = "Importance weights") -> bool:
+    """The normalised importance weights over training (the paper's Fig. 4): mean over runs, band = min..max.
+
+    Runs without a meta step (no weights, or only their random start) get no
+    plot: returns whether one was written.
+    """
     histories = [read_weight_history(p) for p in metrics_paths]
+    if not histories or len(histories[0][0]) < 2:
+        return False
+    plt = _pyplot()
     iterations = histories[0][0]
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in histories[0][1]:
@@ -187,6 +193,7 @@ def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: st
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save_figure(fig, out)
+    return True
 
 
 def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path) -> None:
@@ -213,8 +220,6 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
 
 
 def _save_figure(fig: Any, out: str | Path) -> None:
-    from mckd.checkpoint import atomic_write
-
     plt = _pyplot()
     out = Path(out)
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=130, format=out.suffix.lstrip(".") or "png"))
@@ -284,3 +289,41 @@ def method_comparison(
                                          if keep is None or r["subset"] in keep]))
         per_subset.append(entry)
     return summary, per_subset, strongest
+
+
+# --- segmentation: the paper's Table 1 layout ------------------------------------------------------------
+
+SEGMENTATION_REGIONS = ("ET", "TC", "WT")
+
+
+def write_task_tables(task: Any, rows: Sequence[Row], stem: str | Path, modalities: Sequence[str]) -> None:
+    """A task's own table beside ``subsets``: for segmentation, the paper's Table 1 layout (``stem.md``)."""
+    if getattr(task, "name", "") == "segmentation":
+        atomic_write_text(Path(str(stem) + ".md"), table1(rows, modalities))
+
+
+def table1(rows: Sequence[dict[str, Any]], modalities: Sequence[str]) -> str:
+    """Markdown: a row per subset with ● (present) / ○ (missing) per sequence, Dice and HD95 per region, an average row."""
+    dice_cols = [f"dice_{r.lower()}" for r in SEGMENTATION_REGIONS]
+    hd_cols = [f"hd95_{r.lower()}" for r in SEGMENTATION_REGIONS]
+    header = [*modalities, "Dice ET", "Dice TC", "Dice WT", "Dice mean", "HD95 ET", "HD95 TC", "HD95 WT"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+
+    def fmt(values: Sequence[float], digits: int) -> list[str]:
+        return ["nan" if math.isnan(v) else f"{v:.{digits}f}" for v in values]
+
+    for row in rows:
+        names = str(row["subset"]).split("+")
+        marks = ["●" if m in names else "○" for m in modalities]
+        dice = [100 * float(row[c]) for c in dice_cols]
+        hd = [float(row[c]) for c in hd_cols]
+        lines.append("| " + " | ".join(marks + fmt(dice + [sum(dice) / 3], 2) + fmt(hd, 2)) + " |")
+    if rows:
+        means = [100 * sum(float(r[c]) for r in rows) / len(rows) for c in dice_cols]
+        hd_means = [sum(float(r[c]) for r in rows) / len(rows) for c in hd_cols]
+        lines.append("| " + " | ".join(["**average**"] + [""] * (len(modalities) - 1)
+                                       + [f"**{v}**" for v in fmt(means + [sum(means) / 3], 2)]
+                                       + [f"**{v}**" for v in fmt(hd_means, 2)]) + " |")
+    note = ("\nDice in %, HD95 in mm, mean over test cases per subset of sequences (● present, ○ missing). "
+            "Empty prediction and empty ground truth: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 373.13.\n")
+    return "\n".join(lines) + "\n" + note

@@ -1,44 +1,45 @@
-"""The training loop: inner steps (Eq. 4 inner) and meta steps (Eq. 4 outer).
+"""The training loop: inner steps (Eq. 4 inner) and meta steps (Eq. 4 outer), as Algorithm 1 of the paper.
 
-Read it top to bottom: build everything from the config, then for each
-iteration draw a batch, drop modalities by the missing policy, take one
-optimiser step on ``l_task + alpha * l_ckd``, and every ``meta_every``
-iterations take a meta step on the importance weights with a batch of the
-meta-validation split. The run directory receives the resolved config,
-``metrics.jsonl`` and a tensors-only checkpoint.
+:func:`train` sets a run up from its config, then loops: draw a training
+batch, drop modalities by the missing policy, take one inner step
+(:func:`train_step`: ``l_task`` plus the training method's terms, MCKD's
+``alpha * sum (w_i / w_j) l_ckd``), and when the method asks for it take its
+meta step on a batch of the meta-validation split. Everything the loop
+carries from one iteration to the next lives in a :class:`TrainingState`,
+whose ``state_dict`` is the checkpoint: a stopped run continues exactly
+(``train(..., resume=True)``), and SIGTERM or Ctrl-C stops the loop at the
+end of an iteration and saves one. :class:`MetricsLog` writes
+``metrics.jsonl``; :class:`Callback` objects run after every iteration and
+keep their state in the checkpoint too.
 
 The same loop runs in one process or in several started by ``torchrun``
 (:mod:`mckd.distributed`): the model is wrapped in DistributedDataParallel,
-each rank reads its share of both splits, the importance weights' gradient is
-averaged over ranks before every meta step, logged losses are averaged over
-ranks, and rank 0 alone writes files. ``train.precision`` turns on bf16
-autocast. The checkpoint holds every piece of state the loop has (model,
-optimisers, scheduler, weights, data order, every RNG), so ``train(...,
-resume=True)`` continues a stopped run exactly; SIGTERM or Ctrl-C stops the
-loop at the end of an iteration and saves one.
+each rank reads its share of both splits, the meta step's gradients are
+averaged over ranks, logged losses are averaged over ranks, and rank 0 alone
+writes files. ``train.precision`` turns on bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mckd import distributed
-from mckd.build import Experiment, build_experiment
+from mckd.build import Experiment, build_experiment, seed_everything
 from mckd.checkpoint import (
-    atomic_write_text,
     flatten_state,
     load_checkpoint,
     load_state_into,
+    referenced_tensors,
     rng_state_tensors,
     save_checkpoint,
     set_rng_state_tensors,
@@ -46,13 +47,13 @@ from mckd.checkpoint import (
 )
 from mckd.config import Config, TrainConfig, save_config
 from mckd.data.bundle import move_batch
-from mckd.data.missing import fixed_subset, random_subset, subset_mask
+from mckd.data.missing import TrainingDrops, subset_mask
 from mckd.errors import CheckpointError, MckdError
-from mckd.variants import MethodVariants, Observer
-
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
-CHECKPOINT_FORMAT = 2  # 1: model and weights only (the foundation's); 2: the whole training state
+from mckd.evaluation import evaluate_subsets
+from mckd.io import atomic_write_text
+from mckd.method.base import MethodServices, TrainingMethod, combine
+from mckd.runs import CHECKPOINT_FORMAT, RunDir
+from mckd.tasks import Task
 
 
 class TrainingInterrupted(MckdError):
@@ -98,6 +99,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
+
+
+def autocast_context(precision: str, device: torch.device) -> Callable[[], Any]:
+    """A factory of the autocast context of ``train.precision`` (a no-op context in float32)."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class BatchStream:
@@ -167,39 +176,320 @@ class BatchStream:
         self.epoch, self.step, self._iterator = epoch, step, None
 
 
-@dataclass
-class TrainingState:
-    """Everything besides the model's code that a stopped run needs to continue exactly."""
-
-    model: torch.nn.Module  # the bare model (not the DDP wrapper)
-    weights: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    weight_optimizer: torch.optim.Optimizer
-    streams: dict[str, BatchStream]
-    generators: dict[str, torch.Generator]  # RNGs that are not global (the missing policy's)
-    log_sums: torch.Tensor  # running task and CKD losses since the last log record
-    log_count: int = 0
-    variants: Any = None  # the method switches' hooks; their state_dict() (LCKD's teacher) is kept too
-    weight_history: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # meta steps not yet logged
+# --- one inner iteration -------------------------------------------------------------------------------
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, observers: Sequence[Observer] = ()) -> Experiment:
-    """Train one run into ``run_dir``; return the trained experiment.
+def train_step(
+    model: torch.nn.Module,
+    method: TrainingMethod,
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    batch: Mapping[str, Any],
+    present: torch.Tensor,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, torch.Tensor]:
+    """One inner iteration (Eq. 4 inner): forward, ``l_task + sum_k weight_k * term_k``, backward, one step.
 
-    With ``resume``, continue from ``run_dir``'s checkpoint (same config):
-    the result is the one an uninterrupted run would have reached. Under
-    ``torchrun`` every process calls this; rank 0 writes the files.
-    ``observers`` are called as ``observer(iteration, experiment)`` after every
-    iteration (the analyses use them).
+    Args:
+        model: the multi-modal model (or its DistributedDataParallel wrapper).
+        method: the training method, whose :meth:`~mckd.method.base.TrainingMethod.loss_terms` are added.
+        task: gives the task loss.
+        optimizer: the model's optimiser.
+        batch: ``inputs`` (N tensors ``[B, *X_n]``) and ``target`` on the model's device.
+        present: bool ``[B, N]``, what each sample keeps in this iteration.
+        autocast: a factory of the mixed-precision context (:func:`autocast_context`).
 
-    Raises:
-        TrainingInterrupted: SIGTERM or Ctrl-C stopped the run; its checkpoint is saved.
+    Returns:
+        The detached losses by name: ``task`` and each of the method's terms (unweighted).
     """
-    run_dir = Path(run_dir)
-    settings, method = config.train, config.method
-    context = distributed.setup(settings.device)
-    device = context.device
+    with autocast():
+        output = model(batch["inputs"], present)
+        task_loss = task.loss(output.prediction, batch["target"])
+        terms = method.loss_terms(output, present)  # float32 inside, even under autocast
+        loss = combine(task_loss, terms)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"task": task_loss.detach(), **{name: term.value.detach() for name, term in terms.items()}}
+
+
+# --- the metrics log ----------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.jsonl``, and the running sums of the losses between two of its records.
+
+    Records are one JSON object per line with a ``kind``: ``train`` (the mean
+    of each loss since the last record, ``<name>_loss``, the learning rate,
+    seconds), ``weights`` (the normalised importance weights after a meta
+    step) and whatever a method records (LCKD's ``teacher``). The sums stay on
+    the device; the log reads it once per record.
+
+    Args:
+        path: the file (None on ranks other than 0: nothing is written there).
+        loss_names: the losses :func:`train_step` returns, in order.
+        device: where the sums live.
+        start_iteration: on resume, the checkpoint's iteration: later records
+            (written after it by the stopped run) are dropped.
+        pending_weights: iterations of weights records that the checkpoint
+            still holds as pending (a stopped run may have written them).
+    """
+
+    def __init__(self, path: Path | None, loss_names: Sequence[str], device: torch.device,
+                 start_iteration: int = 0, pending_weights: Sequence[int] = ()) -> None:
+        self.loss_names = tuple(loss_names)
+        self.sums = torch.zeros(len(self.loss_names), device=device)
+        self.count = 0
+        self.weight_history: list[tuple[int, torch.Tensor]] = []  # meta steps not yet written
+        self._file = self._open(path, start_iteration, set(pending_weights)) if path is not None else None
+
+    @staticmethod
+    def _open(path: Path, start_iteration: int, pending: set[int]) -> Any:
+        if start_iteration == 0 or not path.is_file():
+            return path.open("w")
+        rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line, row in rows if row.get("iteration", 0) <= start_iteration
+                and not (row.get("kind") == "weights" and row.get("iteration") in pending)]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        return path.open("a")
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Write one record (rank 0)."""
+        if self._file is not None:
+            self._file.write(json.dumps(entry) + "\n")
+
+    def add(self, losses: Mapping[str, torch.Tensor]) -> None:
+        """Add one iteration's losses to the running sums (no device synchronisation)."""
+        if len(losses) != len(self.loss_names) or any(name not in losses for name in self.loss_names):
+            raise MckdError(f"the training step returned the losses {sorted(losses)}, but the method declares "
+                            f"{list(self.loss_names)} (TrainingMethod.loss_term_names must list every term)")
+        self.sums += torch.stack([losses[name].float() for name in self.loss_names])
+        self.count += 1
+
+    def note_weights(self, iteration: int, weights: torch.Tensor | None) -> None:
+        """Keep the weights after a meta step, written with the next record (they stay on the device until then)."""
+        if weights is not None:
+            self.weight_history.append((iteration, weights.detach()))
+
+    def write_train_record(self, iteration: int, epoch: float, lr: float, seconds: float,
+                           modalities: Sequence[str]) -> dict[str, float]:
+        """Write the pending weights and a ``train`` record of the means since the last one; reset the sums."""
+        means = distributed.all_reduce_mean(self.sums / max(self.count, 1))
+        for step, values in self.weight_history:
+            self.record({"iteration": step, "kind": "weights", "weights": dict(zip(modalities, values.tolist()))})
+        self.weight_history.clear()
+        values = dict(zip(self.loss_names, means.tolist()))  # the one read of the device per record
+        self.record({"iteration": iteration, "epoch": epoch, "kind": "train",
+                     **{f"{name}_loss": value for name, value in values.items()}, "lr": lr, "seconds": seconds})
+        self.flush()
+        self.sums.zero_()
+        self.count = 0
+        return values
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (this rank's sums are gathered separately, per rank)."""
+        return {"names": list(self.loss_names), "count": self.count,
+                "pending": [step for step, _ in self.weight_history],
+                "pending_weights": [values for _, values in self.weight_history]}
+
+    def load_state_dict(self, state: Mapping[str, Any], sums: torch.Tensor) -> None:
+        if list(state["names"]) != list(self.loss_names):
+            raise CheckpointError(f"the checkpoint logged the losses {state['names']}, this run {list(self.loss_names)}")
+        self.count = int(state["count"])
+        self.sums.copy_(sums)
+        self.weight_history[:] = [(int(step), values.to(self.sums.device))
+                                  for step, values in zip(state["pending"], state["pending_weights"])]
+
+
+# --- callbacks ----------------------------------------------------------------------------------------
+
+
+class Callback:
+    """Something that runs after every inner iteration, with state kept in the checkpoint.
+
+    Subclass it and override :meth:`on_iteration_end`; a callback with state
+    returns it from :meth:`state_dict` (tensors and plain values), so a resumed
+    run continues it. ``name`` keys its state in the checkpoint.
+    """
+
+    name: str = "callback"
+
+    def on_iteration_end(self, iteration: int, experiment: Experiment) -> None:
+        """Called with the 1-based iteration just finished and the run's experiment."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+# --- the training state ---------------------------------------------------------------------------------
+
+
+class TrainingState:
+    """Everything a stopped run needs to continue exactly, with ``state_dict`` / ``load_state_dict``.
+
+    The model, the training method's state (MCKD's importance weights and
+    their optimiser, LCKD's teacher), the model's optimiser and scheduler,
+    the data positions, the metrics log's running sums, the callbacks' state
+    and every random generator of every rank.
+    """
+
+    def __init__(self, model: torch.nn.Module, method: TrainingMethod, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, streams: dict[str, BatchStream],
+                 generators: dict[str, torch.Generator], log: MetricsLog, callbacks: Sequence[Callback],
+                 context: distributed.Context, seed: int) -> None:
+        self.model, self.method, self.optimizer, self.scheduler = model, method, optimizer, scheduler
+        self.streams, self.generators, self.log, self.callbacks = streams, generators, log, list(callbacks)
+        self.context, self.seed = context, seed
+        self.iteration = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of every part; per-rank parts (RNGs, log sums) gathered from every rank (all must call)."""
+        own = {**{f"rng.{name}": t for name, t in rng_state_tensors(self.context.device, self.generators).items()},
+               "log_sums": self.log.sums.detach().float()}
+        gathered = {key: distributed.gather_tensors(tensor) for key, tensor in own.items()}
+        ranks = [{key: values[rank] for key, values in gathered.items()} for rank in range(self.context.world_size)]
+        return {
+            "iteration": self.iteration,
+            "world_size": self.context.world_size,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": {name: stream.state() for name, stream in self.streams.items()},
+            "log": self.log.state_dict(),
+            "callbacks": {callback.name: callback.state_dict() for callback in self.callbacks},
+            "ranks": ranks,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the random generators last, so nothing draws after them."""
+        saved_world, world, rank = int(state["world_size"]), self.context.world_size, self.context.rank
+        load_state_into(self.model, state["model"], "", "the checkpoint")
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for name, stream in self.streams.items():
+            stream.load_state(state["data"][name], saved_world, world)
+        mine = state["ranks"][rank if saved_world == world else 0]  # another count: rank 0's sums stand in
+        self.log.load_state_dict(state["log"], mine["log_sums"])
+        for callback in self.callbacks:
+            if callback.name in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][callback.name])
+        self.iteration = int(state["iteration"])
+        if saved_world == world:
+            rng = {key[len("rng."):]: value for key, value in mine.items() if key.startswith("rng.")}
+            set_rng_state_tensors(rng, self.context.device, self.generators)
+            return
+        if self.context.is_main:
+            print(f"mckd: resuming {saved_world}-process training with {world} processes: "
+                  "model and optimiser state are exact, data order and random streams are not")
+        seed = self.seed * 100_003 + self.iteration * 101 + rank
+        seed_everything(seed)
+        for offset, generator in enumerate(self.generators.values(), start=1):
+            generator.manual_seed(seed + offset)
+
+
+STATE_PARTS = ("method", "optimizer", "scheduler", "data", "log", "callbacks", "ranks")
+
+
+def save_training_state(path: Path, state: TrainingState, metadata: dict[str, Any]) -> None:
+    """Write ``state`` as a tensors-only checkpoint (every rank calls this; rank 0 writes).
+
+    Tensors: ``model.<key>`` (what evaluation reads) and ``<part>.<path>`` for
+    every other part of :meth:`TrainingState.state_dict`; metadata (JSON): the
+    iteration, the number of processes and, per part, the tree of plain values
+    that says where each tensor goes back.
+    """
+    full = state.state_dict()
+    if not state.context.is_main:
+        return
+    tensors = {f"model.{key}": value for key, value in full["model"].items()}
+    trees: dict[str, Any] = {}
+    for part in STATE_PARTS:
+        part_tensors, trees[part] = flatten_state(full[part], part)
+        tensors.update(part_tensors)
+    save_checkpoint(path, tensors, {**metadata, "format": CHECKPOINT_FORMAT, "iteration": full["iteration"],
+                                    "world_size": full["world_size"], "state": trees})
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    """The :meth:`TrainingState.state_dict` that :func:`save_training_state` wrote at ``path``."""
+    tensors, metadata = load_checkpoint(path)
+    source = str(path)
+    if int(metadata.get("format", 1)) < CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {source!r} was written by an older mckd (format {metadata.get('format', 1)}) "
+                              "and cannot be resumed; evaluate it with `mckd evaluate`, or train the run again")
+    trees = metadata.get("state") if isinstance(metadata.get("state"), dict) else {}
+    lacking = [key for key in ("iteration", "world_size", "complete") if key not in metadata]
+    lacking += [part for part in STATE_PARTS if part not in trees]
+    lacking += [name for part in STATE_PARTS if part in trees
+                for name in referenced_tensors(trees[part]) if name not in tensors]
+    if lacking:  # a damaged or hand-edited checkpoint: say so rather than fail with a KeyError
+        raise CheckpointError(f"checkpoint {source!r} lacks {lacking}; it cannot be resumed")
+    try:
+        state = {part: unflatten_state(trees[part], tensors) for part in STATE_PARTS}
+        state["iteration"], state["world_size"] = int(metadata["iteration"]), int(metadata["world_size"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {source!r} has unreadable training state ({error})") from None
+    state["model"] = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    return state
+
+
+def _checkpoint_metadata(experiment: Experiment, complete: bool) -> dict[str, Any]:
+    bundle = experiment.bundle
+    return {
+        "complete": complete,
+        "config": experiment.config.to_dict(),
+        "modalities": list(bundle.modalities),
+        "input_shapes": {m: list(bundle.input_shapes[m]) for m in bundle.modalities},
+        "facts": bundle.task_facts(),
+    }
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+
+def _method_services(experiment: Experiment, device: torch.device, log: MetricsLog,
+                     optimizer: torch.optim.Optimizer) -> MethodServices:
+    """What the loop lends the training method: the task loss, single-modality scores on validation, the log."""
+    model, task, bundle = experiment.model, experiment.task, experiment.bundle
+
+    def score_each_modality() -> list[float]:
+        was_training = model.training
+        rows = evaluate_subsets(model, task, bundle.val, experiment.config.eval.batch_size, device,
+                                subsets=[(m,) for m in bundle.modalities])
+        model.train(was_training)
+        return [float(row[task.primary_metric]) for row in rows]
+
+    return MethodServices(task_loss=task.loss, score_each_modality=score_each_modality,
+                          higher_is_better=task.higher_is_better[task.primary_metric], record=log.record,
+                          model_optimizer=optimizer)
+
+
+def _prepare_run_dir(run: RunDir, config: Config, experiment: Experiment) -> None:
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # --out names a file, or a folder that cannot be made
+        raise MckdError(f"cannot make the run directory {str(run.path)!r}: {error.strerror or error}") from None
+    save_config(config, run.config)
+    bundle = experiment.bundle
+    atomic_write_text(run.data, json.dumps({"modalities": list(bundle.modalities), "num_classes": bundle.num_classes,
+                                            **bundle.info, "facts": bundle.facts}, indent=2))
+
+
+def _set_determinism(settings: TrainConfig, device: torch.device) -> None:
     if settings.deterministic:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
@@ -207,23 +497,32 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not settings.deterministic
-    checkpoint_path = run_dir / CHECKPOINT
-    if resume and not checkpoint_path.is_file():
-        raise CheckpointError(f"cannot resume: {str(checkpoint_path)!r} does not exist")
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Experiment:
+    """Train one run into ``run_dir``; return the trained experiment.
+
+    With ``resume``, continue from ``run_dir``'s checkpoint (same config):
+    the result is the one an uninterrupted run would have reached. Under
+    ``torchrun`` every process calls this; rank 0 writes the files.
+    ``callbacks`` run after every iteration (:class:`Callback`).
+
+    Raises:
+        TrainingInterrupted: SIGTERM or Ctrl-C stopped the run; its checkpoint is saved.
+    """
+    run, settings = RunDir(run_dir), config.train
+    context = distributed.setup(settings.device)
+    device = context.device
+    _set_determinism(settings, device)
+    if resume and not run.checkpoint.is_file():
+        raise CheckpointError(f"cannot resume: {str(run.checkpoint)!r} does not exist")
+    saved = read_training_state(run.checkpoint) if resume else None
     experiment = build_experiment(config)
-    bundle, model, weights, task = experiment.bundle, experiment.model, experiment.weights, experiment.task
+    bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task
     if context.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:  # --out names a file, or a folder that cannot be made
-            raise MckdError(f"cannot make the run directory {str(run_dir)!r}: {error.strerror or error}") from None
-        save_config(config, run_dir / "config.yaml")
-        atomic_write_text(
-            run_dir / "data.json",
-            json.dumps({"modalities": list(bundle.modalities), "num_classes": bundle.num_classes, **bundle.info}, indent=2),
-        )
+        _prepare_run_dir(run, config, experiment)
     model.to(device)
-    weights.to(device)
+    method.to(device)
 
     streams = {
         "train": BatchStream(bundle.train, settings.batch_size, config.seed, context, settings.num_workers),
@@ -231,246 +530,83 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, observers: 
     }
     per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch
-
     optimizer = make_optimizer(model.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, per_epoch, settings))
-    weight_optimizer = torch.optim.Adam([weights.raw], lr=method.meta_lr, weight_decay=method.meta_weight_decay)
-    distributed.average_gradients_before_step(weight_optimizer)  # w stays identical on every rank
+    for meta_optimizer in method.meta_optimizers():
+        distributed.average_gradients_before_step(meta_optimizer)  # w stays identical on every rank
     # Each rank drops modalities with its own stream (it sees other samples anyway).
     drop_generator = torch.Generator(device=device).manual_seed(config.seed + 2 + 1000 * context.rank)
     keep = subset_mask(bundle.modalities, config.missing.subset).to(device) if config.missing.policy == "fixed" else None
-    state = TrainingState(model, weights, optimizer, scheduler, weight_optimizer, streams,
-                          {"missing": drop_generator}, torch.zeros(2, device=device))
-
-    start_iteration, saved = 0, None
-    if resume:
-        saved = load_checkpoint(checkpoint_path)
-        start_iteration = restore_training_state(saved, str(checkpoint_path), state, context)
+    drops = TrainingDrops(config.missing.policy, keep, drop_generator)
+    pending = [int(step) for step in saved["log"]["pending"]] if saved else []  # logged again at the next record
+    log = MetricsLog(run.metrics if context.is_main else None, ("task", *method.loss_term_names()), device,
+                     saved["iteration"] if saved else 0, pending)
+    state = TrainingState(model, method, optimizer, scheduler, streams, {"missing": drop_generator}, log, callbacks,
+                          context, config.seed)
+    if saved is not None:
+        try:
+            state.load_state_dict(saved)  # last: nothing draws a random number before the loop
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {str(run.checkpoint)!r} does not match this run: {error}") from None
     else:
-        distributed.broadcast_(weights.raw)  # rank 0's random start (equal anyway: same seed)
+        for meta_optimizer in method.meta_optimizers():  # rank 0's random start (equal anyway: same seed)
+            for group in meta_optimizer.param_groups:
+                for param in group["params"]:
+                    distributed.broadcast_(param)
+        if method.importance() is not None:
+            log.record({"iteration": 0, "kind": "weights",
+                        "weights": dict(zip(bundle.modalities, method.importance().detach().cpu().tolist()))})
     # An encoder whose modality no sample of this rank's batch has takes no part in the backward pass.
     forward_model = distributed.wrap_model(model, context, find_unused_parameters=getattr(model, "encoders", None) is not None)
-    amp_dtype = autocast_dtype(settings.precision, device)
+    autocast = autocast_context(settings.precision, device)
+    model.train()
+    method.setup(_method_services(experiment, device, log, optimizer))
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-
-    pending = {step for step, _ in state.weight_history}  # restored meta-step weights, logged again at the next record
-    metrics_file = open_metrics(run_dir / METRICS, start_iteration, pending) if context.is_main else None
-
-    def record(entry: dict[str, Any]) -> None:
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(entry) + "\n")
-
-    if not resume:
-        record({"iteration": 0, "kind": "weights", "weights": weights.as_dict()})
-    # LCKD, ShaSpec, bi-level; on resume LCKD's first election is not recorded (its teacher comes from the checkpoint)
-    variants = MethodVariants(experiment, device, record if saved is None else lambda entry: None, observers, optimizer)
-    variants.record = record
-    state.variants = variants
-    if saved is not None:
-        restore_variants_and_random_state(saved, state, context)  # last: nothing draws a random number before the loop
-
-    weight_history = state.weight_history  # (iteration, normalised weights [N]) per meta step, until logged
     start = time.perf_counter()
-    progress = tqdm(range(start_iteration, total), desc=f"train seed {config.seed}", initial=start_iteration,
+    progress = tqdm(range(state.iteration, total), desc=f"train seed {config.seed}", initial=state.iteration,
                     total=total, disable=not (settings.progress and context.is_main), dynamic_ncols=True)
 
-    def flush_weight_history() -> None:
-        for step, values in weight_history:
-            record({"iteration": step, "kind": "weights", "weights": dict(zip(bundle.modalities, values.tolist()))})
-        weight_history.clear()
+    def save(complete: bool) -> None:
+        log.flush()
+        save_training_state(run.checkpoint, state, _checkpoint_metadata(experiment, complete))
 
-    def save(iteration: int, complete: bool) -> None:
-        if metrics_file is not None:
-            metrics_file.flush()
-        save_training_state(checkpoint_path, experiment, state, iteration, context, complete)
-
-    model.train()
     with distributed.StopRequest() as stop:
         for iteration in progress:
             batch = move_batch(next(streams["train"]), device)
-            present = batch["present"]
-            if config.missing.policy == "random_subset":
-                present = random_subset(present, drop_generator)
-            elif keep is not None:
-                present = fixed_subset(present, keep)
-
-            with autocast():
-                output = forward_model(batch["inputs"], present)
-                task_loss = task.loss(output.prediction, batch["target"])
-                loss = task_loss + variants.auxiliary_loss(output, present)  # ShaSpec's terms; 0 otherwise
-                ckd_loss = torch.zeros((), device=device)
-                if method.alpha > 0:
-                    ckd_loss = variants.distillation_loss(output, present, weights())  # float32 inside
-                    loss = loss + method.alpha * ckd_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            present = drops(batch["present"])  # the modalities each sample keeps this iteration
+            losses = train_step(forward_model, method, task, optimizer, batch, present, autocast)  # inner step
             step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
             scheduler.step()
-            state.log_sums += torch.stack([task_loss.detach().float(), ckd_loss.detach().float()])
-            state.log_count += 1
-
-            if method.meta and (iteration + 1) % method.meta_every == 0:
+            log.add(losses)
+            if method.meta_due(iteration + 1):  # outer step (Eq. 4) on the meta-validation split
                 for _ in range(method.meta_batches):
                     val = move_batch(next(streams["val"]), device)
                     with autocast():  # the meta loss is float32 (task.loss); w and its gradient are float32
-                        variants.meta_step(weight_optimizer, val, batch, present, optimizer.param_groups[0]["lr"])
-                weight_history.append((iteration + 1, weights().detach()))  # stays on the device until logged
-            variants.after_iteration(iteration + 1)
+                        method.meta_step(model, val, batch, present, optimizer.param_groups[0]["lr"])
+                log.note_weights(iteration + 1, method.importance())
+            method.after_iteration(iteration + 1)
+            for callback in state.callbacks:
+                callback.on_iteration_end(iteration + 1, experiment)
+            state.iteration = iteration + 1
 
-            if (iteration + 1) % settings.log_every == 0 or iteration + 1 == total:
-                means = distributed.all_reduce_mean(state.log_sums / state.log_count)
-                flush_weight_history()
-                task_mean, ckd_mean = means.tolist()  # the one read of the device per log record
-                record({
-                    "iteration": iteration + 1,
-                    "epoch": (iteration + 1) / per_epoch,
-                    "kind": "train",
-                    "task_loss": task_mean,
-                    "ckd_loss": ckd_mean,
-                    "lr": step_lr,
-                    "seconds": time.perf_counter() - start,
-                })
-                if metrics_file is not None:
-                    metrics_file.flush()
-                progress.set_postfix(task=f"{task_mean:.4f}", ckd=f"{ckd_mean:.4f}")
-                state.log_sums.zero_()
-                state.log_count = 0
+            if state.iteration % settings.log_every == 0 or state.iteration == total:
+                means = log.write_train_record(state.iteration, state.iteration / per_epoch, step_lr,
+                                               time.perf_counter() - start, bundle.modalities)
+                progress.set_postfix({name: f"{value:.4f}" for name, value in means.items()})
 
-            stopping = stop.should_stop() and iteration + 1 < total  # SIGTERM / Ctrl-C, agreed by every rank
-            periodic = settings.checkpoint_every and (iteration + 1) % settings.checkpoint_every == 0
-            if (stopping or periodic) and iteration + 1 < total:
-                save(iteration + 1, complete=False)
+            stopping = stop.should_stop() and state.iteration < total  # SIGTERM / Ctrl-C, agreed by every rank
+            periodic = settings.checkpoint_every and state.iteration % settings.checkpoint_every == 0
+            if (stopping or periodic) and state.iteration < total:
+                save(complete=False)
             if stopping:
-                if metrics_file is not None:
-                    metrics_file.close()
+                log.close()
                 distributed.barrier()
-                raise TrainingInterrupted(run_dir, iteration + 1, stop.signal_name)
+                raise TrainingInterrupted(run.path, state.iteration, stop.signal_name)
     progress.close()
-    save(total, complete=True)
-    if metrics_file is not None:
-        metrics_file.close()
+    save(complete=True)
+    log.close()
     distributed.barrier()  # the checkpoint is on disk before any rank reads it
     return experiment
 
 
-def open_metrics(path: Path, start_iteration: int, pending_weights: set[int] = frozenset()) -> Any:
-    """``metrics.jsonl`` for writing; on resume, keep what the run had written up to ``start_iteration`` and append.
-
-    Records of later iterations go (the resumed run writes them again), and so
-    do the weights records of ``pending_weights``: meta steps the checkpoint
-    holds as not yet logged, which a crash after the checkpoint may have logged.
-    """
-    if start_iteration == 0 or not path.is_file():
-        return path.open("w")
-    rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line, row in rows if row.get("iteration", 0) <= start_iteration
-            and not (row.get("kind") == "weights" and row.get("iteration") in pending_weights)]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-    return path.open("a")
-
-
-def save_training_state(path: Path, experiment: Experiment, state: TrainingState, iteration: int,
-                        context: distributed.Context, complete: bool) -> None:
-    """Write the whole training state at ``iteration`` (every rank calls this; rank 0 writes).
-
-    Tensors: ``model.*``, ``weights.raw`` (what evaluation reads), the
-    optimisers' tensors (``optimizer.*``, ``meta_optimizer.*``), the data
-    positions (``data.train``, ``data.val``), and every rank's running log
-    sums (``log.<rank>.sums``) and RNG states (``rng.<rank>.<name>``). Metadata (JSON): the
-    iteration, the config, the number of processes, and the non-tensor
-    parts of the optimiser and scheduler state dicts.
-    """
-    per_rank = {f"rng.{{rank}}.{name}": tensor for name, tensor in rng_state_tensors(context.device, state.generators).items()}
-    per_rank["log.{rank}.sums"] = state.log_sums.detach().float()
-    gathered = {key: distributed.gather_tensors(tensor) for key, tensor in per_rank.items()}  # every rank takes part
-    if not context.is_main:
-        return
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
-    tensors["weights.raw"] = state.weights.raw.detach()
-    metadata: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "iteration": iteration,
-        "complete": complete,
-        "world_size": context.world_size,
-        "config": experiment.config.to_dict(),
-        "modalities": list(experiment.bundle.modalities),
-        "log_count": state.log_count,
-    }
-    for name, part in (("optimizer", state.optimizer), ("meta_optimizer", state.weight_optimizer),
-                       ("scheduler", state.scheduler)):
-        part_tensors, metadata[name] = flatten_state(part.state_dict(), name)
-        tensors.update(part_tensors)
-    if state.weight_history:  # weights of meta steps since the last log record, written at the next one
-        metadata["weight_history"] = [step for step, _ in state.weight_history]
-        tensors["log.weight_history"] = torch.stack([values for _, values in state.weight_history])  # (K, N)
-    if hasattr(state.variants, "state_dict"):
-        part_tensors, metadata["variants"] = flatten_state(state.variants.state_dict(), "variants")
-        tensors.update(part_tensors)
-    for name, stream in state.streams.items():
-        tensors[f"data.{name}"] = stream.state()
-    for key, values in gathered.items():
-        for rank, tensor in enumerate(values):
-            tensors[key.format(rank=rank)] = tensor
-    save_checkpoint(path, tensors, metadata)
-
-
-def restore_training_state(saved: tuple[dict[str, torch.Tensor], dict[str, Any]], source: str,
-                           state: TrainingState, context: distributed.Context) -> int:
-    """Load what :func:`save_training_state` wrote into ``state``, RNGs aside; return the iteration to continue from.
-
-    The RNGs and the method switches' state are restored by
-    :func:`restore_variants_and_random_state`, once everything is built.
-    """
-    tensors, metadata = saved
-    if metadata.get("format", 1) < CHECKPOINT_FORMAT or "optimizer" not in metadata:
-        raise CheckpointError(f"checkpoint {source!r} holds no training state (written by an older mckd); "
-                              "it can be evaluated but not resumed")
-    lacking = [k for k in ("meta_optimizer", "scheduler", "world_size", "log_count", "iteration") if k not in metadata]
-    lacking += [f"data.{name}" for name in state.streams if f"data.{name}" not in tensors]
-    if lacking:  # a damaged or hand-edited checkpoint: say so rather than fail with a KeyError
-        raise CheckpointError(f"checkpoint {source!r} lacks {lacking}; it cannot be resumed")
-    load_state_into(state.model, tensors, "model.", source)
-    load_state_into(state.weights, tensors, "weights.", source)
-    state.optimizer.load_state_dict(unflatten_state(metadata["optimizer"], tensors))
-    state.weight_optimizer.load_state_dict(unflatten_state(metadata["meta_optimizer"], tensors))
-    state.scheduler.load_state_dict(unflatten_state(metadata["scheduler"], tensors))
-    saved_world = int(metadata["world_size"])
-    for name, stream in state.streams.items():
-        stream.load_state(tensors[f"data.{name}"], saved_world, context.world_size)
-    state.log_count = int(metadata["log_count"])
-    rank = context.rank if saved_world == context.world_size else 0  # another count: rank 0's sums stand in
-    state.log_sums.copy_(tensors[f"log.{rank}.sums"])
-    state.weight_history[:] = list(zip(metadata.get("weight_history", []), tensors.get("log.weight_history", [])))
-    return int(metadata["iteration"])
-
-
-def restore_variants_and_random_state(saved: tuple[dict[str, torch.Tensor], dict[str, Any]], state: TrainingState,
-                                      context: distributed.Context) -> None:
-    """The method switches' state, then every RNG of this rank.
-
-    With the number of processes the checkpoint was saved with, the
-    continuation is exact. With another number, the model, optimisers and
-    weights are exact, the data position is carried over by samples seen, and
-    the RNGs are reseeded from the seed, the iteration and the rank.
-    """
-    tensors, metadata = saved
-    if "variants" in metadata and hasattr(state.variants, "load_state_dict"):
-        state.variants.load_state_dict(unflatten_state(metadata["variants"], tensors))
-    saved_world, iteration = int(metadata["world_size"]), int(metadata["iteration"])
-    if saved_world == context.world_size:
-        prefix = f"rng.{context.rank}."
-        rng = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        set_rng_state_tensors(rng, context.device, state.generators)
-        return
-    if context.is_main:
-        print(f"mckd: resuming {saved_world}-process training with {context.world_size} processes: "
-              "model and optimiser state are exact, data order and random streams are not")
-    from mckd.build import seed_everything
-
-    seed = int(metadata["config"].get("seed", 0)) * 100_003 + iteration * 101 + context.rank
-    seed_everything(seed)
-    for offset, generator in enumerate(state.generators.values(), start=1):
-        generator.manual_seed(seed + offset)
+__all__ = ["Callback", "MetricsLog", "TrainingInterrupted", "TrainingState", "train", "train_step"]

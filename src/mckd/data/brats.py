@@ -18,7 +18,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from mckd.registry import register_dataset
 
 @dataclass
 class BratsOptions:
-    """Options of the ``brats`` dataset (and of the segmentation head and inference that go with it)."""
+    """Options of the ``brats`` dataset (the segmentation head and inference settings are the task's)."""
 
     cache: str = ""  # folder written by `mckd prepare brats SRC OUT`
     modalities: list[str] = field(default_factory=list)  # sequences used, in order; empty: all in the cache
@@ -48,10 +48,6 @@ class BratsOptions:
     crops_per_epoch: int = 250  # training samples per "epoch" (only train.epochs uses it)
     val_crops: int = 20  # meta-validation crops per pass (the authors' code: 20 crops of 5 held-out cases)
     downsample: int = 1  # read every n-th voxel per axis (2: 8x fewer voxels) for quick CPU runs; 1 for real runs
-    head: Literal["regions", "labels"] = "regions"  # regions: 3 sigmoid channels ET/TC/WT, Dice+BCE (authors' code); labels: 4-class softmax, Dice+CE (paper text)
-    overlap: float = 0.5  # sliding-window overlap at evaluation
-    sw_batch_size: int = 2  # windows per forward pass at evaluation
-    et_min_voxels: int = 0  # post-processing: an ET prediction under this many voxels (original grid) becomes core; 0 off, 500 in the BraTS literature
 
     def validate(self, path: str) -> None:
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) < 0:
@@ -60,12 +56,8 @@ class BratsOptions:
             raise ConfigError(f"{path}.crop must be three sizes >= 8 ([X, Y, Z] voxels), got {self.crop}")
         if not 0 <= self.foreground_prob <= 1:
             raise ConfigError(f"{path}.foreground_prob must be in [0, 1], got {self.foreground_prob}")
-        if self.downsample < 1 or self.crops_per_epoch < 1 or self.val_crops < 1 or self.sw_batch_size < 1:
-            raise ConfigError(f"{path}: downsample, crops_per_epoch, val_crops and sw_batch_size must be >= 1")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"{path}.overlap must be in [0, 1), got {self.overlap}")
-        if self.et_min_voxels < 0:
-            raise ConfigError(f"{path}.et_min_voxels must be >= 0, got {self.et_min_voxels}")
+        if self.downsample < 1 or self.crops_per_epoch < 1 or self.val_crops < 1:
+            raise ConfigError(f"{path}: downsample, crops_per_epoch and val_crops must be >= 1")
         lists = [self.train_cases, self.val_cases, self.test_cases]
         if any(lists) and not all(lists):
             raise ConfigError(f"{path}: give all of train_cases, val_cases and test_cases, or none")
@@ -197,21 +189,14 @@ def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) 
     return shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
 
 
-def task_options(options: BratsOptions, spacing: Sequence[float]) -> dict[str, Any]:
-    """What the segmentation task needs from the dataset options (recorded in the run's data.json)."""
+def data_facts(options: BratsOptions, spacing: Sequence[float]) -> dict[str, Any]:
+    """What the segmentation task needs to know (recorded in the run's data.json): window, spacing, downsampling."""
     step = options.downsample
-    return {
-        "head": options.head,
-        "roi": list(options.crop),
-        "overlap": options.overlap,
-        "sw_batch_size": options.sw_batch_size,
-        "et_min_voxels": int(round(options.et_min_voxels / step**3)),  # the threshold is on the original grid
-        "spacing": [float(s) * step for s in spacing],
-    }
+    return {"target": "label_map", "roi": list(options.crop), "spacing": [float(s) * step for s in spacing],
+            "downsample": step}
 
 
-def num_outputs(head: str) -> int:
-    return 3 if head == "regions" else 4
+NUM_LABELS = 4  # internal labels: background, core, oedema, enhancing
 
 
 @register_dataset("brats", BratsOptions, "BraTS MRI (any sequences) from a `mckd prepare brats` cache; 3D crops")
@@ -243,13 +228,13 @@ def build_brats(options: BratsOptions, seed: int) -> DataBundle:
         train=BratsCropDataset(train_cases, options.crop, options.crops_per_epoch, options.foreground_prob, options.flip),
         val=BratsCropDataset(val_cases, options.crop, options.val_crops, options.foreground_prob, flip=False),
         test=BratsCaseDataset(test_cases),
-        num_classes=num_outputs(options.head),
+        num_classes=NUM_LABELS,
         input_shapes={m: (1, *options.crop) for m in modalities},
         info={
             "source": str(options.cache),
             "cases": {"train": splits[0], "val": splits[1], "test": splits[2]},
-            "task_options": task_options(options, spacing),
         },
+        facts=data_facts(options, spacing),
     )
 
 

@@ -68,9 +68,11 @@ class DataBundle:
         modalities: names, in the fixed order of every batch's ``inputs``.
         train, val, test: the training split, the meta-validation split (used
             only by the meta step) and the test split; disjoint.
-        num_classes: number of classes (classification) or output channels.
+        num_classes: number of classes (classification) or labels, background included (segmentation).
         input_shapes: per modality, the shape of one sample's input.
         info: anything worth recording in the run directory (split sizes, sources).
+        facts: what the task needs to know about the data (:data:`mckd.tasks.base.Facts`:
+            segmentation's ``roi``, ``spacing``, ``downsample``); ``num_classes`` is added to it.
     """
 
     modalities: tuple[str, ...]
@@ -80,6 +82,11 @@ class DataBundle:
     num_classes: int
     input_shapes: dict[str, tuple[int, ...]]
     info: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def task_facts(self) -> dict[str, Any]:
+        """:attr:`facts` with ``num_classes``: what :func:`mckd.tasks.build_task` is given."""
+        return {"num_classes": self.num_classes, **self.facts}
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

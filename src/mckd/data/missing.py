@@ -99,3 +99,31 @@ def availability_mask(
         best = max(range(len(modalities)), key=lambda n: float(rates.get(modalities[n], 1.0)))
         mask[empty, best] = True
     return mask
+
+
+class TrainingDrops:
+    """The per-batch part of ``missing.policy`` in training: what each sample of a batch keeps.
+
+    ``random_subset`` redraws a subset per sample and batch from its own
+    generator (on the batch's device); ``fixed`` keeps ``missing.subset``;
+    ``rates`` and ``none`` keep what the sample has (``rates`` is applied once,
+    to the training split, by :func:`mckd.build.build_data`).
+
+    Args:
+        policy: ``missing.policy``.
+        keep: bool ``[N]``, the kept modalities of ``fixed`` (None otherwise).
+        generator: the RNG of ``random_subset``.
+    """
+
+    def __init__(self, policy: str, keep: torch.Tensor | None, generator: torch.Generator) -> None:
+        self.policy = policy
+        self.keep = keep
+        self.generator = generator
+
+    def __call__(self, present: torch.Tensor) -> torch.Tensor:
+        """bool ``[B, N]`` -> the modalities each sample keeps in this iteration."""
+        if self.policy == "random_subset":
+            return random_subset(present, self.generator)
+        if self.keep is not None:
+            return fixed_subset(present, self.keep)
+        return present

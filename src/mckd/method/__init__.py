@@ -1,4 +1,4 @@
-"""The MCKD method (Wang et al., 2024), independent of any data or task.
+"""The MCKD method (Wang et al., 2024) and its peers, independent of any data, task or file.
 
 One file per idea of the paper:
 
@@ -6,11 +6,21 @@ One file per idea of the paper:
 - :mod:`mckd.method.fill`: features of missing modalities (Eq. 2);
 - :mod:`mckd.method.distill`: pairwise cross-modal distillation (Eq. 5, Eq. 4 inner);
 - :mod:`mckd.method.model`: the multi-modal model (Eq. 1 and Eq. 3);
-- :mod:`mckd.method.meta`: the meta step on the importance weights (Eq. 4 outer).
+- :mod:`mckd.method.meta`: the meta step on the importance weights (Eq. 4 outer);
+- :mod:`mckd.method.bilevel`: the bi-level meta-gradient through a look-ahead.
 
-Nothing here imports from ``mckd.data``, ``mckd.nets`` or ``mckd.tasks``.
+Then one file per training method behind the interface of
+:mod:`mckd.method.base`, each registered under its name: :mod:`mckd.method.mckd`
+(with the presets ``baseline``, ``zero_fill``, ``hemis``, ``mckd_bilevel``),
+:mod:`mckd.method.lckd`, :mod:`mckd.method.shaspec`,
+:mod:`mckd.method.uniform_ckd`. A new method is one more file and one more
+import below.
+
+Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """
 
+from mckd.method import lckd, mckd, shaspec, uniform_ckd  # noqa: F401  (registers the training methods)
+from mckd.method.base import PRESETS, TRAINING_METHODS, MethodServices, Term, TrainingMethod
 from mckd.method.distill import cross_modal_distillation_loss
 from mckd.method.fill import fill_missing_features, zero_missing_features
 from mckd.method.meta import meta_step
@@ -18,9 +28,14 @@ from mckd.method.model import ModelOutput, MultiModalModel
 from mckd.method.weights import ImportanceWeights
 
 __all__ = [
+    "PRESETS",
+    "TRAINING_METHODS",
     "ImportanceWeights",
+    "MethodServices",
     "ModelOutput",
     "MultiModalModel",
+    "Term",
+    "TrainingMethod",
     "cross_modal_distillation_loss",
     "fill_missing_features",
     "meta_step",

@@ -16,7 +16,9 @@ The ratio ``w_i / w_j`` is *not* detached on this path (the teacher side of
 first-order one (through the scaling ``w_i * f_i``) and the look-ahead one
 (how changing the ratios would move theta, and how that move changes the
 validation loss). With ``eta = 0`` or ``alpha = 0`` it is exactly the
-first-order gradient.
+first-order gradient. The inner objective is passed in by the training method
+(:class:`mckd.method.mckd.MCKD` passes its own), so the look-ahead always
+differentiates the objective the loop optimises.
 
 theta' is a dict of tensors evaluated with :func:`torch.func.functional_call`:
 the model is never copied and its parameters are never changed; only ``w`` is
@@ -28,16 +30,18 @@ extra forward and a double backward through the training batch per step
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from torch import nn
 from torch.func import functional_call
 
-from mckd.method.distill import cross_modal_distillation_loss
-from mckd.method.model import MultiModalModel
+from mckd.method.model import ModelOutput, MultiModalModel
 from mckd.method.weights import ImportanceWeights
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The inner objective of a training batch: (output, present [B, N], target, weights [N] in the graph) -> scalar.
+InnerObjective = Callable[[ModelOutput, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def lookahead_meta_loss(
@@ -49,10 +53,8 @@ def lookahead_meta_loss(
     val_inputs: Sequence[torch.Tensor],
     val_target: torch.Tensor,
     loss_fn: LossFn,
-    alpha: float,
+    inner_objective: InnerObjective,
     lookahead_lr: float,
-    p: int = 1,
-    reduction: str = "mean",
     step_scale: Mapping[str, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """``l_meta`` at the look-ahead parameters theta'(w), differentiable in ``weights``.
@@ -63,14 +65,16 @@ def lookahead_meta_loss(
         train_inputs, train_present, train_target: the training batch of the look-ahead:
             N tensors ``[B, *X_n]``, bool ``[B, N]``, targets ``[B, ...]``.
         val_inputs, val_target: the validation batch, every modality present.
-        loss_fn: the task loss ``loss_fn(prediction, target) -> scalar``.
-        alpha: weight of the CKD term in the inner objective.
+        loss_fn: the task loss ``loss_fn(prediction, target) -> scalar`` (the meta loss on validation).
+        inner_objective: the training method's own inner objective on the training
+            batch, with the weights kept in the graph (MCKD: the task loss plus
+            ``alpha * sum (w_i / w_j) l_ckd``, ratio not detached); it must be
+            twice differentiable.
         lookahead_lr: eta, the step size of the look-ahead.
-        p, reduction: the CKD distance (see :func:`mckd.method.distill.pairwise_feature_distance`).
         step_scale: optional per-parameter factor (by parameter name; a tensor of
             the parameter's shape or a number), ``theta' = theta - eta * scale * grad``:
             a preconditioner that makes the look-ahead the step the model's
-            optimiser would take (see :func:`mckd.variants.optimizer_step_scale`).
+            optimiser would take (see :func:`optimizer_step_scale`).
             It is treated as a constant. ``None``: the plain gradient step.
 
     Returns:
@@ -81,10 +85,7 @@ def lookahead_meta_loss(
     buffers = dict(model.named_buffers())
 
     output = model(train_inputs, train_present)  # at theta
-    inner = loss_fn(output.prediction, train_target)
-    if alpha > 0:
-        ckd = cross_modal_distillation_loss(output.features, train_present, weights, p, reduction, detach_weights=False)
-        inner = inner + alpha * ckd
+    inner = inner_objective(output, train_present, train_target, weights)
     grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
     lookahead = dict(params)
     for name, grad in zip(names, grads):
@@ -108,10 +109,8 @@ def bilevel_meta_step(
     val_inputs: Sequence[torch.Tensor],
     val_target: torch.Tensor,
     loss_fn: LossFn,
-    alpha: float,
+    inner_objective: InnerObjective,
     lookahead_lr: float,
-    p: int = 1,
-    reduction: str = "mean",
     step_scale: Mapping[str, torch.Tensor | float] | None = None,
 ) -> torch.Tensor:
     """One optimiser step on ``weights.raw`` along the bi-level meta-gradient; returns the detached loss.
@@ -125,7 +124,7 @@ def bilevel_meta_step(
     try:
         loss = lookahead_meta_loss(
             model, weights(), train_inputs, train_present, train_target, val_inputs, val_target,
-            loss_fn, alpha, lookahead_lr, p, reduction, step_scale,
+            loss_fn, inner_objective, lookahead_lr, step_scale,
         )
         (grad,) = torch.autograd.grad(loss, [weights.raw])
     finally:
@@ -134,3 +133,33 @@ def bilevel_meta_step(
     weights.raw.grad = grad
     optimizer.step()
     return loss.detach()
+
+
+@torch.no_grad()
+def optimizer_step_scale(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> dict[str, Any] | None:
+    """Per-parameter factors that turn ``eta * grad`` into the step the model's optimiser takes, to first order.
+
+    - Adam / AdamW: ``1 / (sqrt(v_hat) + eps)`` from the optimiser's second
+      moments (the cumulative effect of a gradient change through the first
+      moment is one);
+    - SGD with momentum ``mu``: ``1 / (1 - mu)``, the total step a persistent
+      gradient change causes;
+    - plain SGD, or before the optimiser's first step: ``None`` (the plain step).
+    """
+    if optimizer is None:
+        return None
+    names = {id(param): name for name, param in model.named_parameters()}
+    scale: dict[str, Any] = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            name = names.get(id(param))
+            if name is None:
+                continue
+            if "exp_avg_sq" in state:
+                step = float(state["step"])
+                bias = 1 - group["betas"][1] ** step
+                scale[name] = 1.0 / ((state["exp_avg_sq"] / bias).sqrt() + group["eps"])
+            elif group.get("momentum", 0) > 0:
+                scale[name] = 1.0 / (1.0 - group["momentum"])
+    return scale or None

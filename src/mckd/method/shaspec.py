@@ -27,12 +27,16 @@ distillation level (the last by default).
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mckd.errors import ConfigError
+from mckd.method.base import Term, TrainingMethod, register_training_method
 from mckd.method.fill import fill_missing_features
 from mckd.method.model import FUSIONS, ModelOutput, MultiModalModel, _as_levels
 
@@ -164,3 +168,82 @@ class ShaSpecModel(MultiModalModel):
         pooled = specific[level].flatten(start_dim=3).mean(dim=-1) if specific[level].dim() > 3 else specific[level]
         extras = {"shared": shared[level], "specific": specific[level], "domain_logits": self.domain_classifier(pooled)}
         return ModelOutput(prediction=prediction, features=fused_levels[level], levels=fused_levels, extras=extras)
+
+
+def _reinitialised(module: nn.Module) -> nn.Module:
+    """A deep copy with fresh parameters (every submodule that has ``reset_parameters``)."""
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    return clone
+
+
+@torch.no_grad()
+def shared_specific_model(model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]) -> ShaSpecModel:
+    """ShaSpec over the network a builder made: its encoders, its fusion, its decoder.
+
+    - one shared encoder (inputs of one shape): it stays the shared encoder;
+      each modality gets a freshly initialised copy as its specific encoder;
+    - one encoder per modality: those become the specific encoders; the shared
+      encoder is a fresh copy of each (a stem, since the inputs differ) followed
+      by shared layers (a channel-wise linear map and ReLU per level).
+
+    Feature channels are read from one dry forward pass on a zero sample of
+    ``input_shapes`` (per modality, one sample's shape).
+    """
+    if isinstance(model, ShaSpecModel):
+        return model
+    example = [torch.zeros((1,) + tuple(input_shapes[m])) for m in model.modalities]
+    was_training = model.training
+    model.eval()
+    levels = model.encode(example, torch.ones(1, model.num_modalities, dtype=torch.bool))
+    model.train(was_training)
+    channels = [int(level.shape[2]) for level in levels]
+    if model.shared_encoder is not None:
+        specific = {m: _reinitialised(model.shared_encoder) for m in model.modalities}
+        shared: nn.Module | dict[str, nn.Module] = model.shared_encoder
+        heads = None
+    else:
+        assert model.encoders is not None
+        specific = {m: model.encoders[m] for m in model.modalities}
+        shared = {m: _reinitialised(model.encoders[m]) for m in model.modalities}
+        heads = [nn.Sequential(ChannelLinear(c, c), nn.ReLU()) for c in channels]
+    return ShaSpecModel(model.modalities, specific, shared, model.decoder, channels, heads,
+                        fusion=model.fusion, distill_level=model.distill_level)
+
+
+@dataclass
+class ShaSpecOptions:
+    """Options of the ``shaspec`` method."""
+
+    align_weight: float = 0.1  # weight of the L1 alignment of shared features across modalities
+    domain_weight: float = 0.1  # weight of the domain (which modality) classifier on specific features
+
+    def validate(self, path: str) -> None:
+        if min(self.align_weight, self.domain_weight) < 0:
+            raise ConfigError(f"{path}.align_weight and {path}.domain_weight must be >= 0, "
+                              f"got {self.align_weight} and {self.domain_weight}")
+
+
+@register_training_method(ShaSpecOptions)
+class ShaSpec(TrainingMethod):
+    """Shared + specific encoders, residual fusion, alignment and domain losses (Wang et al., CVPR 2023)."""
+
+    name = "shaspec"
+    description = ("ShaSpec (Wang et al., 2023): shared + specific encoders, residual fusion, L1 alignment of "
+                   "shared features, domain classifier on specific features")
+
+    def wrap_model(self, model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]) -> MultiModalModel:
+        return shared_specific_model(model, input_shapes)
+
+    def loss_term_names(self) -> tuple[str, ...]:
+        return ("align", "domain")
+
+    def loss_terms(self, output: ModelOutput, present: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+        return {
+            "align": Term(self.options.align_weight, shared_alignment_loss(output.extras["shared"], present)),
+            "domain": Term(self.options.domain_weight,
+                           domain_classification_loss(output.extras["domain_logits"], present)),
+        }

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mckd.config import Config
-from mckd.data.bundle import DataBundle
 from mckd.errors import ConfigError
-from mckd.method.model import MultiModalModel, fused_channels
-from mckd.registry import register_model
+from mckd.nets.base import NetworkParts, NetworkSpec
+from mckd.registry import register_network
 
 IMAGE_FLAT = 160  # 10 channels x 4 x 4
 AUDIO_FLAT = 320  # 20 channels x 4 x 4
@@ -86,20 +84,20 @@ class AVMNISTNetOptions:
                 raise ConfigError(f"{path}.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
-@register_model("avmnist_smil", AVMNISTNetOptions, "SMIL's AV-MNIST image (LeNet-5) and MFCC encoders, FC fusion head")
-def build_avmnist_smil(options: AVMNISTNetOptions, bundle: DataBundle, config: Config) -> MultiModalModel:
+@register_network("avmnist_smil", AVMNISTNetOptions, "SMIL's AV-MNIST image (LeNet-5) and MFCC encoders, FC fusion head")
+def build_avmnist_smil(options: AVMNISTNetOptions, spec: NetworkSpec) -> NetworkParts:
     """One encoder per modality (``image``, ``audio``, or one alone for LowerB); head ``[B, fused] -> [B, 10]``."""
     encoders = {}
-    for name in bundle.modalities:
+    for name in spec.modalities:
         if name not in ENCODERS:
             raise ConfigError(f"model avmnist_smil has encoders for {list(ENCODERS)}; the dataset has {name!r}")
         dropout = options.image_dropout if name == "image" else options.audio_dropout
         encoders[name] = ENCODERS[name](options.feature_dim, dropout)
-    fused = fused_channels(config.method.fusion, len(bundle.modalities), options.feature_dim)  # N*F for concat
+    fused = spec.fused_channels(options.feature_dim)  # N*F for concat
     head = nn.Sequential(
         nn.Linear(fused, options.head_hidden),
         nn.ReLU(),
         nn.Dropout(options.head_dropout),
-        nn.Linear(options.head_hidden, bundle.num_classes),
+        nn.Linear(options.head_hidden, spec.num_outputs),
     )
-    return MultiModalModel(bundle.modalities, encoders, head, fill=config.method.fill, fusion=config.method.fusion)
+    return NetworkParts(encoders, head)

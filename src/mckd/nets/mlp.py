@@ -6,11 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mckd.config import Config
-from mckd.data.bundle import DataBundle
 from mckd.errors import ConfigError
-from mckd.method.model import MultiModalModel, fused_channels
-from mckd.registry import register_model
+from mckd.nets.base import NetworkParts, NetworkSpec
+from mckd.registry import register_network
 
 
 def mlp(sizes: list[int], dropout: float, last_activation: bool) -> nn.Sequential:
@@ -41,16 +39,15 @@ class MultiviewMLPOptions:
             raise ConfigError(f"{path}.dropout must be in [0, 1), got {self.dropout}")
 
 
-@register_model("multiview_mlp", MultiviewMLPOptions, "one MLP encoder per vector modality, MLP decoder")
-def build_multiview_mlp(options: MultiviewMLPOptions, bundle: DataBundle, config: Config) -> MultiModalModel:
+@register_network("multiview_mlp", MultiviewMLPOptions, "one MLP encoder per vector modality, MLP decoder")
+def build_multiview_mlp(options: MultiviewMLPOptions, spec: NetworkSpec) -> NetworkParts:
     """Encoders ``[B, D_n] -> [B, feature_dim]`` per modality; decoder ``[B, fused] -> [B, classes]``."""
     encoders = {}
-    for name in bundle.modalities:
-        shape = bundle.input_shapes[name]
+    for name in spec.modalities:
+        shape = spec.input_shapes[name]
         if len(shape) != 1:
             raise ConfigError(f"model multiview_mlp takes vector modalities; {name!r} has shape {shape}")
         encoders[name] = mlp([shape[0], options.hidden, options.feature_dim], options.dropout, last_activation=True)
-    n = len(bundle.modalities)
-    fused = fused_channels(config.method.fusion, n, options.feature_dim)  # N*F for concat, 2F for hemis
-    decoder = mlp([fused, options.decoder_hidden, bundle.num_classes], options.dropout, False)
-    return MultiModalModel(bundle.modalities, encoders, decoder, fill=config.method.fill, fusion=config.method.fusion)
+    fused = spec.fused_channels(options.feature_dim)  # N*F for concat, 2F for hemis
+    decoder = mlp([fused, options.decoder_hidden, spec.num_outputs], options.dropout, False)
+    return NetworkParts(encoders, decoder)

@@ -25,11 +25,9 @@ import torch
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetUpBlock
 from torch import nn
 
-from mckd.config import Config
-from mckd.data.bundle import DataBundle
 from mckd.errors import ConfigError
-from mckd.method.model import MultiModalModel, fused_channels
-from mckd.registry import register_model
+from mckd.nets.base import NetworkParts, NetworkSpec
+from mckd.registry import register_network
 
 NORM = "instance"
 
@@ -88,18 +86,17 @@ class UNet3DOptions:
             raise ConfigError(f"{path}.widths must list >= 2 positive channel counts, got {self.widths}")
 
 
-@register_model("unet3d", UNet3DOptions, "3D U-Net: one encoder shared by all MRI sequences, fusion at every level")
-def build_unet3d(options: UNet3DOptions, bundle: DataBundle, config: Config) -> MultiModalModel:
-    """The shared encoder and fused decoder for ``bundle`` (1-channel 3D modalities)."""
+@register_network("unet3d", UNet3DOptions, "3D U-Net: one encoder shared by all MRI sequences, fusion at every level")
+def build_unet3d(options: UNet3DOptions, spec: NetworkSpec) -> NetworkParts:
+    """The shared encoder and fused decoder for 1-channel 3D modalities."""
     factor = 2 ** (len(options.widths) - 1)
-    for name, shape in bundle.input_shapes.items():
+    for name, shape in spec.input_shapes.items():
         if len(shape) != 4 or shape[0] != 1:
             raise ConfigError(f"model unet3d takes 1-channel 3D volumes [1, X, Y, Z]; {name!r} has shape {shape}")
         if any(s % factor for s in shape[1:]):
             raise ConfigError(f"model unet3d with {len(options.widths)} levels needs crops divisible by {factor}; "
                               f"{name!r} has {list(shape[1:])} (data.crop)")
-    n = len(bundle.modalities)
-    fused = [fused_channels(config.method.fusion, n, w) for w in options.widths]
+    fused = [spec.fused_channels(w) for w in options.widths]
     encoder = SharedEncoder3D(options.widths, options.residual)
-    decoder = FusedUNetDecoder3D(options.widths, fused, bundle.num_classes)
-    return MultiModalModel(bundle.modalities, encoder, decoder, fill=config.method.fill, fusion=config.method.fusion)
+    decoder = FusedUNetDecoder3D(options.widths, fused, spec.num_outputs)
+    return NetworkParts(encoder, decoder)

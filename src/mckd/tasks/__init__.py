@@ -1,23 +1,20 @@
-"""What differs between tasks: the loss, the metrics, and how a prediction is made."""
+"""What differs between tasks: the loss, the metrics, how a prediction is made, and their settings.
+
+Each task is registered (:func:`mckd.registry.register_task`) with an options
+dataclass, the ``task:`` section of a config; :func:`build_task` makes one
+from that section and the facts a dataset states about its data.
+"""
 
 from __future__ import annotations
 
-from mckd.tasks.base import Task
-from mckd.tasks.classification import ClassificationTask
+from typing import Any
 
-__all__ = ["Task", "ClassificationTask", "build_task"]
+from mckd import registry
+from mckd.tasks.base import Facts, Task
+
+__all__ = ["Facts", "Task", "build_task"]
 
 
-def build_task(name: str, num_classes: int, **options: object) -> Task:
-    """The task object for ``config.task`` (``num_classes``: classes or output channels).
-
-    ``options`` come from the dataset (``bundle.info["task_options"]``), e.g. the
-    segmentation head and sliding-window size of ``data.name: brats``.
-    """
-    if name == "classification":
-        return ClassificationTask(num_classes)
-    if name == "segmentation":
-        from mckd.tasks.segmentation import SegmentationTask
-
-        return SegmentationTask(num_classes, **options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown task {name!r}")
+def build_task(section: Any, facts: Facts) -> Task:
+    """The task of ``config.task`` (a :class:`mckd.config.Section`) for data with ``facts``."""
+    return registry.lookup("task", section.name).build(section.options, facts)

@@ -1,23 +1,44 @@
-"""The interface every task implements."""
+"""The interface every task implements, and what a dataset tells a task."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
+from mckd.errors import ConfigError
+
 Forward = Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]
+
+# Facts a dataset states about its data for the task (``DataBundle.facts``): ``num_classes`` always,
+# ``target`` (``class``, the default: one label per sample; ``label_map``: a label per voxel);
+# segmentation data add ``roi`` (the training crop, [X, Y, Z] voxels), ``spacing`` (mm per voxel of
+# the grid the model sees) and ``downsample`` (voxels of the original grid per voxel of that grid).
+Facts = Mapping[str, Any]
+
+
+def require_target(task: str, facts: Facts, expected: str) -> None:
+    """A :class:`ConfigError` when the dataset's targets are not what ``task`` predicts."""
+    found = facts.get("target", "class")
+    if found != expected:
+        words = {"class": "one class label per sample", "label_map": "a label map per sample"}
+        raise ConfigError(f"task.name {task!r} predicts {words.get(expected, expected)}, but the dataset has "
+                          f"{words.get(found, found)}; choose the task that fits the data")
 
 
 class Task(Protocol):
-    """A task: its loss, its per-sample metrics and its inference.
+    """A task: its loss, its per-sample metrics, its inference, and what it declares once.
 
     Attributes:
+        name: the registered name (``task.name``).
+        num_outputs: channels of the model's output (classes, or segmentation channels).
         metric_names: names of the values :meth:`sample_metrics` returns.
         primary_metric: the one reported in summaries and compared between runs.
         higher_is_better: per metric name.
     """
 
+    name: str
+    num_outputs: int
     metric_names: tuple[str, ...]
     primary_metric: str
     higher_is_better: dict[str, bool]

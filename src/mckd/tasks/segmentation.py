@@ -28,14 +28,15 @@ submissions commonly do with 500 voxels.
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import torch
 from torch.nn import functional as F
 
-from mckd.tasks.base import Forward
+from mckd.errors import ConfigError
+from mckd.registry import register_task
+from mckd.tasks.base import Facts, Forward, require_target
 
 REGIONS = ("ET", "TC", "WT")
 HD95_ONE_EMPTY = 373.13  # mm: BraTS's value when exactly one of prediction and ground truth is empty
@@ -97,6 +98,34 @@ def hd95_per_region(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[
     return hd
 
 
+@dataclass
+class SegmentationOptions:
+    """Options of the ``segmentation`` task (the data's crop, spacing and classes come from the dataset)."""
+
+    head: Literal["regions", "labels"] = "regions"  # regions: 3 sigmoid channels ET/TC/WT, Dice+BCE (authors' code); labels: 4-class softmax, Dice+CE (paper text)
+    overlap: float = 0.5  # sliding-window overlap at evaluation
+    sw_batch_size: int = 2  # windows per forward pass at evaluation
+    et_min_voxels: int = 0  # post-processing: an ET prediction under this many voxels (original grid) becomes core; 0 off, 500 in the BraTS literature
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric summaries report and comparisons test."""
+        return "dice_mean"
+
+    def validate(self, path: str) -> None:
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"{path}.overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ConfigError(f"{path}.sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        if self.et_min_voxels < 0:
+            raise ConfigError(f"{path}.et_min_voxels must be >= 0, got {self.et_min_voxels}")
+
+
+def num_outputs(head: str) -> int:
+    """Output channels of a head: 3 region channels (ET, TC, WT) or 4 label classes."""
+    return 3 if head == "regions" else 4
+
+
 class SegmentationTask:
     """3D brain-tumour segmentation (BraTS regions); see the module docstring for the conventions.
 
@@ -110,6 +139,7 @@ class SegmentationTask:
         spacing: voxel size in mm for HD95.
     """
 
+    name = "segmentation"
     metric_names = ("dice_mean", "dice_et", "dice_tc", "dice_wt", "hd95_et", "hd95_tc", "hd95_wt")
     primary_metric = "dice_mean"
     higher_is_better = {name: name.startswith("dice") for name in metric_names}
@@ -129,9 +159,10 @@ class SegmentationTask:
         if head not in ("regions", "labels"):
             raise ValueError(f"head must be 'regions' or 'labels', got {head!r}")
         expected = 3 if head == "regions" else 4
-        if num_classes != expected and num_classes != 2:  # 2: build_task(task, 2) only asks for metric names
+        if num_classes != expected:
             raise ValueError(f"head {head!r} needs {expected} output channels, got {num_classes}")
         self.num_classes = num_classes
+        self.num_outputs = num_classes
         self.head = head
         self.roi = tuple(int(r) for r in roi)
         self.overlap = overlap
@@ -186,35 +217,19 @@ class SegmentationTask:
                 stacked[b : b + 1], self.roi, self.sw_batch_size, predictor, overlap=self.overlap, mode="gaussian"))
         return torch.cat(outputs, dim=0)
 
-    def write_report(self, rows: Sequence[dict[str, Any]], stem: str | Path, modalities: Sequence[str]) -> None:
-        """The paper's Table 1 layout: one column per sequence (present / missing), Dice ET TC WT, HD95, averages."""
-        from mckd.checkpoint import atomic_write_text
 
-        atomic_write_text(Path(str(stem) + ".md"), table1(rows, modalities))
-
-
-def table1(rows: Sequence[dict[str, Any]], modalities: Sequence[str]) -> str:
-    """Markdown: a row per subset with ● (present) / ○ (missing) per sequence, Dice and HD95 per region, an average row."""
-    dice_cols = [f"dice_{r.lower()}" for r in REGIONS]
-    hd_cols = [f"hd95_{r.lower()}" for r in REGIONS]
-    header = [*modalities, "Dice ET", "Dice TC", "Dice WT", "Dice mean", "HD95 ET", "HD95 TC", "HD95 WT"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-
-    def fmt(values: Sequence[float], digits: int) -> list[str]:
-        return ["nan" if math.isnan(v) else f"{v:.{digits}f}" for v in values]
-
-    for row in rows:
-        names = str(row["subset"]).split("+")
-        marks = ["●" if m in names else "○" for m in modalities]
-        dice = [100 * float(row[c]) for c in dice_cols]
-        hd = [float(row[c]) for c in hd_cols]
-        lines.append("| " + " | ".join(marks + fmt(dice + [sum(dice) / 3], 2) + fmt(hd, 2)) + " |")
-    if rows:
-        means = [100 * sum(float(r[c]) for r in rows) / len(rows) for c in dice_cols]
-        hd_means = [sum(float(r[c]) for r in rows) / len(rows) for c in hd_cols]
-        lines.append("| " + " | ".join(["**average**"] + [""] * (len(modalities) - 1)
-                                       + [f"**{v}**" for v in fmt(means + [sum(means) / 3], 2)]
-                                       + [f"**{v}**" for v in fmt(hd_means, 2)]) + " |")
-    note = ("\nDice in %, HD95 in mm, mean over test cases per subset of sequences (● present, ○ missing). "
-            "Empty prediction and empty ground truth: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 373.13.\n")
-    return "\n".join(lines) + "\n" + note
+@register_task("segmentation", SegmentationOptions,
+               "3D brain-tumour regions ET/TC/WT: Dice + (B)CE, sliding-window Dice and HD95")
+def build_segmentation(options: SegmentationOptions, facts: Facts) -> SegmentationTask:
+    """The task for data with ``facts`` ``roi`` (window = training crop), ``spacing`` and ``downsample``."""
+    require_target("segmentation", facts, "label_map")
+    step = int(facts.get("downsample", 1))
+    return SegmentationTask(
+        num_outputs(options.head),
+        head=options.head,
+        roi=facts["roi"],
+        overlap=options.overlap,
+        sw_batch_size=options.sw_batch_size,
+        et_min_voxels=int(round(options.et_min_voxels / step**3)),  # the threshold is on the original grid
+        spacing=facts.get("spacing", (1.0, 1.0, 1.0)),
+    )

@@ -1,20 +1,20 @@
-"""Evaluation over every non-empty subset of present modalities (2^N - 1 rows)."""
+"""Evaluation over every non-empty subset of present modalities (2^N - 1 rows).
+
+Pure: a model, a task and a dataset in, rows of metrics out. Reading a run
+directory and writing its tables is :mod:`mckd.runs`'s.
+"""
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from mckd import distributed
-from mckd.build import Experiment, build_experiment, resolve_device
-from mckd.checkpoint import load_checkpoint, load_state_into
-from mckd.config import config_from_dict
 from mckd.data.bundle import move_batch
-from mckd.errors import DataError, MckdError
+from mckd.errors import DataError
 from mckd.method.model import MultiModalModel
 from mckd.tasks.base import Task
 
@@ -81,39 +81,3 @@ def evaluate_subsets(
         {"subset": subset_name(s), "size": len(s), **dict(zip(task.metric_names, row))}
         for s, row in zip(subsets, means)
     ]
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> Experiment:
-    """Rebuild a run's experiment from its checkpoint (config inside it) and load the weights."""
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoint.safetensors"
-    if not run_dir.is_dir():
-        raise MckdError(f"run directory {str(run_dir)!r} does not exist")
-    tensors, metadata = load_checkpoint(path)
-    if "config" not in metadata:
-        raise MckdError(f"checkpoint {str(path)!r} holds no config; it was not written by mckd train")
-    config = config_from_dict(metadata["config"])
-    config.train.device = device
-    experiment = build_experiment(config)
-    load_state_into(experiment.model, tensors, "model.", str(path))
-    load_state_into(experiment.weights, tensors, "weights.", str(path))
-    experiment.model.to(resolve_device(device))
-    experiment.weights.to(resolve_device(device))
-    return experiment
-
-
-def evaluate_run(run_dir: str | Path, device: str = "auto") -> list[dict[str, Any]]:
-    """Evaluate a trained run on its test split over every subset; write ``eval/subsets.{csv,md}``."""
-    from mckd.report import write_table
-
-    run_dir = Path(run_dir)
-    device_obj = distributed.local_device(device)  # under torchrun: this rank's GPU
-    experiment = load_run(run_dir, str(device_obj))
-    split = experiment.config.eval.split
-    dataset = experiment.bundle.test if split == "test" else experiment.bundle.val
-    rows = evaluate_subsets(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
-    if distributed.is_main():
-        write_table(rows, run_dir / "eval" / "subsets", title=f"{run_dir.name}: {split} split, every subset")
-        if hasattr(experiment.task, "write_report"):  # a task's own table (segmentation: the paper's Table 1)
-            experiment.task.write_report(rows, run_dir / "eval" / "table", experiment.model.modalities)
-    return rows

@@ -1,0 +1,204 @@
+"""The interface of a training method, and the registry that names them.
+
+A *training method* (MCKD, LCKD, ShaSpec, ...) is everything that differs
+between methods around one shared training loop (:mod:`mckd.train`), like an
+nnU-Net trainer variant chosen by name. It can
+
+- wrap the model a network builder made (:meth:`TrainingMethod.wrap_model`;
+  ShaSpec adds shared encoders);
+- add loss terms to the inner objective (:meth:`TrainingMethod.loss_terms`):
+  the loop minimises ``l_task + sum_k weight_k * term_k`` and logs every term;
+- take a meta step every so many iterations (:meth:`TrainingMethod.meta_due`,
+  :meth:`TrainingMethod.meta_step`; MCKD's step on the importance weights);
+- act after each iteration (:meth:`TrainingMethod.after_iteration`; LCKD's
+  teacher election);
+- save and restore its state (:meth:`TrainingMethod.state_dict`).
+
+The loop lends a method what it may need through :class:`MethodServices`
+(the task loss, a way to score each modality alone on the meta-validation
+split, a metrics record); a method never sees files or datasets.
+
+Each method is registered with :func:`register_training_method` under the
+name a config's ``method.name`` picks, with an options dataclass whose fields
+are the ``method:`` section's keys. *Presets* (:func:`register_preset`) are
+names for a method plus fixed settings, possibly of other sections (the
+``baseline`` is MCKD without distillation or meta step; ``hemis`` also sets
+``model.fusion``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
+
+import torch
+
+from mckd.method.model import ModelOutput, MultiModalModel
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = Mapping[str, Any]  # "inputs": N tensors [B, *X_n], "present": bool [B, N], "target": [B, ...]
+
+
+class Term(NamedTuple):
+    """One term of the inner objective: it adds ``weight * value`` to the loss; ``value`` is logged."""
+
+    weight: float
+    value: torch.Tensor
+
+
+def combine(task_loss: torch.Tensor, terms: Mapping[str, Term]) -> torch.Tensor:
+    """The inner objective: ``task_loss + (sum_k weight_k * value_k)`` (the terms summed first, in order)."""
+    extra: torch.Tensor | None = None
+    for term in terms.values():
+        weighted = term.weight * term.value
+        extra = weighted if extra is None else extra + weighted
+    return task_loss if extra is None else task_loss + extra
+
+
+@dataclass
+class MethodServices:
+    """What the training loop lends a method.
+
+    Attributes:
+        task_loss: ``loss(prediction, target) -> scalar``.
+        score_each_modality: the task's primary metric of each modality alone
+            on the meta-validation split, in the modalities' order (LCKD).
+        higher_is_better: whether a higher primary metric is better.
+        record: writes one record to the run's metrics log.
+        model_optimizer: the model's optimiser (the bi-level look-ahead can
+            precondition its step like it).
+    """
+
+    task_loss: LossFn
+    score_each_modality: Callable[[], list[float]] = field(default=lambda: [])
+    higher_is_better: bool = True
+    record: Callable[[dict[str, Any]], None] = field(default=lambda entry: None)
+    model_optimizer: torch.optim.Optimizer | None = None
+
+
+class TrainingMethod:
+    """The base class: the no-distillation method (task loss only, no meta step).
+
+    Args:
+        options: the method's options dataclass (the ``method:`` section).
+        modalities: the modality names, in the model's order.
+        seed: the run's seed (a method draws its random start from its own generator).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    supports_lookahead: ClassVar[bool] = False  # loss_terms can take in-graph weights (the bi-level step)
+
+    def __init__(self, options: Any, modalities: Sequence[str], seed: int) -> None:
+        self.options = options
+        self.modalities = tuple(modalities)
+        self.seed = seed
+        self.services: MethodServices | None = None
+
+    # --- building --------------------------------------------------------------------------------
+
+    def wrap_model(self, model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]) -> MultiModalModel:
+        """The model this method trains, from the one the network builder made (default: unchanged)."""
+        return model
+
+    def to(self, device: torch.device) -> "TrainingMethod":
+        """Move the method's own tensors (importance weights) to ``device``."""
+        return self
+
+    def setup(self, services: MethodServices) -> None:
+        """Called once before the first iteration (after a checkpoint's state is restored)."""
+        self.services = services
+
+    # --- the inner step ------------------------------------------------------------------------
+
+    def loss_term_names(self) -> tuple[str, ...]:
+        """The names :meth:`loss_terms` returns, in order (the metrics log sizes its sums by them)."""
+        return ()
+
+    def loss_terms(self, output: ModelOutput, present: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+        """The terms added to the task loss of a training batch.
+
+        Args:
+            output: the model's forward pass on the batch (``features`` ``[B, N, *F]``).
+            present: bool ``[B, N]``, the modalities the batch kept.
+            weights: only from the bi-level look-ahead: normalised importance
+                weights ``[N]`` kept in the graph (``supports_lookahead``).
+        """
+        return {}
+
+    # --- the meta step ---------------------------------------------------------------------------
+
+    meta_batches: int = 1
+
+    def meta_due(self, iteration: int) -> bool:
+        """Whether a meta step follows inner iteration ``iteration`` (1-based)."""
+        return False
+
+    def meta_step(self, model: MultiModalModel, val: Batch, train: Batch, train_present: torch.Tensor,
+                  model_lr: float) -> torch.Tensor:
+        """One meta step on a meta-validation batch ``val`` (``train``: the last training batch)."""
+        raise NotImplementedError(f"method {self.name!r} takes no meta step")
+
+    def meta_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers of the meta step, whose gradients must be averaged over processes."""
+        return []
+
+    def importance(self) -> torch.Tensor | None:
+        """Normalised importance of each modality ``[N]``, logged after each meta step (None: no weights)."""
+        return None
+
+    def after_iteration(self, iteration: int) -> None:
+        """Called after every inner iteration and its meta step (``iteration`` is 1-based)."""
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values that let a resumed run continue exactly."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; unknown or missing keys are a ``KeyError`` naming them."""
+        expected, found = set(self.state_dict()), set(state)
+        if expected != found:
+            raise KeyError(f"method {self.name!r} state has keys {sorted(found)}, expected {sorted(expected)}")
+
+
+# --- the registry ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named method plus fixed settings: ``overrides`` are dotted keys, possibly of other sections."""
+
+    name: str
+    method: str
+    overrides: tuple[tuple[str, Any], ...]
+    description: str
+
+
+TRAINING_METHODS: dict[str, type[TrainingMethod]] = {}
+OPTIONS: dict[str, type] = {}
+PRESETS: dict[str, Preset] = {}
+
+
+def register_training_method(options: type) -> Callable[[type[TrainingMethod]], type[TrainingMethod]]:
+    """Class decorator: register a :class:`TrainingMethod` subclass under its ``name`` with ``options``."""
+
+    def decorate(cls: type[TrainingMethod]) -> type[TrainingMethod]:
+        if not cls.name or cls.name in TRAINING_METHODS or cls.name in PRESETS:
+            raise ValueError(f"training method name {cls.name!r} is empty or registered twice")
+        TRAINING_METHODS[cls.name] = cls
+        OPTIONS[cls.name] = options
+        return cls
+
+    return decorate
+
+
+def register_preset(name: str, method: str, overrides: Mapping[str, Any], description: str) -> Preset:
+    """Register a preset: ``method`` with ``overrides`` (``{"method.alpha": 0, "model.fusion": "hemis"}``)."""
+    if name in TRAINING_METHODS or name in PRESETS:
+        raise ValueError(f"preset name {name!r} is registered twice")
+    preset = Preset(name, method, tuple(overrides.items()), description)
+    PRESETS[name] = preset
+    return preset
