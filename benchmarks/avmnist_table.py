@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mckd.checkpoint import atomic_write_text
+from mckd.io import atomic_write_text
 from mckd.config import apply_overrides, config_from_dict, load_raw
 from mckd.report import plot_weights, read_table, read_weight_history
 from mckd.runs import evaluate_run

@@ -630,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["prepare", "train", "evaluate", "predict", "compare"], help="the cases of one command")
     parser.add_argument("--keep", help="build in this folder (must not exist) and keep it")
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once as subprocesses (default 2)")
+    parser.add_argument("--case", action="append", default=[], metavar="NAME",
+                        help="run only this case (repeatable), e.g. --case evaluate/pickle-checkpoint")
+    parser.add_argument("--list", action="store_true", help="print the cases' names and run none")
     args = parser.parse_args(argv)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mckd_malformed_"))
     root.mkdir(parents=True, exist_ok=bool(not args.keep))
@@ -638,6 +641,15 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         cases = build(root, args.only)
         print(f"built {len(cases)} malformed inputs in {time.perf_counter() - start:.0f} s under {root}")
+        if args.list:
+            print("\n".join(case.name for case in cases))
+            return 0
+        if args.case:
+            unknown = sorted(set(args.case) - {case.name for case in cases})
+            if unknown:
+                print(f"no such case: {', '.join(unknown)}", file=sys.stderr)
+                return 2
+            cases = [case for case in cases if case.name in args.case]
         if args.in_process:
             results = [run_case(case, root, True) for case in cases]
         else:

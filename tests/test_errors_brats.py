@@ -18,6 +18,7 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
+from helpers import SEQUENCES, SHAPE, Payload, make_brats_case, save_nifti, synthetic_head  # noqa: E402
 from mckd.data.brats import BratsOptions, build_brats, split_cases  # noqa: E402
 from mckd.data.brats_cache import DATASET_FILE, CachedCase, prepare_cache, read_dataset_record  # noqa: E402
 from mckd.data.brats_layout import (  # noqa: E402
@@ -30,35 +31,8 @@ from mckd.data.brats_layout import (  # noqa: E402
 )
 from mckd.errors import ConfigError, DataError, MckdError  # noqa: E402
 
-SHAPE = (10, 10, 8)
-SEQUENCES = ("flair", "t1", "t1ce", "t2")
 LAYOUT = BUILTIN_LAYOUTS["brats2018"]
-
-
-def save(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
-    return path
-
-
-def head(seed: int = 0) -> np.ndarray:
-    """A 'head': random positive intensities inside, 0 at the border (the background)."""
-    image = np.zeros(SHAPE, np.float32)
-    image[2:-2, 2:-2, 2:-2] = np.random.default_rng(seed).uniform(1, 2, (6, 6, 4))
-    return image
-
-
-def make_case(root: Path, name: str, labels: np.ndarray | None = None) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    for n, sequence in enumerate(SEQUENCES):
-        save(folder / f"{name}_{sequence}.nii.gz", head(n))
-    if labels is None:
-        labels = np.zeros(SHAPE, np.uint8)
-        labels[4:6, 4:6, 3:5] = 4
-        labels[3, 3, 3] = 1
-        labels[6, 6, 4] = 2
-    save(folder / f"{name}_seg.nii.gz", labels)
-    return folder
+save, head, make_case = save_nifti, synthetic_head, make_brats_case
 
 
 @pytest.fixture
@@ -341,24 +315,14 @@ def test_predict_refuses_to_overwrite_an_output_before_reading_anything(tmp_path
         predict_files(tmp_path / "no_run", {"flair": tmp_path / "x.nii.gz"}, tmp_path / "seg.png")
 
 
-class _Marker:
-    """Unpickling this creates a file: proof that code ran."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
-
-
 def test_a_pickle_in_place_of_a_cached_array_is_refused_and_runs_nothing(cache, tmp_path):
     import pickle
 
     control = tmp_path / "control"
-    pickle.loads(pickle.dumps(_Marker(control)))
+    pickle.loads(pickle.dumps(Payload(control)))
     assert control.exists()  # the payload does run when unpickled
     marker = tmp_path / "code_ran"
-    (cache / "c1" / "t1.npy").write_bytes(pickle.dumps(_Marker(marker)))
+    (cache / "c1" / "t1.npy").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(DataError, match="holds pickled objects, which mckd never loads"):
         CachedCase(cache, "c1", SEQUENCES).image("t1")
     assert not marker.exists()

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mckd.checkpoint import atomic_write
+from mckd.io import atomic_write
 from mckd.data.audio import FSDD_SPEAKERS, N_FRAMES, N_MFCC, RECIPES, list_fsdd, mfcc, read_wav
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
 from mckd.data.idx import read_mnist
