@@ -428,14 +428,6 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         for case in ("case0", "case1", "case2", "case3"):
             array = damaged_array / case / "t1.npy"
             array.write_bytes(array.read_bytes()[:90])
-        # a test case without t1: evaluating the subset {t1} leaves it with nothing
-        partial_src = copy_tree(source, root / "brats_src_partial")
-        (partial_src / "case3" / "case3_t1.nii.gz").unlink()
-        partial = root / "brats_partial"
-        run_ok(["prepare", "brats", str(partial_src), str(partial), "--workers", "1", "--no-progress", "--allow-missing"])
-        partial_config = brats_config(root / "brats_partial.yaml", partial,
-                                      "  train_cases: [case0, case1]\n  val_cases: [case2]\n  test_cases: [case3]\n")
-        partial_run = root / "runs" / "brats_partial"
         cases += [
             Case("train/brats-cache-missing", ["train", str(brats_config(root / "b1.yaml", root / "no_cache")), "--out", str(out)],
                  ["no_cache is not a BraTS cache", "mckd prepare brats"], [out]),
@@ -447,25 +439,7 @@ def build(root: Path, only: str | None = None) -> list[Case]:
                  ["t1.npy is not a readable cached array"], [out]),
             Case("train/brats-unknown-modality", ["train", str(brats_config(root / "b5.yaml", cache)), "--set", "data.modalities=[flair, dwi]", "--out", str(out)],
                  ["data.modalities ['flair', 'dwi']", "must be distinct names from the cache's"], [out]),
-            Case("train/no-modality-at-evaluation", ["train", str(partial_config), "--out", str(partial_run)],
-                 ["evaluation: a sample has none of the modalities of subset 't1'"], [partial_run / "eval"]),
         ]
-    if want("evaluate"):
-        eval_partial = root / "runs" / "brats_partial_eval"
-        partial_src = root / "brats_src_partial"
-        if not partial_src.exists():
-            copy_tree(source, partial_src)
-            (partial_src / "case3" / "case3_t1.nii.gz").unlink()
-        partial = root / "brats_partial"
-        if not partial.exists():
-            run_ok(["prepare", "brats", str(partial_src), str(partial), "--workers", "1", "--no-progress", "--allow-missing"])
-        config = brats_config(root / "brats_partial_eval.yaml", partial,
-                              "  train_cases: [case0, case1]\n  val_cases: [case2]\n  test_cases: [case3]\n")
-        with contextlib.suppress(RuntimeError):  # training succeeds, then its evaluation fails as the case expects
-            run_ok(["train", str(config), "--out", str(eval_partial)])
-        cases.append(Case("evaluate/no-modality-at-evaluation", ["evaluate", str(eval_partial), "--device", "cpu"],
-                          ["evaluation: a sample has none of the modalities of subset 't1'"], [eval_partial / "eval"]))
-
     if want("predict"):
         inputs = root / "predict_inputs"
         inputs.mkdir()
@@ -512,7 +486,7 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         cases += [
             Case("compare/empty-table", compare("empty", "good"), ["empty/subsets.csv", "holds no rows"], [comparison]),
             Case("compare/binary-table", compare("good", "binary"), ["binary/subsets.csv", "not a readable CSV table"], [comparison]),
-            Case("compare/non-numeric-metric", compare("good", "text"), ["acc is 0.5 and 'high'"], [comparison]),
+            Case("compare/non-numeric-metric", compare("good", "text"), ["acc is 'high' in"], [comparison]),
             Case("compare/not-a-run", ["compare", str(tables["good"]), str(root / "nowhere")], ["nowhere", "has no subsets.csv"], []),
         ]
 

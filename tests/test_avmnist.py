@@ -262,15 +262,11 @@ def _config(prepared: Path, *overrides: str):
                                                   "train.device=cpu", *overrides]))
 
 
-def test_configs_write_down_every_key() -> None:
+def test_the_avmnist_configs_hold_the_papers_settings() -> None:
     from mckd.config import config_from_dict, load_raw
 
     for name in ("avmnist_missing_audio.yaml", "avmnist_missing_image.yaml"):
-        raw = load_raw(ROOT / "configs" / name)
-        resolved = config_from_dict(raw).to_dict()
-        for section, values in resolved.items():
-            if isinstance(values, dict):
-                assert set(raw[section]) == set(values), f"{name}: section {section} does not list every key"
+        resolved = config_from_dict(load_raw(ROOT / "configs" / name)).to_dict()  # every key: tests/test_config.py
         assert (resolved["train"]["lr"], resolved["train"]["weight_decay"], resolved["train"]["gamma"],
                 resolved["train"]["step_epochs"], resolved["train"]["epochs"]) == (1e-3, 1e-2, 0.9, 20.0, 60)
         assert (resolved["method"]["meta_lr"], resolved["method"]["meta_weight_decay"],
@@ -313,7 +309,7 @@ def test_a_short_training_run_learns_and_records_the_weights(prepared: Path, tmp
     config = _config(prepared, "train.iterations=40", "train.lr=0.003", "missing.rates={audio: 0.2}",
                      "method.meta_every=2")
     train(config, tmp_path / "run")
-    rows = {r["subset"]: r["accuracy"] for r in evaluate_run(tmp_path / "run", "cpu")}
+    rows = {r["subset"]: r["accuracy"] for r in evaluate_run(tmp_path / "run", "cpu").subsets}
     assert set(rows) == {"image", "audio", "image+audio"}
     assert rows["image"] > 0.3  # ten classes: chance is 0.1
     iterations, weights = read_weight_history(tmp_path / "run" / "metrics.jsonl")

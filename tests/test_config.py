@@ -173,7 +173,9 @@ def test_a_preset_name_in_a_config_says_which_settings_it_stands_for():
 def test_a_task_that_does_not_fit_the_data_is_refused(digits_csv_dir):
     from mckd.build import build_experiment
 
-    config = _load("task.name=segmentation", f"data.csv_dir={digits_csv_dir}")
+    raw = load_raw(DIGITS)
+    raw["task"] = {"name": "segmentation"}
+    config = config_from_dict(apply_overrides(raw, [f"data.csv_dir={digits_csv_dir}"]))
     with pytest.raises(ConfigError, match="task.name 'segmentation' predicts a label map .* one class label"):
         build_experiment(config)
 

@@ -199,19 +199,3 @@ def test_availability_masks_never_leave_a_sample_empty(samples, rates, seed):
 def test_availability_rates_outside_zero_one_are_a_config_error(rate):
     with pytest.raises(MckdError, match="must be in"):
         availability_mask(10, ["image", "audio"], {"audio": rate}, 0)
-
-
-def test_evaluating_a_subset_that_leaves_a_sample_with_nothing_is_a_clear_error():
-    from mckd.data.bundle import MultiModalTensorDataset
-    from mckd.evaluation import evaluate_subsets
-    from mckd.tasks.classification import ClassificationTask
-
-    torch.manual_seed(0)
-    model = _model(2, False, [3, 2], 4, "mean", "concat")
-    present = torch.tensor([[True, True], [True, False], [True, True]])  # sample 1 has no m1
-    dataset = MultiModalTensorDataset([torch.randn(3, 3), torch.randn(3, 2)], torch.tensor([0, 1, 2]), present)
-    task = ClassificationTask(3)
-    rows = evaluate_subsets(model, task, dataset, 2, torch.device("cpu"), subsets=[("m0",), ("m0", "m1")])
-    assert [row["subset"] for row in rows] == ["m0", "m0+m1"]
-    with pytest.raises(MckdError, match="none of the modalities of subset 'm1'"):
-        evaluate_subsets(model, task, dataset, 2, torch.device("cpu"), subsets=[("m1",)])

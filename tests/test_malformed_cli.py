@@ -35,7 +35,7 @@ def test_the_run_covers_every_command_and_every_listed_check():
     for check in ["missing-sequence", "missing-label", "unknown-modality", "shape-mismatch", "affine-mismatch",
                   "nan-voxels", "all-zero-sequence", "labels-outside-convention", "truncated-nifti", "wav-truncated",
                   "idx-truncated", "idx-header-vs-size", "images-labels-length", "source-empty", "split-too-small",
-                  "no-modality-at-evaluation", "config-unknown-nested-key", "config-wrong-type",
+                  "config-unknown-nested-key", "config-wrong-type",
                   "config-alpha-negative", "config-rate-above-one", "pickle-checkpoint", "other-model-configuration",
                   "output-exists"]:
         assert any(name.endswith("/" + check) for name in names), check

@@ -33,7 +33,7 @@ def test_an_old_digits_run_evaluates_to_the_numbers_its_own_version_wrote(tmp_pa
     expected = read_table(run / "eval" / "subsets.csv")
     shutil.rmtree(run / "eval")
     with pytest.warns(OldConfigLayout):
-        rows = evaluate_run(run, "cpu")
+        rows = evaluate_run(run, "cpu").subsets
     assert [(r["subset"], r["accuracy"]) for r in rows] == [(r["subset"], r["accuracy"]) for r in expected]
 
 

@@ -64,10 +64,18 @@ def test_compare_tables_pairs_rows_by_subset_name_not_by_position():
     assert {r["subset"]: r["difference"] for r in rows[:2]} == pytest.approx({"fou": 0.1, "mor": 0.2})
 
 
-def test_compare_tables_of_identical_runs_has_no_test():
+def test_compare_tables_of_identical_runs_has_no_test_and_no_nan():
     rows, summary = compare_tables(_table([0.5, 0.6]), _table([0.5, 0.6]), "accuracy", "x", "y")
-    assert math.isnan(summary["t"]) and math.isnan(summary["p_one_tailed"])
+    assert summary["t"] is None and summary["p_one_tailed"] is None
     assert summary["difference"] == 0.0
+
+
+def test_compare_tables_lists_rows_without_samples_but_tests_only_the_others():
+    a, b = _table([0.5, 0.6, 0.9]), _table([0.4, 0.4, 0.1])
+    a[2]["accuracy"] = None  # no test sample had that subset
+    rows, summary = compare_tables(a, b, "accuracy", "x", "y")
+    assert summary["subsets"] == 2 and summary["difference"] == pytest.approx(0.15)
+    assert rows[2]["difference"] is None and rows[-1]["subset"] == "mean"
 
 
 def test_compare_tables_refuses_runs_evaluated_on_different_subsets():

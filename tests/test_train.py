@@ -54,8 +54,10 @@ def test_a_short_mckd_run_learns_the_digits(mckd_run):
     assert [r["iteration"] for r in records] == [10, 20, 30, 40]
     assert records[-1]["task_loss"] < 0.8 * records[0]["task_loss"]
     assert all(r["ckd_loss"] > 0 for r in records)
-    rows = evaluate_run(run_dir, "cpu")
-    assert len(rows) == 63
+    result = evaluate_run(run_dir, "cpu")
+    rows = result.subsets
+    assert len(rows) == 63 and all(r["samples"] == 600 for r in rows)
+    assert result.observed[0]["pattern"] == "all" and result.observed[0]["accuracy"] == rows[-1]["accuracy"]
     full = rows[-1]
     assert full["subset"] == "fou+fac+kar+pix+zer+mor" and full["accuracy"] > 0.8
     assert sum(r["accuracy"] for r in rows) / 63 > 0.5  # chance is 0.1

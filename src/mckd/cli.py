@@ -45,22 +45,34 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = Path(args.out) if args.out else _default_out(args.config)
     if args.seeds:
         rows = train_seeds(raw, args.overrides, args.seeds, out)
+        if distributed.is_main():
+            print(markdown_table(rows))
     else:
         config = config_from_dict(apply_overrides(raw, args.overrides))
         train(config, out, resume=bool(args.resume))
-        rows = evaluate_run(out, config.train.device)
+        _print_evaluation(evaluate_run(out, config.train.device))
     if distributed.is_main():
-        print(markdown_table(rows))
         print(f"run directory: {out}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+def _print_evaluation(result) -> None:
+    from mckd import distributed
     from mckd.report import markdown_table
+
+    if distributed.is_main():
+        print("every subset (the test samples that have it):")
+        print(markdown_table(result.subsets))
+        print("as observed (each test sample with its own modalities), and per pattern:")
+        print(markdown_table(result.observed))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
     from mckd.runs import RunDir, evaluate_run
 
-    rows = evaluate_run(args.run_dir, args.device)
-    print(markdown_table(rows))
-    print(f"written: {RunDir(args.run_dir).subsets.with_suffix('.md')}")
+    run = RunDir(args.run_dir)
+    _print_evaluation(evaluate_run(run.path, args.device))
+    print(f"written: {run.subsets.with_suffix('.md')}, {run.observed.with_suffix('.md')}, "
+          f"{run.patterns.with_suffix('.md')}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -72,7 +84,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
     rows_a, rows_b = read_table(RunDir(a).results_table()), read_table(RunDir(b).results_table())
-    metric = args.metric or next(k for k in rows_a[0] if k not in ("subset", "size"))
+    metric = args.metric or next(k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples"))
     if metric not in rows_a[0]:
         raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
     rows, summary = compare_tables(rows_a, rows_b, metric, name_a, name_b)

@@ -171,13 +171,18 @@ def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must be: this rank's GPU with NCCL, the CPU with gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over ranks (a new tensor; the input without a group)."""
+    """The sum of ``tensor`` over ranks (a new tensor on ``tensor``'s device; the input without a group)."""
     if not (dist.is_available() and dist.is_initialized()):
         return tensor
-    out = tensor.detach().clone()
+    out = tensor.detach().to(_collective_device(), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return out.to(tensor.device)
 
 
 def shard(dataset: Any) -> Any:
@@ -235,11 +240,26 @@ def gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return [tensor]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    local = tensor.detach().to(device)
+    local = tensor.detach().to(_collective_device())
     out = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(out, local)
     return [t.cpu() for t in out]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` ``[R_rank, ...]`` (R may differ by rank, the rest may not), concatenated in rank order.
+
+    Without a group: ``tensor`` itself. Rows are padded to the longest rank's
+    for the all-gather and cut back, so ranks with no rows take part too.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    sizes = gather_tensors(torch.tensor([tensor.shape[0]], dtype=torch.int64))
+    longest = max(int(size) for size in sizes)
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = gather_tensors(padded)
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)])
 
 
 class ResumableDistributedSampler(DistributedSampler):

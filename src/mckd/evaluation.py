@@ -1,16 +1,30 @@
-"""Evaluation over every non-empty subset of present modalities (2^N - 1 rows).
+"""Evaluation over subsets of modalities and as the data are observed (pure: a model, a task, a dataset in; rows out).
 
-Pure: a model, a task and a dataset in, rows of metrics out. Reading a run
-directory and writing its tables is :mod:`mckd.runs`'s.
+For data that truly lack modalities (clinical records, cases without a
+sequence) three views matter, all computed in one pass:
+
+- **every subset** ``s`` of the modalities (``2^N - 1`` rows): over the test
+  samples that have *all* of ``s``, each predicted from exactly ``s``; each
+  row says how many samples it covers (``samples``). A subset no sample has
+  gets a row with ``samples`` 0 and no metrics (``None``);
+- **as observed** (``pattern`` ``all``): every sample predicted from the
+  modalities it has;
+- **per missingness pattern**: the same, split by which modalities a sample has.
+
+A sample with pattern ``P`` is predicted from ``P`` in the row of subset
+``P``, which is exactly "as observed", so the observed rows cost no extra
+forward pass. Reading a run directory and writing its tables is
+:mod:`mckd.runs`'s.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mckd import distributed
 from mckd.data.bundle import move_batch
@@ -19,6 +33,9 @@ from mckd.method.model import MultiModalModel
 from mckd.tasks.base import Task
 
 SUBSET_SEPARATOR = "+"
+OBSERVED = "all"  # the pattern key of the row of every sample as observed
+
+Row = dict[str, Any]
 
 
 def all_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
@@ -34,50 +51,137 @@ def subset_name(subset: Sequence[str]) -> str:
     return SUBSET_SEPARATOR.join(subset)
 
 
+@dataclass
+class Evaluation:
+    """The rows of one evaluation.
+
+    Attributes:
+        subsets: one row per subset: ``subset``, ``size``, ``samples``, then each metric.
+        observed: ``pattern`` ``all`` (every sample with its own modalities), then one row per
+            missingness pattern found: ``pattern``, ``size``, ``samples``, then each metric.
+    """
+
+    subsets: list[Row]
+    observed: list[Row]
+
+
+def _take(batch: Mapping[str, Any], rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return [x[rows] for x in batch["inputs"]], batch["target"][rows]
+
+
 @torch.no_grad()
-def evaluate_subsets(
+def evaluate(
     model: MultiModalModel,
     task: Task,
-    dataset: Any,
+    dataset: Dataset,
     batch_size: int,
     device: torch.device,
     subsets: Sequence[Sequence[str]] | None = None,
-) -> list[dict[str, Any]]:
-    """The task's metrics, averaged over samples, for each subset of modalities.
+) -> Evaluation:
+    """The task's metrics for each subset of modalities and as observed (see the module docstring).
 
-    Each sample is evaluated with ``present = subset & what the sample has``;
-    a sample left with nothing is an error (the subset is meaningless for it).
+    Args:
+        model: the trained model (put in eval mode).
+        task: gives the inference and the metrics (:meth:`~mckd.tasks.base.Task.accumulator`).
+        dataset: samples with ``inputs``, ``present`` (what each sample truly has) and ``target``.
+        batch_size: samples per forward pass.
+        device: where the model is.
+        subsets: the subsets to evaluate (default: every non-empty one). With
+            other subsets than all of them, the observed rows cover the samples
+            whose pattern is among them.
 
-    Returns:
-        One row per subset: ``subset`` (names joined by ``+``), ``size``, and
-        each metric's mean over the samples.
+    Under torchrun each rank evaluates its share of the samples and the
+    metrics are reduced over ranks (every rank calls this).
     """
     if len(dataset) == 0:
         raise DataError("evaluation: the split to evaluate has no samples")  # a mean over nothing is not 0
     modalities = model.modalities
-    subsets = list(subsets) if subsets is not None else all_subsets(modalities)
+    subsets = [tuple(s) for s in subsets] if subsets is not None else all_subsets(modalities)
     masks = torch.tensor([[m in s for m in modalities] for s in subsets], dtype=torch.bool, device=device)  # (K, N)
-    sums = torch.zeros(len(subsets), len(task.metric_names), dtype=torch.float64, device=device)
-    counts = torch.zeros(len(subsets), dtype=torch.float64, device=device)
+    per_subset = [task.accumulator() for _ in subsets]
+    counts = torch.zeros(len(subsets), dtype=torch.int64)
+    observed = task.accumulator()
+    by_pattern: dict[tuple[str, ...], Any] = {}
+    pattern_counts: dict[tuple[str, ...], int] = {}
     model.eval()
-    dataset = distributed.shard(dataset)  # under torchrun: this rank's samples; sums are added over ranks below
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(distributed.shard(dataset), batch_size=batch_size, shuffle=False)
     for batch in loader:
         batch = move_batch(batch, device)
-        for k in range(len(subsets)):
-            present = batch["present"] & masks[k].unsqueeze(0)  # (B, N)
-            if bool((present.sum(dim=1) == 0).any()):
-                raise DataError(
-                    f"evaluation: a sample has none of the modalities of subset {subset_name(subsets[k])!r}; "
-                    "evaluate on complete data or choose subsets it has"
-                )
-            prediction = task.infer(lambda xs, pr: model(xs, pr).prediction, batch["inputs"], present)
-            values = task.sample_metrics(prediction, batch["target"])
-            sums[k] += torch.stack([values[name].double().sum() for name in task.metric_names])
-            counts[k] += batch["target"].shape[0]
-    sums, counts = distributed.all_reduce_sum(sums), distributed.all_reduce_sum(counts)
-    means = (sums / counts.clamp(min=1).unsqueeze(1)).cpu().tolist()
-    return [
-        {"subset": subset_name(s), "size": len(s), **dict(zip(task.metric_names, row))}
-        for s, row in zip(subsets, means)
-    ]
+        present = batch["present"].to(torch.bool)  # (B, N): what each sample has
+        if bool((~present.any(dim=1)).any()):
+            raise DataError("evaluation: a test sample has no modality at all; it cannot be predicted from anything")
+        for k, subset in enumerate(subsets):
+            has_all = (present & masks[k]).sum(dim=1) == masks[k].sum()  # (B,)
+            rows = has_all.nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                continue
+            inputs, target = _take(batch, rows)
+            subset_present = masks[k].unsqueeze(0).expand(rows.numel(), -1)
+            prediction = task.infer(lambda xs, pr: model(xs, pr).prediction, inputs, subset_present)
+            per_subset[k].update(prediction, target)
+            counts[k] += rows.numel()
+            exact = (present[rows] == masks[k]).all(dim=1)  # these samples have exactly this subset
+            if bool(exact.any()):
+                chosen = exact.nonzero(as_tuple=True)[0]
+                observed.update(prediction[chosen], target[chosen])
+                if subset not in by_pattern:
+                    by_pattern[subset] = task.accumulator()
+                    pattern_counts[subset] = 0
+                by_pattern[subset].update(prediction[chosen], target[chosen])
+                pattern_counts[subset] += int(chosen.numel())
+    counts = distributed.all_reduce_sum(counts)
+    subset_rows = [{"subset": subset_name(s), "size": len(s), "samples": int(counts[k]), **per_subset[k].compute()}
+                   for k, s in enumerate(subsets)]
+    patterns = sorted(_all_ranks_patterns(by_pattern, subsets), key=lambda s: (len(s), subsets.index(s)))
+    total = int(distributed.all_reduce_sum(torch.tensor([sum(pattern_counts.values())]))[0])
+    observed_rows = [{"pattern": OBSERVED, "size": "", "samples": total, **observed.compute()}]
+    for pattern in patterns:
+        accumulator = by_pattern.get(pattern) or task.accumulator()
+        samples = int(distributed.all_reduce_sum(torch.tensor([pattern_counts.get(pattern, 0)]))[0])
+        observed_rows.append({"pattern": subset_name(pattern), "size": len(pattern), "samples": samples,
+                              **accumulator.compute()})
+    return Evaluation(subset_rows, observed_rows)
+
+
+def _all_ranks_patterns(by_pattern: Mapping[tuple[str, ...], Any], subsets: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The patterns seen on any rank (every rank must compute the same accumulators in the same order)."""
+    seen = torch.tensor([s in by_pattern for s in subsets], dtype=torch.int64)
+    seen = distributed.all_reduce_sum(seen)
+    return [s for s, flag in zip(subsets, seen.tolist()) if flag > 0]
+
+
+def evaluate_subsets(
+    model: MultiModalModel,
+    task: Task,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    subsets: Sequence[Sequence[str]] | None = None,
+) -> list[Row]:
+    """The subset rows of :func:`evaluate`."""
+    return evaluate(model, task, dataset, batch_size, device, subsets).subsets
+
+
+def dataset_presence(dataset: Dataset) -> torch.Tensor:
+    """bool ``[S, N]``: which modalities each sample of ``dataset`` has, read without loading the inputs if it can."""
+    if hasattr(dataset, "presence"):
+        return dataset.presence()
+    if hasattr(dataset, "present"):
+        return dataset.present.to(torch.bool)
+    return torch.stack([torch.as_tensor(dataset[i]["present"], dtype=torch.bool) for i in range(len(dataset))])
+
+
+def missingness_patterns(splits: Mapping[str, Dataset], modalities: Sequence[str]) -> list[Row]:
+    """How many samples of each split have each pattern of present modalities (one row per pattern seen)."""
+    counts: dict[tuple[str, ...], dict[str, int]] = {}
+    for split, dataset in splits.items():
+        for row in dataset_presence(dataset).tolist():
+            pattern = tuple(m for m, has in zip(modalities, row) if has)
+            counts.setdefault(pattern, {name: 0 for name in splits})[split] += 1
+    order = all_subsets(modalities)
+    rows = []
+    for pattern in sorted(counts, key=lambda p: (len(p), order.index(p) if p in order else len(order))):
+        name = subset_name(pattern) if pattern else "(none)"
+        rows.append({"pattern": name, "size": len(pattern), **counts[pattern],
+                     "total": sum(counts[pattern].values())})
+    return rows

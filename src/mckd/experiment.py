@@ -31,6 +31,8 @@ from mckd.report import (
     plot_weights,
     read_table,
     read_weight_history,
+    defined,
+    rows_defined_in_all,
     write_table,
 )
 from mckd.runs import RunDir, evaluate_run
@@ -110,23 +112,23 @@ def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[i
     out = RunDir(out)
     if not seeds:
         raise ConfigError("at least one seed is needed")
-    tables, metric_names, metrics_paths = [], None, []
+    tables, observed, metric_names, metrics_paths = [], [], None, []
     for seed in seeds:
         seeded = [*overrides, f"seed={seed}"]
         config = config_from_dict(method_config(raw, method, seeded) if method else apply_overrides(raw, seeded))
         run = out.seed(seed)
-        if reuse and finished_run(run.path, config):
-            table = read_table(run.subsets.with_suffix(".csv"))
-            metric_names = tuple(k for k in table[0] if k not in ("subset", "size"))
-            tables.append(table)
-        else:
-            experiment = train(config, run.path)
-            metric_names = experiment.task.metric_names
-            tables.append(evaluate_run(run.path, config.train.device))
+        if not (reuse and finished_run(run.path, config)):
+            train(config, run.path)
+            evaluate_run(run.path, config.train.device)
+        tables.append(read_table(run.subsets.with_suffix(".csv")))
+        observed.append(read_table(run.observed.with_suffix(".csv")))
+        metric_names = tuple(k for k in tables[-1][0] if k not in ("subset", "size", "samples"))
         metrics_paths.append(run.metrics)
     assert metric_names is not None
     rows = aggregate_seeds(tables, metric_names)
-    write_table(rows, out.aggregate, title=f"{out.path.name}: mean and standard deviation over seeds {list(seeds)}")
+    title = f"{out.path.name}: mean and standard deviation over seeds {list(seeds)}"
+    write_table(rows, out.aggregate, title=title)
+    write_table(aggregate_seeds(observed, metric_names), out.aggregate_observed, title=f"{title}, as observed")
     atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
                                                     "overrides": list(overrides)}, indent=2))
     plot_weights(metrics_paths, out.weights_plot, title=f"Importance weights, {out.path.name}")
@@ -138,7 +140,8 @@ def finished_run(run_dir: Path, config: Any) -> bool:
     import yaml
 
     run = RunDir(run_dir)
-    if not (run.config.is_file() and run.subsets.with_suffix(".csv").is_file() and run.metrics.is_file()):
+    files = (run.config, run.subsets.with_suffix(".csv"), run.observed.with_suffix(".csv"), run.metrics)
+    if not all(path.is_file() for path in files):
         return False
     return yaml.safe_load(run.config.read_text()) == config.to_dict()
 
@@ -203,11 +206,10 @@ def write_methods_table(
     overrides: Sequence[str] = (),
 ) -> str:
     """Write ``out/methods.{md,csv}``: every method against the first; return the summary's Markdown."""
-    seed_means = {
-        name: [float(np.mean([r[metric] for r in read_table(out / name / f"seed_{s}" / "eval" / "subsets.csv")]))
-               for s in seeds]
-        for name in methods
-    }
+    seed_tables = {name: [read_table(RunDir(out / name).seed(s).subsets.with_suffix(".csv")) for s in seeds]
+                   for name in methods}
+    seed_means = {name: [float(np.mean([r[metric] for r in table if defined(r[metric])])) for table in tables_]
+                  for name, tables_ in seed_tables.items()}
     summary, per_subset, strongest = method_comparison(tables, metric, methods[0], seed_means)
     command = " ".join(["mckd benchmark", str(config_path), "--methods", *methods,
                         "--seeds", *map(str, seeds), *(f"--set {o}" for o in overrides)])
@@ -230,11 +232,12 @@ def write_methods_table(
 
 
 def _test_sentence(summary: Row, a: str, b: str) -> str:
+    test = (f"t = {summary['t']:.3f}, p = {summary['p_one_tailed']:.4f}" if summary["t"] is not None
+            else "undefined (the differences do not vary)")
     return (
         f"Mean over {summary['subsets']} subsets: {a} {summary[a]:.4f}, {b} {summary[b]:.4f} "
         f"(difference {summary['difference']:+.4f}); {a} better on {summary['wins']}, worse on "
-        f"{summary['losses']}; one-tailed paired t-test across subsets ({a} > {b}): "
-        f"t = {summary['t']:.3f}, p = {summary['p_one_tailed']:.4f}."
+        f"{summary['losses']}; one-tailed paired t-test across subsets ({a} > {b}): {test}."
     )
 
 
@@ -250,6 +253,7 @@ def write_summary(
 ) -> str:
     """A short, readable account: weight ranking, single-modality ranking, where the reference gains or loses."""
     reference = methods[0]
+    tables = rows_defined_in_all(tables, metric)  # subsets no test sample has are not summarised
     ranked = sorted(weights, key=weights.get, reverse=True)
     singles = sorted((r for r in tables[reference] if int(r["size"]) == 1), key=lambda r: r[metric], reverse=True)
     lines = [

@@ -18,10 +18,34 @@ from mckd.io import atomic_write, atomic_write_text
 Row = dict[str, Any]
 
 
+KEYS = ("subset", "pattern")  # the columns that name a row of an evaluation table
+UNDEFINED = "–"  # a metric that is undefined for a row (no sample, one class): never NaN
+
+
 def _format(value: Any) -> str:
+    if value is None or value == "":
+        return UNDEFINED if value is None else ""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
+
+
+def row_key(rows: Sequence[Row]) -> str:
+    """The column that names the rows of an evaluation table: ``subset`` or ``pattern``."""
+    for key in KEYS:
+        if rows and key in rows[0]:
+            return key
+    raise MckdError(f"a table without a {' or '.join(repr(k) for k in KEYS)} column is not an evaluation table")
+
+
+def _size(value: Any) -> int | str:
+    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all``, ``mean``)."""
+    return int(value) if defined(value) else ""
+
+
+def defined(value: Any) -> bool:
+    """Whether a table cell holds a number (not an undefined metric)."""
+    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 
 
 def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
@@ -59,34 +83,48 @@ def read_table(path: str | Path) -> list[Row]:
             for row in csv.DictReader(stream):
                 parsed: Row = {}
                 for key, value in row.items():
-                    try:
-                        parsed[key] = float(value) if key != "subset" else value
-                    except (ValueError, TypeError):
+                    if key in KEYS:
                         parsed[key] = value
+                    elif value == "":
+                        parsed[key] = None  # an undefined metric (written as an empty cell)
+                    else:
+                        try:
+                            parsed[key] = float(value)
+                        except (ValueError, TypeError):
+                            parsed[key] = value
                 rows.append(parsed)
     except (UnicodeDecodeError, csv.Error) as error:
         raise MckdError(f"table {str(path)!r} is not a readable CSV table ({error})") from None
-    if not rows or "subset" not in rows[0] or "size" not in rows[0]:
+    if not rows or not any(key in rows[0] for key in KEYS) or "size" not in rows[0]:
         raise MckdError(f"table {str(path)!r} holds no rows with 'subset' and 'size' columns; evaluate the run again")
     return rows
 
 
 def aggregate_seeds(tables: Sequence[Sequence[Row]], metrics: Sequence[str]) -> list[Row]:
-    """Mean and standard deviation (ddof 1) over seeds, per subset.
+    """Mean and standard deviation (ddof 1) over seeds, per row (subset or pattern).
 
-    Every table must list the same subsets. Output columns: ``subset``,
-    ``size``, ``<metric>`` (the mean), ``<metric>_std``, ``seeds``.
+    Every table must list the same rows. Output columns: the key (``subset``
+    or ``pattern``), ``size``, ``samples`` when the tables have it, ``<metric>``
+    (the mean) and ``<metric>_std`` for each metric, ``seeds``. A metric that
+    is undefined in any seed's row is undefined in the mean.
     """
     if not tables:
         raise MckdError("aggregate_seeds: no tables")
-    subsets = [row["subset"] for row in tables[0]]
+    key = row_key(tables[0])
+    names = [row[key] for row in tables[0]]
     for table in tables[1:]:
-        if [row["subset"] for row in table] != subsets:
-            raise MckdError("aggregate_seeds: the runs were evaluated on different subsets")
+        if [row[key] for row in table] != names:
+            raise MckdError(f"aggregate_seeds: the runs were evaluated on different {key}s")
     out = []
-    for i, subset in enumerate(subsets):
-        row: Row = {"subset": subset, "size": int(tables[0][i]["size"])}
+    for i, name in enumerate(names):
+        first = tables[0][i]
+        row: Row = {key: name, "size": _size(first["size"])}
+        if "samples" in first:
+            row["samples"] = int(first["samples"])
         for metric in metrics:
+            if not all(defined(t[i].get(metric)) for t in tables):
+                row[metric], row[f"{metric}_std"] = None, None
+                continue
             values = np.array([float(t[i][metric]) for t in tables])
             row[metric] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -95,40 +133,57 @@ def aggregate_seeds(tables: Sequence[Sequence[Row]], metrics: Sequence[str]) -> 
     return out
 
 
-def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str, name_b: str) -> tuple[list[Row], Row]:
-    """Per-subset difference ``a - b`` of ``metric`` and a one-tailed paired t-test across subsets.
+def paired_test(values_a: np.ndarray, values_b: np.ndarray) -> tuple[float | None, float | None]:
+    """One-tailed paired t-test that ``a > b``: ``(t, p)``, or ``(None, None)`` when it is undefined.
 
-    The test (as the paper's Table 1) asks whether ``a`` beats ``b``: the
-    alternative is mean(a - b) > 0 over the subsets.
+    Undefined: fewer than two pairs, or every difference the same (zero variance).
+    """
+    differences = values_a - values_b
+    if len(differences) < 2 or np.all(differences == differences[0]):
+        return None, None
+    test = stats.ttest_rel(values_a, values_b, alternative="greater")
+    return float(test.statistic), float(test.pvalue)
+
+
+def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str, name_b: str) -> tuple[list[Row], Row]:
+    """Per-row difference ``a - b`` of ``metric`` and a one-tailed paired t-test across rows.
+
+    Rows are subsets (or missingness patterns) of the same evaluation; the
+    test (as the paper's Table 1) asks whether ``a`` beats ``b``: the
+    alternative is mean(a - b) > 0 over the rows. Rows where either value is
+    undefined (no sample has the subset) are listed but not compared.
 
     Returns:
-        (rows, summary): rows per subset with both values and the difference,
-        then a ``mean`` row; summary with the means, t statistic and p-value.
+        (rows, summary): rows with both values and the difference, then a
+        ``mean`` row; summary with the means, t statistic and p-value (None
+        when the test is undefined) and how many rows were compared.
     """
-    by_subset = {row["subset"]: row for row in b}
-    if set(by_subset) != {row["subset"] for row in a}:
-        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different subsets")
+    key = row_key(a)
+    by_name = {row.get(key): row for row in b}
+    if set(by_name) != {row[key] for row in a}:
+        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different {key}s")
     rows: list[Row] = []
     for row in a:
-        other = by_subset[row["subset"]]
-        try:
-            value_a, value_b = float(row[metric]), float(other[metric])
-        except (TypeError, ValueError):
-            raise MckdError(f"subset {row['subset']!r}: {metric} is {row[metric]!r} and {other[metric]!r}; "
-                            "expected numbers in both tables") from None
-        entry: Row = {"subset": row["subset"], "size": int(row["size"]), name_a: value_a, name_b: value_b,
-                      "difference": value_a - value_b}
+        other = by_name[row[key]]
+        value_a, value_b = row.get(metric), other.get(metric)
+        for value, table in ((value_a, name_a), (value_b, name_b)):
+            if value is not None and not defined(value):
+                raise MckdError(f"{key} {row[key]!r}: {metric} is {value!r} in {table!r}; expected a number")
+        entry: Row = {key: row[key], "size": _size(row["size"])}
+        if "samples" in row:
+            entry["samples"] = int(row["samples"])
+        both = value_a is not None and value_b is not None
+        entry.update({name_a: value_a, name_b: value_b, "difference": value_a - value_b if both else None})
         if f"{metric}_std" in row and f"{metric}_std" in other:
-            entry[f"{name_a}_std"] = float(row[f"{metric}_std"])
-            entry[f"{name_b}_std"] = float(other[f"{metric}_std"])
+            entry[f"{name_a}_std"] = row[f"{metric}_std"]
+            entry[f"{name_b}_std"] = other[f"{metric}_std"]
         rows.append(entry)
-    values_a = np.array([r[name_a] for r in rows])
-    values_b = np.array([r[name_b] for r in rows])
-    if len(rows) > 1 and np.any(values_a != values_b):
-        test = stats.ttest_rel(values_a, values_b, alternative="greater")
-        t_stat, p_value = float(test.statistic), float(test.pvalue)
-    else:
-        t_stat, p_value = float("nan"), float("nan")
+    compared = [r for r in rows if r["difference"] is not None]
+    if not compared:
+        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: no {key} has {metric} in both")
+    values_a = np.array([r[name_a] for r in compared])
+    values_b = np.array([r[name_b] for r in compared])
+    t_stat, p_value = paired_test(values_a, values_b)
     summary = {
         "metric": metric,
         name_a: float(values_a.mean()),
@@ -136,11 +191,11 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
         "difference": float((values_a - values_b).mean()),
         "t": t_stat,
         "p_one_tailed": p_value,
-        "subsets": len(rows),
+        "subsets": len(compared),
         "wins": int((values_a > values_b).sum()),
         "losses": int((values_a < values_b).sum()),
     }
-    rows.append({"subset": "mean", "size": "", name_a: summary[name_a], name_b: summary[name_b],
+    rows.append({key: "mean", "size": "", name_a: summary[name_a], name_b: summary[name_b],
                  "difference": summary["difference"]})
     return rows, summary
 
@@ -226,9 +281,18 @@ def _save_figure(fig: Any, out: str | Path) -> None:
     plt.close(fig)
 
 
-def _p_value(p: float) -> str:
+def _p_value(p: float | None) -> str:
     """A p-value for a table: two significant digits, so small ones do not print as 0.0000."""
-    return "nan" if math.isnan(p) else f"{p:.2g}"
+    return UNDEFINED if p is None else f"{p:.2g}"
+
+
+def rows_defined_in_all(tables: dict[str, Sequence[Row]], metric: str) -> dict[str, list[Row]]:
+    """The tables cut to the rows whose ``metric`` is defined in every one (a subset no test sample has goes)."""
+    key = row_key(next(iter(tables.values())))
+    by_name = {name: {r[key]: r for r in rows} for name, rows in tables.items()}
+    first = next(iter(tables.values()))
+    keep = [r[key] for r in first if all(defined(by_name[name].get(r[key], {}).get(metric)) for name in tables)]
+    return {name: [by_name[name][k] for k in keep] for name in tables}
 
 
 def method_comparison(
@@ -252,7 +316,9 @@ def method_comparison(
 
     Returns:
         (summary rows, per-subset rows with one column per method and two mean rows, strongest modality).
+        Subsets whose metric is undefined for some method (no test sample has them) are left out.
     """
+    tables = rows_defined_in_all(tables, metric)
     singles = [r for r in tables[reference] if int(r["size"]) == 1]
     strongest = str(max(singles, key=lambda r: float(r[metric]))["subset"])
     without = {str(r["subset"]) for r in tables[reference] if strongest not in str(r["subset"]).split("+")}

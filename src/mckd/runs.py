@@ -6,7 +6,11 @@ A run directory (``mckd train --out RUN``) holds::
     RUN/data.json                the dataset's modalities, classes, splits and facts
     RUN/metrics.jsonl            one JSON record per line (losses, weights, teachers)
     RUN/checkpoint.safetensors   tensors only: the model, the method's and the loop's state
-    RUN/eval/subsets.{csv,md}    the metrics of every subset of modalities (mckd evaluate)
+    RUN/eval/subsets.{csv,md}    the metrics of every subset of modalities (mckd evaluate), with the
+                                 number of test samples that have each subset
+    RUN/eval/observed.{csv,md}   the test split as observed: every sample with its own modalities,
+                                 then one row per missingness pattern
+    RUN/eval/patterns.{csv,md}   how many samples of each split have each pattern of modalities
     RUN/eval/table.md            segmentation only: the paper's Table 1 layout
 
 and a multi-seed directory (``mckd train --seeds``, ``mckd benchmark``) holds
@@ -31,7 +35,7 @@ from mckd.build import Experiment, build_experiment, build_method, build_model
 from mckd.checkpoint import load_checkpoint, load_state_into
 from mckd.config import Config, config_from_dict
 from mckd.errors import CheckpointError, ConfigError, MckdError
-from mckd.evaluation import evaluate_subsets
+from mckd.evaluation import Evaluation, evaluate, missingness_patterns
 from mckd.report import write_table, write_task_tables
 from mckd.tasks import Task, build_task
 
@@ -73,6 +77,16 @@ class RunDir:
         return self.eval_dir / "subsets"
 
     @property
+    def observed(self) -> Path:
+        """Stem of the as-observed table (``.csv`` and ``.md``)."""
+        return self.eval_dir / "observed"
+
+    @property
+    def patterns(self) -> Path:
+        """Stem of the table of missingness patterns per split (``.csv`` and ``.md``)."""
+        return self.eval_dir / "patterns"
+
+    @property
     def table1(self) -> Path:
         """Stem of the segmentation table in the paper's Table 1 layout (``.md``)."""
         return self.eval_dir / "table"
@@ -86,6 +100,11 @@ class RunDir:
     def aggregate(self) -> Path:
         """Stem of the mean-over-seeds table of a multi-seed directory."""
         return self.path / "subsets"
+
+    @property
+    def aggregate_observed(self) -> Path:
+        """Stem of the mean-over-seeds as-observed table of a multi-seed directory."""
+        return self.path / "observed"
 
     @property
     def seeds_record(self) -> Path:
@@ -185,15 +204,28 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(model, config, task, path, dict(facts))
 
 
-def evaluate_run(run_dir: str | Path, device: str = "auto") -> list[dict[str, Any]]:
-    """Evaluate a trained run on its test split over every subset; write ``eval/subsets.{csv,md}``."""
+def evaluate_run(run_dir: str | Path, device: str = "auto") -> Evaluation:
+    """Evaluate a trained run on its test split: every subset, as observed, per pattern; write ``eval/``."""
     run = RunDir(run_dir)
     device_obj = distributed.local_device(device)  # under torchrun: this rank's GPU
     experiment = load_run(run.path, str(device_obj))
     split = experiment.config.eval.split
-    dataset = experiment.bundle.test if split == "test" else experiment.bundle.val
-    rows = evaluate_subsets(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
+    bundle = experiment.bundle
+    dataset = bundle.test if split == "test" else bundle.val
+    result = evaluate(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
+    patterns = missingness_patterns({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.modalities)
     if distributed.is_main():
-        write_table(rows, run.subsets, title=f"{run.path.name}: {split} split, every subset")
-        write_task_tables(experiment.task, rows, run.table1, experiment.model.modalities)
-    return rows
+        write_table(result.subsets, run.subsets, title=f"{run.path.name}: {split} split, every subset",
+                    notes=SUBSETS_NOTE)
+        write_table(result.observed, run.observed, title=f"{run.path.name}: {split} split as observed",
+                    notes=OBSERVED_NOTE)
+        write_table(patterns, run.patterns, title=f"{run.path.name}: samples per pattern of present modalities",
+                    notes="train: as training saw it (after missing.policy rates); val is the meta-validation split.")
+        write_task_tables(experiment.task, result.subsets, run.table1, experiment.model.modalities)
+    return result
+
+
+SUBSETS_NOTE = ("Each row: the test samples that have every modality of the subset (`samples`), each predicted "
+                "from exactly that subset. `–`: no sample has the subset, so its metrics are undefined.")
+OBSERVED_NOTE = ("`all`: every test sample predicted from the modalities it has; then one row per pattern of "
+                 "present modalities. `–`: undefined for those samples (AUROC with one class).")

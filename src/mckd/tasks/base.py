@@ -6,6 +6,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
+from mckd import distributed
 from mckd.errors import ConfigError
 
 Forward = Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]
@@ -54,3 +55,46 @@ class Task(Protocol):
     def infer(self, forward: Forward, inputs: Sequence[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """The prediction for evaluation (a sliding window for large volumes)."""
         ...
+
+    def accumulator(self) -> "Accumulator":
+        """A fresh accumulator of the task's metrics over a set of samples (one per evaluation row)."""
+        ...
+
+
+class Accumulator(Protocol):
+    """The metrics of one evaluation row, fed batch by batch.
+
+    ``compute`` gives every metric of the task; a metric that is undefined for
+    the samples seen (AUROC over one class, anything over no sample) is
+    ``None``, never NaN. Under torchrun every rank calls ``compute`` of the
+    same accumulators in the same order (it reduces over ranks).
+    """
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add the samples of a batch: the task's prediction and their targets."""
+        ...
+
+    def compute(self) -> dict[str, float | None]:
+        ...
+
+
+class MeanOfSampleMetrics:
+    """The mean over samples of a task's per-sample metrics (``sample_metrics``); ``None`` when there is no sample."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.sums = torch.zeros(len(task.metric_names), dtype=torch.float64)
+        self.count = 0
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        values = self.task.sample_metrics(prediction, target)
+        self.sums += torch.stack([values[name].double().sum().cpu() for name in self.task.metric_names])
+        self.count += int(target.shape[0])
+
+    def compute(self) -> dict[str, float | None]:
+        totals = distributed.all_reduce_sum(torch.cat([self.sums, torch.tensor([float(self.count)],
+                                                                               dtype=torch.float64)]))
+        count = float(totals[-1])
+        if count == 0:
+            return {name: None for name in self.task.metric_names}
+        return {name: float(value) / count for name, value in zip(self.task.metric_names, totals[:-1].tolist())}

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from mckd.errors import ConfigError
 from mckd.registry import register_task
-from mckd.tasks.base import Facts, Forward, require_target
+from mckd.tasks.base import Facts, Forward, MeanOfSampleMetrics, require_target
 
 REGIONS = ("ET", "TC", "WT")
 HD95_ONE_EMPTY = 373.13  # mm: BraTS's value when exactly one of prediction and ground truth is empty
@@ -199,6 +199,10 @@ class SegmentationTask:
             out[f"dice_{region.lower()}"] = dice[:, k]
             out[f"hd95_{region.lower()}"] = hd[:, k]
         return out
+
+    def accumulator(self) -> MeanOfSampleMetrics:
+        """The mean over cases of the per-case Dice and HD95."""
+        return MeanOfSampleMetrics(self)
 
     def infer(self, forward: Forward, inputs: Sequence[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """Sliding-window logits ``[B, C, X, Y, Z]`` for inputs ``N x [B, 1, X, Y, Z]`` (Gaussian blending)."""
