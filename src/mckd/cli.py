@@ -83,8 +83,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     name_a, name_b = args.names or (a.name, b.name)
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
-    rows_a, rows_b = read_table(RunDir(a).results_table()), read_table(RunDir(b).results_table())
-    metric = args.metric or next(k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples"))
+    rows_a, rows_b = (read_table(RunDir(run).results_table(args.table)) for run in (a, b))
+    metric = args.metric or RunDir(a).primary_metric() or next(
+        k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples"))
     if metric not in rows_a[0]:
         raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
     rows, summary = compare_tables(rows_a, rows_b, metric, name_a, name_b)
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels for the two runs")
     p.add_argument("--metric", help="metric column to compare (default: the first)")
+    p.add_argument("--table", choices=["subsets", "observed"], default="subsets",
+                   help="subsets: every subset of modalities (default); observed: as observed, per missingness pattern")
     p.add_argument("--out", help="output folder (default: RUN_A/compare_vs_<NAME_B>)")
     p.set_defaults(func=cmd_compare)
 

@@ -308,7 +308,7 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of a raw config mapping."""
-    raw = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    raw = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False)) or {}  # keep the order: modalities follow it
     for item in overrides:
         key, text = split_override(item)
         try:

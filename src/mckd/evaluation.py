@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mckd import distributed
-from mckd.data.bundle import move_batch
+from mckd.data.bundle import move_batch, presence
 from mckd.errors import DataError
 from mckd.method.model import MultiModalModel
 from mckd.tasks.base import Task
@@ -162,20 +162,11 @@ def evaluate_subsets(
     return evaluate(model, task, dataset, batch_size, device, subsets).subsets
 
 
-def dataset_presence(dataset: Dataset) -> torch.Tensor:
-    """bool ``[S, N]``: which modalities each sample of ``dataset`` has, read without loading the inputs if it can."""
-    if hasattr(dataset, "presence"):
-        return dataset.presence()
-    if hasattr(dataset, "present"):
-        return dataset.present.to(torch.bool)
-    return torch.stack([torch.as_tensor(dataset[i]["present"], dtype=torch.bool) for i in range(len(dataset))])
-
-
 def missingness_patterns(splits: Mapping[str, Dataset], modalities: Sequence[str]) -> list[Row]:
     """How many samples of each split have each pattern of present modalities (one row per pattern seen)."""
     counts: dict[tuple[str, ...], dict[str, int]] = {}
     for split, dataset in splits.items():
-        for row in dataset_presence(dataset).tolist():
+        for row in presence(dataset).tolist():
             pattern = tuple(m for m, has in zip(modalities, row) if has)
             counts.setdefault(pattern, {name: 0 for name in splits})[split] += 1
     order = all_subsets(modalities)

@@ -188,12 +188,51 @@ def benchmark(
         summaries[other] = summary
     weights = final_weights([out / reference / f"seed_{s}" for s in seeds])
     summary_text = write_summary(out, config_path, methods, seeds, tables, summaries, weights, metric)
+    observed_text, observed = observed_comparison(out, methods, seeds, metric)
+    summary_text += observed_text
     if len(methods) > 1:
         summary_text += write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
     atomic_write_text(out / "summary.md", summary_text)
     atomic_write_text(out / "summary.json", json.dumps({"metric": metric, "comparisons": summaries,
-                                                        "final_weights": weights}, indent=2))
+                                                        "observed": observed, "final_weights": weights}, indent=2))
     return summaries
+
+
+def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int], metric: str) -> tuple[str, list[Row]]:
+    """The test split as observed (each sample with its own modalities), per method, paired by seed.
+
+    For every method: the mean and standard deviation over seeds of the
+    ``all`` row of ``eval/observed``; for every other method, the reference's
+    difference paired by seed and a one-tailed paired t-test across seeds that
+    the reference is better. Written to ``out/observed.{md,csv}``; returns the
+    summary's Markdown and the rows.
+    """
+    from mckd.report import paired_test
+
+    def all_row(name: str, seed: int) -> float | None:
+        rows = read_table(RunDir(out / name).seed(seed).observed.with_suffix(".csv"))
+        return rows[0].get(metric)
+
+    values = {name: [all_row(name, s) for s in seeds] for name in methods}
+    reference = methods[0]
+    rows: list[Row] = []
+    for name in methods:
+        got = [v for v in values[name] if defined(v)]
+        row: Row = {"method": name, metric: float(np.mean(got)) if got else None,
+                    "std over seeds": float(np.std(got, ddof=1)) if len(got) > 1 else None, "seeds": len(got)}
+        pairs = [(a, b) for a, b in zip(values[reference], values[name]) if defined(a) and defined(b)]
+        if name != reference and pairs:
+            a, b = np.array(pairs).T
+            t, p = paired_test(a, b)
+            row.update({f"{reference} - method": float((a - b).mean()), "p (paired by seed)": p})
+        rows.append(row)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    rows = [{key: row.get(key) for key in columns} for row in rows]
+    note = (f"Every test sample predicted from the modalities it has (the `all` row of each seed's eval/observed); "
+            f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better (– when undefined).")
+    write_table(rows, out / "observed", title=f"{metric} as observed, mean over seeds {list(seeds)}", notes=note)
+    text = "\n".join([f"## As observed ({metric})", "", note, "", markdown_table(rows), ""])
+    return text, rows
 
 
 def write_methods_table(

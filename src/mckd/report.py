@@ -254,7 +254,8 @@ def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: st
 def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path) -> None:
     """Per-subset scores of two runs (bars) with their standard deviations, mean row excluded."""
     plt = _pyplot()
-    rows = [r for r in rows if r["subset"] != "mean"]
+    key = row_key(rows)
+    rows = [r for r in rows if r[key] != "mean" and r.get("difference") is not None]  # compared rows only
     x = np.arange(len(rows))
     width = 0.4
     fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows) + 2), 4.5))
@@ -265,7 +266,7 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
     low = min(min(r[name_a], r[name_b]) for r in rows)
     ax.set_ylim(max(0.0, low - 0.05), None)
     ax.set_xticks(x)
-    ax.set_xticklabels([r["subset"] for r in rows], rotation=90, fontsize=6 if len(rows) > 20 else 8)
+    ax.set_xticklabels([r[key] for r in rows], rotation=90, fontsize=6 if len(rows) > 20 else 8)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per subset of modalities: {name_a} vs {name_b}")
     ax.legend()

@@ -114,12 +114,24 @@ class RunDir:
     def weights_plot(self) -> Path:
         return self.path / "weights.png"
 
-    def results_table(self) -> Path:
-        """The per-subset table to compare: a multi-seed directory's aggregate, or a run's evaluation."""
-        for candidate in (self.aggregate.with_suffix(".csv"), self.subsets.with_suffix(".csv")):
+    def primary_metric(self) -> str | None:
+        """The task's primary metric from this run's (or its first seed's) ``config.yaml``; None if unreadable."""
+        import yaml
+
+        for path in (self.config, *sorted(self.path.glob("seed_*/config.yaml"))):
+            try:
+                return config_from_dict(yaml.safe_load(path.read_text())).task.options.primary_metric
+            except Exception:  # noqa: BLE001 - any unreadable config: fall back to the table's first metric
+                continue
+        return None
+
+    def results_table(self, table: str = "subsets") -> Path:
+        """The table to compare (``subsets`` or ``observed``): a multi-seed directory's aggregate, or a run's."""
+        stems = {"subsets": (self.aggregate, self.subsets), "observed": (self.aggregate_observed, self.observed)}[table]
+        for candidate in (stem.with_suffix(".csv") for stem in stems):
             if candidate.is_file():
                 return candidate
-        raise MckdError(f"{str(self.path)!r} has no subsets.csv or eval/subsets.csv: pass a run directory made by "
+        raise MckdError(f"{str(self.path)!r} has no {table}.csv or eval/{table}.csv: pass a run directory made by "
                         "mckd train (evaluated) or a multi-seed directory")
 
 
@@ -209,10 +221,15 @@ def evaluate_run(run_dir: str | Path, device: str = "auto") -> Evaluation:
     run = RunDir(run_dir)
     device_obj = distributed.local_device(device)  # under torchrun: this rank's GPU
     experiment = load_run(run.path, str(device_obj))
+    return evaluate_experiment(experiment, run, device_obj)
+
+
+def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.device) -> Evaluation:
+    """Evaluate an experiment's trained model on its ``eval.split`` and write the tables into ``run``'s ``eval/``."""
     split = experiment.config.eval.split
     bundle = experiment.bundle
     dataset = bundle.test if split == "test" else bundle.val
-    result = evaluate(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
+    result = evaluate(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device)
     patterns = missingness_patterns({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.modalities)
     if distributed.is_main():
         write_table(result.subsets, run.subsets, title=f"{run.path.name}: {split} split, every subset",

@@ -46,7 +46,7 @@ from mckd.checkpoint import (
     unflatten_state,
 )
 from mckd.config import Config, TrainConfig, save_config
-from mckd.data.bundle import move_batch
+from mckd.data.bundle import complete_samples, move_batch
 from mckd.data.missing import TrainingDrops, subset_mask
 from mckd.errors import CheckpointError, MckdError
 from mckd.evaluation import evaluate_subsets
@@ -499,13 +499,16 @@ def _set_determinism(settings: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = not settings.deterministic
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Experiment:
+def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: Sequence[Callback] = (),
+          experiment: Experiment | None = None) -> Experiment:
     """Train one run into ``run_dir``; return the trained experiment.
 
     With ``resume``, continue from ``run_dir``'s checkpoint (same config):
     the result is the one an uninterrupted run would have reached. Under
     ``torchrun`` every process calls this; rank 0 writes the files.
     ``callbacks`` run after every iteration (:class:`Callback`).
+    ``experiment``: data and model built by the caller (:mod:`mckd.api`)
+    instead of from ``config``'s registered components.
 
     Raises:
         TrainingInterrupted: SIGTERM or Ctrl-C stopped the run; its checkpoint is saved.
@@ -517,7 +520,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: 
     if resume and not run.checkpoint.is_file():
         raise CheckpointError(f"cannot resume: {str(run.checkpoint)!r} does not exist")
     saved = read_training_state(run.checkpoint) if resume else None
-    experiment = build_experiment(config)
+    experiment = experiment or build_experiment(config)
     bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task
     if context.is_main:
         _prepare_run_dir(run, config, experiment)
@@ -526,7 +529,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: 
 
     streams = {
         "train": BatchStream(bundle.train, settings.batch_size, config.seed, context, settings.num_workers),
-        "val": BatchStream(bundle.val, settings.batch_size, config.seed + 1, context, settings.num_workers),
+        # the meta step scores every modality at once: it reads only complete samples (an error if there are none)
+        "val": BatchStream(complete_samples(bundle.val, bundle.modalities) if method.takes_meta_steps else bundle.val,
+                           settings.batch_size, config.seed + 1, context, settings.num_workers),
     }
     per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch

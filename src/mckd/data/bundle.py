@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from mckd.errors import DataError
 
@@ -87,6 +87,36 @@ class DataBundle:
     def task_facts(self) -> dict[str, Any]:
         """:attr:`facts` with ``num_classes``: what :func:`mckd.tasks.build_task` is given."""
         return {"num_classes": self.num_classes, **self.facts}
+
+
+def presence(dataset: Dataset) -> torch.Tensor:
+    """bool ``[S, N]``: which modalities each sample of ``dataset`` has, read without loading inputs when it can."""
+    if hasattr(dataset, "presence"):
+        return dataset.presence()
+    if hasattr(dataset, "present"):
+        return dataset.present.to(torch.bool)
+    if isinstance(dataset, Subset):
+        return presence(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.int64)]
+    return torch.stack([torch.as_tensor(dataset[i]["present"], dtype=torch.bool) for i in range(len(dataset))])
+
+
+def complete_samples(dataset: Dataset, modalities: Sequence[str], what: str = "the meta-validation split") -> Dataset:
+    """The samples of ``dataset`` that have every modality (``dataset`` itself when all do).
+
+    The meta step (Eq. 4 outer) scores ``D(concat_i w_i f_i)`` with every
+    modality present, so it can only use complete samples.
+
+    Raises:
+        DataError: when no sample is complete.
+    """
+    complete = presence(dataset).all(dim=1)  # (S,)
+    if bool(complete.all()):
+        return dataset
+    if not bool(complete.any()):
+        raise DataError(f"{what} has no sample with every modality ({', '.join(modalities)}) among its "
+                        f"{len(dataset)}; the meta step needs complete samples: give it some (data.split, or a "
+                        "split column that puts complete samples there), or train without meta steps")
+    return Subset(dataset, complete.nonzero(as_tuple=True)[0].tolist())
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

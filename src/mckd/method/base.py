@@ -131,6 +131,11 @@ class TrainingMethod:
 
     meta_batches: int = 1
 
+    @property
+    def takes_meta_steps(self) -> bool:
+        """Whether this method steps on meta-validation batches (which must then hold complete samples)."""
+        return False
+
     def meta_due(self, iteration: int) -> bool:
         """Whether a meta step follows inner iteration ``iteration`` (1-based)."""
         return False

@@ -103,6 +103,10 @@ class MCKD(TrainingMethod):
                                             options.p, options.ckd_reduction, detach_weights=not lookahead)
         return {"ckd": Term(options.alpha, ckd)}
 
+    @property
+    def takes_meta_steps(self) -> bool:
+        return self.options.meta
+
     def meta_due(self, iteration: int) -> bool:
         return self.options.meta and iteration % self.options.meta_every == 0
 

@@ -1,0 +1,221 @@
+"""Samples of any number of modalities of any shape, matched by id, with real missingness.
+
+The common ground of the ``files`` dataset (:mod:`mckd.data.files`) and of
+arrays given from Python (:mod:`mckd.api`): each modality comes as rows
+``(sample id, values [*shape], present)``; :func:`align` puts them in the
+order of the labelled samples, with the presence mask that says which
+modalities each sample truly has:
+
+- a sample whose row is absent from a modality's source lacks it;
+- so does a sample whose row is entirely NaN, or whose presence flag is off;
+- a present row with some NaN or infinite values is a :class:`DataError`
+  naming the source, the sample id and the modality (a half-missing record
+  is not a missing modality, and silently zeroing it would be wrong);
+- values of missing entries are never read: they are stored as zeros.
+
+Labels are mapped to classes ``0..C-1`` (sorted distinct values, or the
+order given); splits are given per sample or drawn, stratified by class and
+seeded; vector modalities are standardised per feature and other shapes per
+channel, on the training split's present samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+from mckd.data.splits import stratified_split
+from mckd.errors import DataError
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "meta": 1, "meta-validation": 1,
+               "test": 2, "testing": 2}
+
+
+def _few(values: Sequence[Any], count: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:count])
+    return f"[{shown}{', ...' if len(values) > count else ''}] ({len(values)})"
+
+
+@dataclass
+class ModalityRows:
+    """One modality as read from its source.
+
+    Attributes:
+        name: the modality.
+        ids: ``[R]`` sample ids (strings), one per row.
+        values: ``[R, *shape]`` float32.
+        present: optional bool ``[R]``: False where the source marks the modality missing for that row.
+        source: where the rows came from (for messages).
+    """
+
+    name: str
+    ids: list[str]
+    values: np.ndarray
+    present: np.ndarray | None
+    source: str
+
+
+def _duplicates(ids: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+
+
+def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every modality in the order of ``sample_ids``, and which samples have which modality.
+
+    Returns:
+        (arrays, present): per modality ``[S, *shape]`` float32 (zeros where
+        missing), and bool ``[S, N]``.
+
+    Raises:
+        DataError: duplicate ids, ids without a label, a present row with
+            non-finite values, a modality no sample has, or a sample with none.
+    """
+    index = {sample: row for row, sample in enumerate(sample_ids)}
+    present = np.zeros((len(sample_ids), len(modalities)), dtype=bool)
+    arrays = []
+    for n, modality in enumerate(modalities):
+        ids = [str(i) for i in modality.ids]
+        duplicated = _duplicates(ids)
+        if duplicated:
+            raise DataError(f"{modality.source} ({modality.name}): sample ids occur twice: {_few(duplicated)}")
+        unknown = [i for i in ids if i not in index]
+        if unknown:
+            raise DataError(f"{modality.source} ({modality.name}): sample ids {_few(unknown)} have no label; "
+                            "every id must be in the labels (check for typos or a wrong id column)")
+        values = np.asarray(modality.values, dtype=np.float32)
+        if len(values) != len(ids):
+            raise DataError(f"{modality.source} ({modality.name}): {len(values)} rows of values but {len(ids)} ids")
+        flat = values.reshape(len(values), -1)
+        finite = np.isfinite(flat)
+        marked = np.ones(len(ids), dtype=bool) if modality.present is None else np.asarray(modality.present, dtype=bool)
+        has = marked & finite.any(axis=1) if flat.shape[1] else marked  # an all-NaN row is a missing modality
+        half = has & ~finite.all(axis=1)
+        if half.any():
+            bad = [ids[r] for r in np.flatnonzero(half)]
+            raise DataError(f"{modality.source} ({modality.name}): present rows hold NaN or infinite values, sample "
+                            f"ids {_few(bad)}; a row is missing only when all of it is NaN (or its presence flag is 0)")
+        if not has.any():
+            raise DataError(f"{modality.source} ({modality.name}): no sample has this modality (every row is "
+                            "absent, all-NaN or flagged missing); leave it out of data.modalities")
+        out = np.zeros((len(sample_ids), *values.shape[1:]), dtype=np.float32)
+        rows = np.array([index[i] for i in ids], dtype=np.int64)
+        out[rows[has]] = values[has]
+        present[rows[has], n] = True
+        arrays.append(out)
+    empty = ~present.any(axis=1)
+    if empty.any():
+        names = [sample_ids[r] for r in np.flatnonzero(empty)]
+        raise DataError(f"samples {_few(names)} have none of the modalities {[m.name for m in modalities]}; "
+                        "a sample needs at least one: remove them from the labels")
+    return arrays, present
+
+
+def encode_labels(labels: Sequence[Any], classes: Sequence[str], source: str) -> tuple[np.ndarray, list[str]]:
+    """Labels -> ``int64 [S]`` class indices and the class names (``classes``, or the sorted distinct labels)."""
+    text = []
+    for label in labels:
+        if label is None or (isinstance(label, float) and not np.isfinite(label)) or str(label).strip() == "":
+            raise DataError(f"{source}: a sample has no label (empty or NaN); every labelled sample needs one")
+        text.append(str(int(label)) if isinstance(label, (float, np.floating)) and float(label).is_integer()
+                    else str(label))
+    if classes:
+        unknown = sorted(set(text) - set(classes))
+        if unknown:
+            raise DataError(f"{source}: labels {unknown} are not among data.classes {list(classes)}")
+        names = [str(c) for c in classes]
+    else:
+        distinct = sorted(set(text))
+        numeric = all(t.lstrip("-").isdigit() for t in distinct)
+        names = sorted(distinct, key=int) if numeric else distinct
+    if len(names) < 2:
+        raise DataError(f"{source}: the labels hold {len(names)} class ({names}); classification needs at least two")
+    code = {name: c for c, name in enumerate(names)}
+    return np.array([code[t] for t in text], dtype=np.int64), names
+
+
+def parse_split(values: Sequence[Any], source: str) -> np.ndarray:
+    """Per-sample split names (train / val / test, and common synonyms) -> codes 0 / 1 / 2."""
+    codes = []
+    for value in values:
+        key = str(value).strip().lower()
+        if key not in SPLIT_NAMES:
+            raise DataError(f"{source}: split value {value!r} is not train, val or test")
+        codes.append(SPLIT_NAMES[key])
+    return np.array(codes, dtype=np.int64)
+
+
+def draw_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """Stratified, seeded split codes (0 train, 1 meta-validation, 2 test) per sample."""
+    codes = np.zeros(len(labels), dtype=np.int64)
+    train, val, test = stratified_split(labels, tuple(fractions), seed)  # type: ignore[arg-type]
+    codes[val], codes[test] = 1, 2
+    return codes
+
+
+def standardise(arrays: list[np.ndarray], present: np.ndarray, train: np.ndarray) -> list[np.ndarray]:
+    """Z-score each modality on the training split's samples that have it: per feature for vectors, per channel else."""
+    out = []
+    for n, values in enumerate(arrays):
+        rows = train & present[:, n]
+        reference = values[rows] if rows.any() else values[present[:, n]]
+        axes = (0,) if values.ndim == 2 else (0, *range(2, values.ndim))
+        shape = (1, -1) + (1,) * (values.ndim - 2)
+        mean = reference.mean(axis=axes).reshape(shape)
+        std = reference.std(axis=axes).reshape(shape)
+        scaled = (values - mean) / np.where(std > 1e-8, std, 1.0)  # a constant feature stays 0
+        scaled[~present[:, n]] = 0.0  # missing entries stay zeros
+        out.append(scaled.astype(np.float32))
+    return out
+
+
+def make_bundle(
+    modalities: Sequence[ModalityRows],
+    sample_ids: Sequence[str],
+    labels: np.ndarray,
+    classes: Sequence[str],
+    split: np.ndarray,
+    standardise_inputs: bool = True,
+    info: Mapping[str, Any] | None = None,
+) -> DataBundle:
+    """Align, standardise on the training split, and cut into the three splits.
+
+    Args:
+        modalities: the modalities' rows as read.
+        sample_ids: the labelled samples, in order.
+        labels: ``int64 [S]`` class indices.
+        classes: the class names.
+        split: ``int64 [S]``: 0 train, 1 meta-validation, 2 test.
+        standardise_inputs: z-score (see :func:`standardise`).
+        info: recorded in the run's ``data.json`` besides the splits' ids.
+    """
+    arrays, present = align(modalities, sample_ids)
+    for code, name in enumerate(SPLITS):
+        if not (split == code).any():
+            raise DataError(f"the {name} split has no samples; give some (data.split, or the split column)")
+    if standardise_inputs:
+        arrays = standardise(arrays, present, split == 0)
+    names = [m.name for m in modalities]
+    target = torch.from_numpy(labels)
+    tensors = [torch.from_numpy(a) for a in arrays]
+    mask = torch.from_numpy(present)
+
+    def part(code: int) -> MultiModalTensorDataset:
+        rows = torch.from_numpy(np.flatnonzero(split == code))
+        return MultiModalTensorDataset([t[rows] for t in tensors], target[rows], mask[rows])
+
+    ids = np.asarray([str(i) for i in sample_ids])
+    return DataBundle(
+        modalities=tuple(names),
+        train=part(0), val=part(1), test=part(2),
+        num_classes=len(classes),
+        input_shapes={m.name: tuple(int(d) for d in a.shape[1:]) for m, a in zip(modalities, arrays)},
+        info={**dict(info or {}), "classes": list(classes),
+              "sizes": {name: int((split == code).sum()) for code, name in enumerate(SPLITS)},
+              "split_ids": {name: ids[split == code].tolist() for code, name in enumerate(SPLITS)}},
+    )
