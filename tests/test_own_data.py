@@ -329,3 +329,32 @@ def test_from_python_any_modules_train_and_evaluate_end_to_end(digits_csv_dir, t
     assert rows["all"]["accuracy"] > 0.5 and RunDir(tmp_path / "run").observed.with_suffix(".csv").is_file()
     with pytest.raises(ConfigError, match="were arrays given to mckd.api.fit"):
         build_experiment(load_config(tmp_path / "run" / "config.yaml"))
+
+
+def test_nan_in_the_missing_entries_of_a_dataset_is_never_read_in_training_the_meta_step_or_evaluation(
+        digits_csv_dir, tmp_path):
+    from mckd.api import fit
+    from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+    from mckd.data.multiview import read_view
+
+    (pix, labels), (fou, _) = read_view(digits_csv_dir, "pix"), read_view(digits_csv_dir, "fou")
+    pix, fou = (torch.from_numpy((x - x.mean(0)) / (x.std(0) + 1e-6)).float() for x in (pix, fou))
+    present = torch.ones(len(labels), 2, dtype=torch.bool)
+    present[::3, 0] = False  # a third of the samples lack pix: their rows hold NaN, as a careless loader leaves them
+    pix[~present[:, 0]] = float("nan")
+
+    def part(rows: slice) -> MultiModalTensorDataset:
+        return MultiModalTensorDataset([pix[rows], fou[rows]], torch.from_numpy(labels[rows]), present[rows])
+
+    bundle = DataBundle(("pix", "fou"), part(slice(0, 1200)), part(slice(1200, 1400)), part(slice(1400, 2000)), 10,
+                        {"pix": (240,), "fou": (76,)})
+    encoders = {"pix": torch.nn.Sequential(torch.nn.Linear(240, 16), torch.nn.ReLU()),
+                "fou": torch.nn.Sequential(torch.nn.Linear(76, 16), torch.nn.ReLU())}
+    result = fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run",
+                 settings={"train.iterations": 30, "train.log_every": 10, "train.progress": False,
+                           "method.meta_every": 2})
+    assert torch.isfinite(result.experiment.method.weights.raw).all()
+    assert all(torch.isfinite(p).all() for p in result.experiment.model.parameters())
+    rows = [json.loads(line) for line in RunDir(tmp_path / "run").metrics.read_text().splitlines()]
+    assert all(np.isfinite(r["task_loss"]) and np.isfinite(r["ckd_loss"]) for r in rows if r["kind"] == "train")
+    assert all(row["accuracy"] is not None and np.isfinite(row["accuracy"]) for row in result.observed)
