@@ -1,86 +1,174 @@
-"""The paper's Table 2 on Audiovision-MNIST, and its Fig. 4b (importance weights over training).
+"""The paper's Table 2 on Audiovision-MNIST over data draws and training seeds, and the protocol's effect.
 
-For each direction (missing audio: test with images only; missing images: test
-with audio only) and each rate r (the share of training samples that keep the
-missing modality), train over several seeds:
+Two parts, run by the same command (``--part``):
 
-- ``MCKD``: the config as written (CKD + meta-learned weights);
-- ``no-CKD``: the same network and data, ``method.alpha=0``, no meta step;
-- ``LowerB``: a single-modality network on the test-time modality only
-  (every training sample has it, so it does not depend on r);
-- ``UpperB``: the two-modality no-CKD network trained with both modalities
-  complete, tested with both (it depends on neither r nor the direction).
+- ``table`` (default): Table 2's protocol for both directions (missing audio:
+  images-only test; missing images: audio-only test) and r = 5/10/15/20%,
+  for MCKD, the peers mckd has (no-CKD, ShaSpec, LCKD, HeMIS, zero filling),
+  LowerB (the test modality alone) and UpperB (both modalities, complete),
+  each over several **data draws** (the pairing seed of
+  ``mckd prepare avmnist``: which MNIST image each recording gets, and which
+  recordings are meta-validation) crossed with **training seeds**;
+- ``protocol``: every difference between this protocol and the published
+  ones, one at a time, missing audio: the lower bound trained as SMIL did
+  (weight decay 1e-4, lr x0.1 every 20 epochs for 50 epochs, LeNet's 160
+  features without the projection to 64, pixels in [-1, 1], the 150
+  meta-validation samples added to training), batch 32, and the CKD distance
+  as the paper's text writes it (the norm) against the per-element mean, with
+  alpha swept for each. SMIL's selection of the best test epoch is reported
+  in a row of its own, "the published protocol (selects on the test set)",
+  never as a result.
 
-Every run trains for the config's full length and its final model is
-evaluated once on the test split: nothing is selected on the test split.
-Finished runs are kept (``<out>/<name>/seed_<s>/eval/subsets.csv``) and
-skipped when the script is run again, so an interrupted table continues;
-several copies of the same command share the work (each run is claimed by
-one live process); ``--report-only`` writes the table from what has finished.
+Every run trains to the end and its final model is evaluated once on the
+test split; it is also scored on the meta-validation split, the only split
+settings are compared on. Runs live in ``<out>/<data>_d<draw>/<name>/seed_<s>``
+and are skipped when finished, so an interrupted study continues and several
+copies of the command share the work (each run is claimed by one process).
 
-Writes ``<out>/table.md`` (mean ± std over seeds, in %, beside the paper's
-numbers), ``<out>/table.csv`` and ``<out>/weights_missing_<m>.png`` (Fig. 4b).
+Statistics (``<out>/<part>.md``): per cell the mean over all runs and a 95%
+interval over data draws (t on the draw means, which carries the draw's
+variance); the share of the spread due to the data draw (one-way random
+effects over draws, training seeds within); and paired differences MCKD - X
+on the same draw and seed, with a t-test on the per-draw mean differences
+(one-tailed, MCKD > X, and two-tailed).
 
-    python benchmarks/avmnist_table.py --seeds 0 1 2 --out runs/avmnist_table
+    python benchmarks/avmnist_table.py --out runs/avmnist_table                    # Table 2 (part table)
+    python benchmarks/avmnist_table.py --part protocol --out runs/avmnist_table    # the protocol study
+    python benchmarks/avmnist_table.py --images X --labels Y --recordings Z --speakers a b c --data-name other ...
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
-
-from mckd.io import atomic_write_text
-from mckd.config import apply_overrides, config_from_dict, load_raw
-from mckd.report import plot_weights, read_table, read_weight_history
-from mckd.runs import evaluate_run
-from mckd.train import train
-
-METRICS = "metrics.jsonl"
+import torch
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the working tree's mckd, installed or not
+
+from mckd.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
+from mckd.data.avmnist import DEFAULT_IMAGES, DEFAULT_LABELS, DEFAULT_RECORDINGS, prepare_avmnist  # noqa: E402
+from mckd.data.audio import FSDD_SPEAKERS  # noqa: E402
+from mckd.evaluation import evaluate_subsets  # noqa: E402
+from mckd.experiment import method_config  # noqa: E402
+from mckd.io import atomic_write_text  # noqa: E402
+from mckd.report import markdown_table, plot_weights, read_table, read_weight_history, write_table  # noqa: E402
+from mckd.runs import RunDir, evaluate_run  # noqa: E402
+from mckd.train import Callback, train  # noqa: E402
+
 CONFIGS = {"audio": ROOT / "configs" / "avmnist_missing_audio.yaml", "image": ROOT / "configs" / "avmnist_missing_image.yaml"}
 OTHER = {"audio": "image", "image": "audio"}
-# The paper's Table 2 (missing audio, image-only test accuracy %, r = 5/10/15/20).
-PAPER = {
-    "MCKD": [93.56, 94.22, 94.89, 95.11],
-    "ShaSpec": [93.33, 93.56, 93.78, 94.67],
-    "SMIL": [92.89, 93.11, 93.33, 94.44],
-    "LowerB": [92.35] * 4,
-    "UpperB": [98.22] * 4,
-}
-NO_METHOD = ["method.alpha=0", "method.meta=false"]
+RATES = (5, 10, 15, 20)
+# The paper's Table 2 (missing audio, image-only test accuracy %, r = 5/10/15/20); UpperB tests both modalities.
+PAPER = {"MCKD": [93.56, 94.22, 94.89, 95.11], "ShaSpec": [93.33, 93.56, 93.78, 94.67],
+         "SMIL": [92.89, 93.11, 93.33, 94.44], "LowerB": [92.35] * 4, "UpperB": [98.22] * 4}
+PEERS = {"nockd": ("baseline", "no-CKD"), "shaspec": ("shaspec", "ShaSpec"), "lckd": ("lckd", "LCKD"),
+         "hemis": ("hemis", "HeMIS"), "zero_fill": ("zero_fill", "zero filling")}
+BOUND = ["missing.policy=none"]
+SMIL_LOWERB = ["train.weight_decay=0.0001", "train.gamma=0.1", "train.step_epochs=20", "train.epochs=50",
+               "model.project=false", "data.image_range=symmetric", "data.train_on_val=true"]
 
 
-def plan(rates: list[int], directions: list[str]) -> list[tuple[str, str, list[str], str]]:
-    """``(run name, config direction, overrides, subset reported)`` in the order they run.
+@dataclass(frozen=True)
+class Spec:
+    """One model of the study: its run name, direction, method and overrides, the subset it is reported on."""
 
-    The bounds first, then the rates in the order given (so a partial table has whole columns).
-    """
-    runs = [("upperb", directions[0], ["missing.policy=none", *NO_METHOD], "image+audio")]
-    for missing in directions:
-        test = OTHER[missing]
-        runs.append((f"missing_{missing}/lowerb", missing,
-                     [f"data.modalities=[{test}]", "missing.policy=none", *NO_METHOD], test))
+    name: str
+    label: str
+    direction: str
+    method: str
+    overrides: tuple[str, ...]
+    subset: str
+    group: str = ""
+    rate: int | None = None
+    track_test: bool = False  # score the test split after every epoch (the labelled published-protocol row only)
+
+
+def table_plan(rates: Sequence[int], directions: Sequence[str]) -> list[Spec]:
+    """Table 2: UpperB, LowerB per direction, then per rate MCKD and every peer (bounds first: whole columns early)."""
+    specs = [Spec("upperb", "UpperB", "audio", "baseline", tuple(BOUND), "image+audio", "bound")]
+    for d in directions:
+        t = OTHER[d]
+        specs.append(Spec(f"missing_{d}/lowerb", f"LowerB ({t} only)", d, "baseline",
+                          (f"data.modalities=[{t}]", *BOUND), t, "bound"))
     for rate in rates:
-        for missing in directions:
-            test = OTHER[missing]
-            rate_set = f"missing.rates={{{missing}: {rate / 100}}}"
-            runs.append((f"missing_{missing}/r{rate}/mckd", missing, [rate_set], test))
-            runs.append((f"missing_{missing}/r{rate}/nockd", missing, [rate_set, *NO_METHOD], test))
-    return runs
+        for d in directions:
+            rate_set = (f"missing.rates={{{d}: {rate / 100}}}",)
+            t = OTHER[d]
+            specs.append(Spec(f"missing_{d}/r{rate}/mckd", "MCKD", d, "mckd", rate_set, t, "mckd", rate))
+            for key, (method, label) in PEERS.items():
+                specs.append(Spec(f"missing_{d}/r{rate}/{key}", label, d, method, rate_set, t, key, rate))
+    return specs
+
+
+def protocol_plan() -> list[Spec]:
+    """The protocol differences, one at a time (missing audio, image-only test)."""
+    lower = (f"data.modalities=[image]", *BOUND)
+    specs = [Spec("protocol/lowerb", "LowerB as configured", "audio", "baseline", lower, "image", "lowerb")]
+    for name, label, extra in [
+        ("wd", "weight decay 1e-4 (SMIL)", ["train.weight_decay=0.0001"]),
+        ("schedule", "lr x0.1 every 20 epochs, 50 epochs (SMIL)", ["train.gamma=0.1", "train.step_epochs=20",
+                                                                    "train.epochs=50"]),
+        ("batch32", "batch 32", ["train.batch_size=32"]),
+        ("noproj", "LeNet's 160 features, no projection to 64 (SMIL)", ["model.project=false"]),
+        ("symmetric", "pixels in [-1, 1] (SMIL)", ["data.image_range=symmetric"]),
+        ("trainval", "train on train + meta-validation (SMIL: 105 per class)", ["data.train_on_val=true"]),
+        ("smil", "all of SMIL's settings together", SMIL_LOWERB),
+    ]:
+        specs.append(Spec(f"protocol/lowerb_{name}", f"LowerB, {label}", "audio", "baseline", (*lower, *extra),
+                          "image", "lowerb"))
+    specs.append(Spec("protocol/lowerb_smil_best_test_epoch", "LowerB, SMIL's settings (best test epoch)", "audio",
+                      "baseline", (*lower, *SMIL_LOWERB), "image", "published", track_test=True))
+    for rate in (5, 20):
+        rate_set = (f"missing.rates={{audio: {rate / 100}}}",)
+        specs.append(Spec(f"protocol/r{rate}/nockd", "no-CKD", "audio", "baseline", rate_set, "image", "nockd", rate))
+        specs.append(Spec(f"protocol/r{rate}/nockd_trainval", "no-CKD, train on train + meta-validation", "audio",
+                          "baseline", (*rate_set, "data.train_on_val=true"), "image", "nockd", rate))
+        specs.append(Spec(f"protocol/r{rate}/nockd_batch32", "no-CKD, batch 32", "audio", "baseline",
+                          (*rate_set, "train.batch_size=32"), "image", "nockd", rate))
+        specs.append(Spec(f"protocol/r{rate}/mckd_batch32", "MCKD, batch 32", "audio", "mckd",
+                          (*rate_set, "train.batch_size=32"), "image", "mckd", rate))
+        specs.append(Spec(f"protocol/r{rate}/mckd_wd", "MCKD, weight decay 1e-4", "audio", "mckd",
+                          (*rate_set, "train.weight_decay=0.0001"), "image", "mckd", rate))
+        for reduction, alphas in (("mean", (0.03, 0.1, 0.3, 1.0, 3.0)), ("norm", (0.001, 0.003, 0.01, 0.03, 0.1))):
+            for alpha in alphas:
+                specs.append(Spec(f"protocol/r{rate}/mckd_{reduction}_a{alpha:g}", f"MCKD, {reduction}, alpha {alpha:g}",
+                                  "audio", "mckd", (*rate_set, f"method.ckd_reduction={reduction}",
+                                                    f"method.alpha={alpha}"), "image", f"ckd_{reduction}", rate))
+    return specs
+
+
+# --- data draws ----------------------------------------------------------------------------------------
+
+
+def prepare_draws(args: argparse.Namespace) -> dict[int, Path]:
+    """One prepared file per data draw (the pairing seed), made once under ``cache/avmnist_study``."""
+    files = {}
+    for draw in args.draws:
+        path = ROOT / "cache" / "avmnist_study" / f"{args.data_name}_smil_d{draw}.safetensors"
+        if not path.is_file():
+            prepare_avmnist(args.images, args.labels, args.recordings, path, speakers=args.speakers, recipe="smil",
+                            seed=draw, progress=False)
+        files[draw] = path
+    return files
+
+
+# --- runs -----------------------------------------------------------------------------------------------
 
 
 def claim(run_dir: Path) -> bool:
     """Take ``run_dir`` for this process unless another live process has it (several workers share one plan)."""
-    marker = run_dir / "claimed_by"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir.parent / f".{run_dir.name}.claimed_by"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -95,157 +183,311 @@ def claim(run_dir: Path) -> bool:
     return True
 
 
-def run_one(name: str, missing: str, overrides: list[str], seed: int, out: Path, extra: list[str]) -> None:
-    """Train and evaluate one seed unless it has finished before or another worker is on it."""
-    run_dir = out / name / f"seed_{seed}"
-    if (run_dir / "eval" / "subsets.csv").is_file() or not claim(run_dir):
-        return
-    raw = load_raw(CONFIGS[missing])
-    config = config_from_dict(apply_overrides(raw, [*overrides, *extra, f"seed={seed}", "train.progress=false"]))
+class TestAccuracyByEpoch(Callback):
+    """After every epoch, the test accuracy of one subset: only for the labelled published-protocol row."""
+
+    name = "test_by_epoch"
+
+    def __init__(self, subset: str, train_batch_size: int, batch_size: int) -> None:
+        self.subset, self.train_batch_size, self.batch_size = subset, train_batch_size, batch_size
+        self.history: list[float] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.history = list(state["history"])
+
+    def on_iteration_end(self, iteration: int, experiment: Any) -> None:
+        if iteration % max(1, len(experiment.bundle.train) // self.train_batch_size):  # an epoch's batches (drop_last)
+            return
+        model = experiment.model
+        was_training = model.training
+        device = next(model.parameters()).device
+        rows = evaluate_subsets(model, experiment.task, experiment.bundle.test, self.batch_size, device,
+                                subsets=[tuple(self.subset.split("+"))])
+        model.train(was_training)
+        self.history.append(float(rows[0]["accuracy"]))
+
+
+def run_dir_of(out: Path, data_name: str, draw: int, spec: Spec, seed: int) -> Path:
+    return out / f"{data_name}_d{draw}" / spec.name / f"seed_{seed}"
+
+
+def run_one(spec: Spec, draw_file: Path, run_dir: Path, seed: int) -> bool:
+    """Train, evaluate on the test and the meta-validation splits; False when finished before or claimed elsewhere."""
+    run = RunDir(run_dir)
+    if (run.eval_dir.parent / "eval_val" / "subsets.csv").is_file() or not claim(run_dir):
+        return False
+    raw = load_raw(CONFIGS[spec.direction])
+    overrides = [f"data.path={draw_file}", *spec.overrides, f"seed={seed}", "train.progress=false"]
+    config = config_from_dict(method_config(raw, spec.method, overrides))
+    callbacks = [TestAccuracyByEpoch(spec.subset, config.train.batch_size, config.eval.batch_size)] \
+        if spec.track_test else []
     start = time.perf_counter()
-    train(config, run_dir)
-    evaluate_run(run_dir, config.train.device)
-    print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    experiment = train(config, run.path, callbacks=callbacks)
+    evaluate_run(run.path, "cpu")
+    rows = evaluate_subsets(experiment.model, experiment.task, experiment.bundle.val, config.eval.batch_size,
+                            torch.device("cpu"))
+    write_table(rows, run.path / "eval_val" / "subsets", title="meta-validation split (for comparing settings)")
+    if callbacks:
+        atomic_write_text(run.path / "test_by_epoch.json", json.dumps(callbacks[0].history))
+    print(f"{run.path.relative_to(run.path.parents[2])}: {time.perf_counter() - start:.0f} s", flush=True)
+    return True
 
 
-def accuracy(out: Path, name: str, subset: str, seeds: list[int]) -> list[float]:
-    """Test accuracy (%) of ``subset`` for each finished seed of run ``name``."""
-    values = []
-    for seed in seeds:
-        path = out / name / f"seed_{seed}" / "eval" / "subsets.csv"
-        if path.is_file():
-            rows = {r["subset"]: r for r in read_table(path)}
-            values.append(100.0 * float(rows[subset]["accuracy"]))
-    return values
+# --- statistics -------------------------------------------------------------------------------------------
 
 
-def paired(out: Path, name: str, subset: str, seeds: list[int]) -> dict[int, float]:
-    """Seed -> test accuracy (%) of the finished seeds of run ``name``."""
-    return {seed: value for seed in seeds for value in accuracy(out, name, subset, [seed])}
+def accuracy(path: Path, subset: str) -> float | None:
+    """Accuracy (%) of ``subset`` in an evaluation table, None when the run has not finished."""
+    if not path.is_file():
+        return None
+    rows = {r["subset"]: r for r in read_table(path)}
+    return 100.0 * float(rows[subset]["accuracy"])
 
 
-def cell(values: list[float], seeds: list[int]) -> str:
+def values_of(out: Path, data_name: str, spec: Spec, draws: Sequence[int], seeds: Sequence[int],
+              split: str = "eval") -> dict[tuple[int, int], float]:
+    """``(draw, seed) -> accuracy %`` of the finished runs of ``spec`` on the test (``eval``) or ``eval_val`` split."""
+    found = {}
+    for draw in draws:
+        for seed in seeds:
+            run = run_dir_of(out, data_name, draw, spec, seed)
+            value = accuracy(run / split / "subsets.csv", spec.subset)
+            if value is not None:
+                found[(draw, seed)] = value
+    return found
+
+
+def best_test_epoch(out: Path, data_name: str, spec: Spec, draws: Sequence[int], seeds: Sequence[int]) -> dict:
+    found = {}
+    for draw in draws:
+        for seed in seeds:
+            path = run_dir_of(out, data_name, draw, spec, seed) / "test_by_epoch.json"
+            if path.is_file():
+                found[(draw, seed)] = 100.0 * max(json.loads(path.read_text()))
+    return found
+
+
+def summarise(values: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """Mean, 95% interval over data draws, and the share of the variance due to the draw."""
     if not values:
+        return {"mean": None, "low": None, "high": None, "runs": 0, "draw_share": None}
+    draws = sorted({d for d, _ in values})
+    by_draw = [[v for (d, _), v in values.items() if d == draw] for draw in draws]
+    means = np.array([np.mean(v) for v in by_draw])
+    mean = float(np.mean(list(values.values())))
+    if len(draws) > 1:
+        half = float(stats.t.ppf(0.975, len(draws) - 1) * means.std(ddof=1) / np.sqrt(len(draws)))
+    else:
+        half = None
+    share = None
+    seeds_per_draw = min(len(v) for v in by_draw)
+    if len(draws) > 1 and seeds_per_draw > 1:
+        within = float(np.mean([np.var(v, ddof=1) for v in by_draw]))  # MS within: the training seeds' variance
+        between = float(seeds_per_draw * means.var(ddof=1))  # MS between draws
+        draw_var = max(0.0, (between - within) / seeds_per_draw)
+        share = draw_var / (draw_var + within) if draw_var + within > 0 else 0.0
+    return {"mean": mean, "low": None if half is None else mean - half, "high": None if half is None else mean + half,
+            "runs": len(values), "draw_share": share}
+
+
+def paired(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """MCKD - X on the same draw and seed: mean, 95% interval and t-tests over the per-draw mean differences."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {"difference": None, "low": None, "high": None, "p_greater": None, "p_two": None, "pairs": 0}
+    differences = {key: a[key] - b[key] for key in common}
+    draws = sorted({d for d, _ in common})
+    means = np.array([np.mean([v for (d, _), v in differences.items() if d == draw]) for draw in draws])
+    mean = float(np.mean(list(differences.values())))
+    out: dict[str, Any] = {"difference": mean, "low": None, "high": None, "p_greater": None, "p_two": None,
+                           "pairs": len(common), "draws": len(draws)}
+    if len(draws) > 1 and means.std(ddof=1) > 0:
+        half = float(stats.t.ppf(0.975, len(draws) - 1) * means.std(ddof=1) / np.sqrt(len(draws)))
+        out.update(low=mean - half, high=mean + half,
+                   p_greater=float(stats.ttest_1samp(means, 0.0, alternative="greater").pvalue),
+                   p_two=float(stats.ttest_1samp(means, 0.0).pvalue))
+    return out
+
+
+def fmt(summary: dict[str, Any], key: str = "mean") -> str:
+    if summary.get(key) is None:
         return "—"
-    text = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.2f}"
-    return text if len(values) == len(seeds) else f"{text} ({len(values)} seeds)"
+    text = f"{summary[key]:.2f}"
+    if summary.get("low") is not None:
+        text += f" [{summary['low']:.2f}, {summary['high']:.2f}]"
+    return text
 
 
-def final_weights(out: Path, name: str, seeds: list[int]) -> list[dict[str, float]]:
-    finals = []
-    for seed in seeds:
-        path = out / name / f"seed_{seed}" / METRICS
-        if (out / name / f"seed_{seed}" / "eval" / "subsets.csv").is_file():
-            _, history = read_weight_history(path)
-            finals.append({m: values[-1] for m, values in history.items()})
-    return finals
+def fmt_p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.2g}"
 
 
-def report(out: Path, rates: list[int], directions: list[str], seeds: list[int], command: str) -> str:
-    """Write ``table.md``, ``table.csv`` and the weight plots from the finished runs; return the Markdown."""
-    header = ["direction", "model"] + [f"r = {r}%" for r in rates]
-    rows: list[list[str]] = []
-    csv_rows = []
-    for missing in directions:
-        test = OTHER[missing]
-        direction = f"missing {missing} ({test}-only test)"
-        named = [("MCKD", "mckd"), ("no-CKD", "nockd")]
-        for label, key in named:
+# --- reports ------------------------------------------------------------------------------------------------
+
+
+def report_table(out: Path, args: argparse.Namespace, command: str) -> str:
+    specs = table_plan(args.rates, args.directions)
+    by_name = {s.name: s for s in specs}
+    get = lambda name: values_of(out, args.data_name, by_name[name], args.draws, args.seeds)  # noqa: E731
+    rows, csv_rows, lines = [], [], []
+    rates = list(args.rates)
+    sentences = []
+    for d in args.directions:
+        t = OTHER[d]
+        direction = f"missing {d} ({t}-only test)"
+        lower = get(f"missing_{d}/lowerb")
+        models = [("MCKD", "mckd")] + [(label, key) for key, (_, label) in PEERS.items()]
+        for label, key in models:
+            cells = [summarise(get(f"missing_{d}/r{r}/{key}")) for r in rates]
+            rows.append({"direction": direction, "model": label, **{f"r = {r}%": fmt(c) for r, c in zip(rates, cells)}})
+            csv_rows += [{"direction": d, "model": label, "rate": r, **c} for r, c in zip(rates, cells)]
+        low = summarise(lower)
+        rows.append({"direction": direction, "model": f"LowerB ({t} only)", **{f"r = {r}%": fmt(low) for r in rates}})
+        csv_rows.append({"direction": d, "model": "LowerB", "rate": "", **low})
+        verdicts = []
+        for label, key in [("LowerB", None)] + [(label, k) for k, (_, label) in PEERS.items()]:
             cells = []
-            for rate in rates:
-                values = accuracy(out, f"missing_{missing}/r{rate}/{key}", test, seeds)
-                cells.append(cell(values, seeds))
-                csv_rows.append({"direction": missing, "model": label, "rate": rate, "values": values})
-            rows.append([direction, label, *cells])
-        lower = accuracy(out, f"missing_{missing}/lowerb", test, seeds)
-        rows.append([direction, f"LowerB ({test} only)", *[cell(lower, seeds)] * len(rates)])
-        for label, other in (("MCKD − no-CKD, paired by seed", "nockd"), ("MCKD − LowerB, paired by seed", None)):
-            cells = []
-            for rate in rates:
-                ours = paired(out, f"missing_{missing}/r{rate}/mckd", test, seeds)
-                theirs = paired(out, f"missing_{missing}/r{rate}/{other}" if other else f"missing_{missing}/lowerb",
-                                test, seeds)
-                common = sorted(set(ours) & set(theirs))
-                cells.append(cell([ours[s] - theirs[s] for s in common], seeds) if common else "—")
-            rows.append([direction, label, *cells])
-        csv_rows.append({"direction": missing, "model": "LowerB", "rate": "", "values": lower})
-        if missing == "audio":
+            for r in rates:
+                ours = get(f"missing_{d}/r{r}/mckd")
+                theirs = lower if key is None else get(f"missing_{d}/r{r}/{key}")
+                cells.append(paired(ours, theirs))
+            rows.append({"direction": direction, "model": f"MCKD − {label} (p, one-tailed)",
+                         **{f"r = {r}%": (fmt(c, "difference") + f" (p {fmt_p(c['p_greater'])})")
+                            for r, c in zip(rates, cells)}})
+            csv_rows += [{"direction": d, "model": f"MCKD - {label}", "rate": r, **c} for r, c in zip(rates, cells)]
+            verdicts.append((label, cells))
+        if d == "audio":
             for label, values in PAPER.items():
-                rows.append([direction, f"paper: {label}",
-                             *[f"{values[[5, 10, 15, 20].index(r)]:.2f}" if r in (5, 10, 15, 20) else "—" for r in rates]])
-    upper = accuracy(out, "upperb", "image+audio", seeds)
-    rows.append(["both complete (image+audio test)", "UpperB", *[cell(upper, seeds)] * len(rates)])
-    csv_rows.append({"direction": "none", "model": "UpperB", "rate": "", "values": upper})
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    weight_lines = []
-    for missing in directions:
-        for rate in rates:
-            finals = final_weights(out, f"missing_{missing}/r{rate}/mckd", seeds)
-            if finals:
-                mean = {m: np.mean([f[m] for f in finals]) for m in finals[0]}
-                low = {m: min(f[m] for f in finals) for m in finals[0]}
-                high = {m: max(f[m] for f in finals) for m in finals[0]}
-                weight_lines.append(f"| missing {missing} | {rate}% | " + " | ".join(
-                    f"{mean[m]:.3f} ({low[m]:.3f}-{high[m]:.3f})" for m in ("image", "audio")) + f" | {len(finals)} |")
-        for rate in rates:
-            paths = [out / f"missing_{missing}/r{rate}/mckd" / f"seed_{s}" / METRICS for s in seeds
-                     if (out / f"missing_{missing}/r{rate}/mckd" / f"seed_{s}" / "eval" / "subsets.csv").is_file()]
-            if paths:
-                plot_weights(paths, out / f"weights_missing_{missing}_r{rate}.png",
-                             title=f"AV-MNIST importance weights, missing {missing}, r = {rate}%")
+                rows.append({"direction": direction, "model": f"paper: {label}",
+                             **{f"r = {r}%": f"{values[RATES.index(r)]:.2f}" for r in rates if r in RATES}})
+        sentences.append(verdict_sentence(direction, verdicts, rates))
+    upper = summarise(values_of(out, args.data_name, by_name["upperb"], args.draws, args.seeds))
+    rows.append({"direction": "both complete (image+audio test)", "model": "UpperB",
+                 **{f"r = {r}%": fmt(upper) for r in rates}})
+    csv_rows.append({"direction": "none", "model": "UpperB", "rate": "", **upper})
+    shares = [row for row in csv_rows if row.get("draw_share") is not None]
+    share_text = ""
+    if shares:
+        values = [row["draw_share"] for row in shares]
+        share_text = (f"Share of the run-to-run variance due to the data draw (one-way random effects, over the "
+                      f"{len(shares)} cells): median {np.median(values):.0%}, range {min(values):.0%}-{max(values):.0%}; "
+                      "the rest is the training seed's.")
+    weight_lines = fig4b(out, args, specs)
     text = "\n".join([
-        f"Test accuracy (%), mean ± std over seeds {seeds} (sample std); the final model of each run, "
-        "nothing selected on the test split.",
-        "",
-        *lines,
-        "",
-        "Final importance weights of MCKD (softmax), mean over seeds (min-max):",
-        "",
-        "| direction | r | image | audio | seeds |",
-        "|---|---|---|---|---|",
-        *weight_lines,
-        "",
-        f"Command: `{command}`",
-        "",
-    ])
+        f"Test accuracy (%), mean over {len(args.draws)} data draws (pairing seeds {list(args.draws)}, data "
+        f"`{args.data_name}`) x {len(args.seeds)} training seeds {list(args.seeds)}, [95% interval over data draws]; "
+        "the final model of each run, nothing selected on the test split. Paired differences: the same draw and "
+        "seed; p: one-tailed t-test over the per-draw mean differences that MCKD is better.",
+        "", markdown_table(rows), "", share_text, "", *sentences, "", *weight_lines, "", f"Command: `{command}`", ""])
     atomic_write_text(out / "table.md", text)
-    with (out / "table.csv").open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["direction", "model", "rate_percent", "mean", "std", "seeds", "values"])
-        for row in csv_rows:
-            values = row["values"]
-            writer.writerow([row["direction"], row["model"], row["rate"],
-                             f"{np.mean(values):.4f}" if values else "",
-                             f"{np.std(values, ddof=1):.4f}" if len(values) > 1 else "",
-                             len(values), json.dumps([round(v, 4) for v in values])])
+    write_table([{k: v for k, v in row.items()} for row in csv_rows], out / "table_values",
+                title="every cell's statistics")
+    return text
+
+
+def verdict_sentence(direction: str, verdicts: list[tuple[str, list[dict]]], rates: list[int]) -> str:
+    """One plain sentence: where MCKD is ahead of each comparison, by how much, with what confidence."""
+    parts = []
+    for label, cells in verdicts:
+        ahead = [r for r, c in zip(rates, cells) if c["low"] is not None and c["low"] > 0]
+        behind = [r for r, c in zip(rates, cells) if c["high"] is not None and c["high"] < 0]
+        diffs = [c["difference"] for c in cells if c["difference"] is not None]
+        if not diffs:
+            continue
+        span = f"{min(diffs):+.2f} to {max(diffs):+.2f} points"
+        if ahead:
+            parts.append(f"ahead of {label} ({span}; the 95% interval is above 0 at r = {', '.join(map(str, ahead))}%)")
+        elif behind:
+            parts.append(f"behind {label} ({span}; the interval is below 0 at r = {', '.join(map(str, behind))}%)")
+        else:
+            parts.append(f"not distinguishable from {label} ({span}, every interval contains 0)")
+    return f"**{direction}**: MCKD is " + "; ".join(parts) + "." if parts else ""
+
+
+def fig4b(out: Path, args: argparse.Namespace, specs: list[Spec]) -> list[str]:
+    """Fig. 4b from the table's MCKD runs: the weights over training per direction and rate; their final values."""
+    lines = ["Final importance weights of MCKD (softmax), mean over every draw and seed (min-max):", "",
+             "| direction | r | image | audio | runs |", "|---|---|---|---|---|"]
+    for d in args.directions:
+        for r in args.rates:
+            spec = next(s for s in specs if s.name == f"missing_{d}/r{r}/mckd")
+            paths = [RunDir(run_dir_of(out, args.data_name, draw, spec, seed)).metrics for draw in args.draws
+                     for seed in args.seeds
+                     if (run_dir_of(out, args.data_name, draw, spec, seed) / "eval_val" / "subsets.csv").is_file()]
+            if not paths:
+                continue
+            finals = [{m: v[-1] for m, v in read_weight_history(p)[1].items()} for p in paths]
+            cells = [f"{np.mean([f[m] for f in finals]):.3f} ({min(f[m] for f in finals):.3f}-"
+                     f"{max(f[m] for f in finals):.3f})" for m in ("image", "audio")]
+            lines.append(f"| missing {d} | {r}% | {cells[0]} | {cells[1]} | {len(finals)} |")
+            plot_weights(paths, out / f"weights_missing_{d}_r{r}.png",
+                         title=f"AV-MNIST importance weights, missing {d}, r = {r}%")
+    return lines
+
+
+def report_protocol(out: Path, args: argparse.Namespace, command: str) -> str:
+    """One row per protocol difference: test and meta-validation accuracy, and the paired difference to its reference."""
+    specs = protocol_plan()
+    test = {s.name: values_of(out, args.data_name, s, args.draws, args.seeds) for s in specs}
+    meta = {s.name: values_of(out, args.data_name, s, args.draws, args.seeds, "eval_val") for s in specs}
+    for s in specs:
+        if s.track_test:  # the best epoch on the test set: reported, labelled, never a result
+            test[s.name] = best_test_epoch(out, args.data_name, s, args.draws, args.seeds)
+    rows = []
+    for spec in specs:
+        reference = "protocol/lowerb" if spec.group in ("lowerb", "published") else f"protocol/r{spec.rate}/nockd"
+        difference = paired(test[spec.name], test[reference]) if spec.name != reference else {}
+        rows.append({
+            "model": ("the published protocol (selects on the test set): " if spec.track_test else "") + spec.label,
+            "r": f"{spec.rate}%" if spec.rate else "",
+            "test": fmt(summarise(test[spec.name])),
+            "meta-validation": "—" if spec.track_test else fmt(summarise(meta[spec.name])),
+            "− its reference, same draw and seed": fmt(difference, "difference") if difference else "",
+            "runs": len(test[spec.name]),
+        })
+    text = "\n".join([
+        f"Missing audio, image-only accuracy (%), mean [95% interval over data draws], {len(args.draws)} draws x "
+        f"{len(args.seeds)} seeds. A LowerB row's reference is 'LowerB as configured'; an r row's, the no-CKD run "
+        "at that r. Settings are compared on the meta-validation column (150 samples; not meaningful where those "
+        "samples were trained on); the test column is reported, never used to choose.",
+        "", markdown_table(rows), "",
+        f"Paper: LowerB {PAPER['LowerB'][0]}, UpperB {PAPER['UpperB'][0]}, MCKD {PAPER['MCKD']} (r = 5/10/15/20%).",
+        "", f"Command: `{command}`", ""])
+    atomic_write_text(out / "protocol.md", text)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", type=int, nargs="+", default=[5, 10, 15, 20], help="percentages (default: 5 10 15 20)")
-    parser.add_argument("--directions", nargs="+", choices=["audio", "image"], default=["audio", "image"],
-                        help="which modality goes missing (default: audio image)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    parser.add_argument("--part", choices=["table", "protocol"], default="table")
+    parser.add_argument("--rates", type=int, nargs="+", default=list(RATES), help="percentages (default: 5 10 15 20)")
+    parser.add_argument("--directions", nargs="+", choices=["audio", "image"], default=["audio", "image"])
+    parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="data draws: pairing seeds of mckd prepare avmnist (default: 0 1 2 3)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
+    parser.add_argument("--images", default=str(ROOT / DEFAULT_IMAGES), help="MNIST images IDX (default: the shared part a)")
+    parser.add_argument("--labels", default=str(ROOT / DEFAULT_LABELS), help="MNIST labels IDX")
+    parser.add_argument("--recordings", default=str(ROOT / DEFAULT_RECORDINGS), help="FSDD recordings folder")
+    parser.add_argument("--speakers", nargs="+", default=list(FSDD_SPEAKERS), help="FSDD speakers")
+    parser.add_argument("--data-name", default="shared", help="names these sources in the run and cache folders")
     parser.add_argument("--out", default="runs/avmnist_table", help="output folder (default: runs/avmnist_table)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of both configs for every run (e.g. data.path=...)")
-    parser.add_argument("--report-only", action="store_true", help="write the table from the finished runs")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
+    parser.add_argument("--only", default="", help="run only the models whose run name contains this")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    command = " ".join(["python benchmarks/avmnist_table.py", "--rates", *map(str, args.rates), "--directions",
-                        *args.directions, "--seeds", *map(str, args.seeds), "--out", str(out),
-                        *(f"--set {o}" for o in args.overrides)])
+    command = " ".join(["python benchmarks/avmnist_table.py", "--part", args.part, "--draws", *map(str, args.draws),
+                        "--seeds", *map(str, args.seeds), "--data-name", args.data_name, "--out", str(out)])
     if not args.report_only:
-        out.mkdir(parents=True, exist_ok=True)
-        # seeds innermost per run name, so a partial table has whole cells
-        for name, missing, overrides, _ in plan(args.rates, args.directions):
-            for seed in args.seeds:
-                run_one(name, missing, overrides, seed, out, args.overrides)
-    print(report(out, sorted(args.rates), args.directions, args.seeds, command))
-    print(f"written: {out / 'table.md'}, {out / 'table.csv'}, {out}/weights_missing_*.png")
+        files = prepare_draws(args)
+        specs = table_plan(args.rates, args.directions) if args.part == "table" else protocol_plan()
+        for spec in (s for s in specs if args.only in s.name):  # draws and seeds innermost: whole cells early
+            for draw in args.draws:
+                for seed in args.seeds:
+                    run_one(spec, files[draw], run_dir_of(out, args.data_name, draw, spec, seed), seed)
+    print(report_table(out, args, command) if args.part == "table" else report_protocol(out, args, command))
     return 0
 
 

@@ -89,6 +89,9 @@ def build_experiment(config: Config) -> Experiment:
     seed_everything(config.seed)
     bundle = build_data(config)
     method = build_method(config, bundle.modalities)
+    if bundle.info.get("val_in_train") and method.takes_meta_steps:
+        raise ConfigError("data.train_on_val puts the meta-validation samples into the training split, but method "
+                          f"{config.method.name!r} takes meta steps on them: set method.meta: false or train_on_val: false")
     task = build_task(config.task, bundle.task_facts())
     model = build_model(config, bundle.modalities, bundle.input_shapes, task.num_outputs, method)
     return Experiment(config=config, bundle=bundle, model=model, method=method, task=task)

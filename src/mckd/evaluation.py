@@ -104,7 +104,9 @@ def evaluate(
     by_pattern: dict[tuple[str, ...], Any] = {}
     pattern_counts: dict[tuple[str, ...], int] = {}
     model.eval()
-    loader = DataLoader(distributed.shard(dataset), batch_size=batch_size, shuffle=False)
+    # its own generator: starting the loader draws a seed from it, so evaluating mid-training (LCKD's elections,
+    # validation) leaves the global RNG, and with it the rest of training, as it was
+    loader = DataLoader(distributed.shard(dataset), batch_size=batch_size, shuffle=False, generator=torch.Generator())
     for batch in loader:
         batch = move_batch(batch, device)
         present = batch["present"].to(torch.bool)  # (B, N): what each sample has

@@ -31,7 +31,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -211,6 +211,8 @@ class AVMNISTOptions:
     path: str = "cache/avmnist_smil.safetensors"  # the file `mckd prepare avmnist` wrote
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # [image, audio]; one alone: LowerB
     standardise_audio: bool = True  # MFCC coefficient c: (x - mean_c) / std_c over the training split
+    image_range: Literal["unit", "symmetric"] = "unit"  # pixels in [0, 1], or in [-1, 1] as SMIL's code
+    train_on_val: bool = False  # the meta-validation samples join the training split (SMIL's lower bound trains on all 1,050); only for methods without a meta step
 
     def validate(self, path: str) -> None:
         if not self.modalities or len(set(self.modalities)) != len(self.modalities) or \
@@ -220,11 +222,20 @@ class AVMNISTOptions:
 
 @register_dataset("avmnist", AVMNISTOptions, "Audiovision-MNIST: MNIST image + FSDD MFCC (mckd prepare avmnist)")
 def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
-    """The prepared file's three splits; images ``[1, 28, 28]`` in [0, 1], MFCCs ``[1, 20, 20]``."""
+    """The prepared file's three splits; images ``[1, 28, 28]`` in [0, 1] (or [-1, 1]), MFCCs ``[1, 20, 20]``.
+
+    With ``train_on_val`` the training split is the training and meta-validation
+    samples together (the meta-validation split stays as it is, for evaluation
+    and LCKD's elections; a method with a meta step refuses it, see
+    :func:`mckd.build.build_experiment`).
+    """
     arrays, metadata = load_prepared(options.path)
     split = arrays["split"]
-    train = split == 0
-    image = torch.from_numpy(arrays["image"].astype(np.float32) / 255.0).unsqueeze(1)  # (S, 1, 28, 28)
+    train = (split == 0) | ((split == 1) & options.train_on_val)
+    pixels = arrays["image"].astype(np.float32) / 255.0
+    if options.image_range == "symmetric":
+        pixels = pixels * 2.0 - 1.0
+    image = torch.from_numpy(pixels).unsqueeze(1)  # (S, 1, 28, 28)
     audio = arrays["audio"]
     if options.standardise_audio:
         mean = audio[train].mean(axis=(0, 2), keepdims=True)  # (1, 20, 1): per coefficient
@@ -233,20 +244,21 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
     inputs = {"image": image, "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(1)}
     label = torch.from_numpy(arrays["label"])
 
-    def subset(code: int) -> MultiModalTensorDataset:
-        rows = torch.from_numpy(np.flatnonzero(split == code))
+    def subset(rows_mask: np.ndarray) -> MultiModalTensorDataset:
+        rows = torch.from_numpy(np.flatnonzero(rows_mask))
         return MultiModalTensorDataset([inputs[m][rows] for m in options.modalities], label[rows])
 
     shapes = {"image": (1, 28, 28), "audio": (1, N_MFCC, N_FRAMES)}
     return DataBundle(
         modalities=tuple(options.modalities),
-        train=subset(0),
-        val=subset(1),
-        test=subset(2),
+        train=subset(train),
+        val=subset(split == 1),
+        test=subset(split == 2),
         num_classes=10,
         input_shapes={m: shapes[m] for m in options.modalities},
         info={"source": str(options.path), "recipe": metadata["recipe"], "prepare_seed": metadata["seed"],
-              "speakers": metadata["speakers"], "sizes": {n: int((split == c).sum()) for c, n in enumerate(SPLITS)}},
+              "speakers": metadata["speakers"], "sizes": {n: int((split == c).sum()) for c, n in enumerate(SPLITS)},
+              "val_in_train": options.train_on_val},
     )
 
 

@@ -27,9 +27,9 @@ IMAGE_FLAT = 160  # 10 channels x 4 x 4
 AUDIO_FLAT = 320  # 20 channels x 4 x 4
 
 
-def image_encoder(feature_dim: int, dropout: float = 0.5) -> nn.Sequential:
-    """``[B, 1, 28, 28] -> [B, feature_dim]``: SMIL's LeNet-5 style encoder, then the projection."""
-    return nn.Sequential(
+def image_encoder(feature_dim: int, dropout: float = 0.5, project: bool = True) -> nn.Sequential:
+    """``[B, 1, 28, 28] -> [B, feature_dim]``: SMIL's LeNet-5 style encoder, then the projection (or ``[B, 160]``)."""
+    layers = [
         nn.Conv2d(1, 5, kernel_size=5),  # (B, 5, 24, 24)
         nn.MaxPool2d(2),  # (B, 5, 12, 12)
         nn.ReLU(),
@@ -38,14 +38,15 @@ def image_encoder(feature_dim: int, dropout: float = 0.5) -> nn.Sequential:
         nn.MaxPool2d(2),  # (B, 10, 4, 4)
         nn.ReLU(),
         nn.Flatten(),  # (B, 160)
-        nn.Linear(IMAGE_FLAT, feature_dim),  # (B, F): the CKD features
-        nn.ReLU(),
-    )
+    ]
+    if project:
+        layers += [nn.Linear(IMAGE_FLAT, feature_dim), nn.ReLU()]  # (B, F): the CKD features
+    return nn.Sequential(*layers)
 
 
-def audio_encoder(feature_dim: int, dropout: float = 0.25) -> nn.Sequential:
-    """``[B, 1, 20, 20] -> [B, feature_dim]``: SMIL's MFCC encoder, then the projection."""
-    return nn.Sequential(
+def audio_encoder(feature_dim: int, dropout: float = 0.25, project: bool = True) -> nn.Sequential:
+    """``[B, 1, 20, 20] -> [B, feature_dim]``: SMIL's MFCC encoder, then the projection (or ``[B, 320]``)."""
+    layers = [
         nn.Conv2d(1, 32, kernel_size=2),  # (B, 32, 19, 19)
         nn.BatchNorm2d(32),
         nn.ReLU(),
@@ -58,12 +59,14 @@ def audio_encoder(feature_dim: int, dropout: float = 0.25) -> nn.Sequential:
         nn.MaxPool2d(kernel_size=2, stride=4),  # (B, 20, 4, 4)
         nn.Dropout(dropout),
         nn.Flatten(),  # (B, 320)
-        nn.Linear(AUDIO_FLAT, feature_dim),  # (B, F): the CKD features
-        nn.ReLU(),
-    )
+    ]
+    if project:
+        layers += [nn.Linear(AUDIO_FLAT, feature_dim), nn.ReLU()]  # (B, F): the CKD features
+    return nn.Sequential(*layers)
 
 
 ENCODERS = {"image": image_encoder, "audio": audio_encoder}
+FLAT = {"image": IMAGE_FLAT, "audio": AUDIO_FLAT}
 
 
 @dataclass
@@ -75,6 +78,7 @@ class AVMNISTNetOptions:
     head_dropout: float = 0.5  # dropout between the head's two FC layers
     image_dropout: float = 0.5  # SMIL's dropout after the image encoder's second conv
     audio_dropout: float = 0.25  # SMIL's dropout after the audio encoder's pooling
+    project: bool = True  # a linear layer + ReLU to feature_dim after each encoder; false: LeNet's 160 features used directly (one modality only: the MFCC encoder gives 320)
 
     def validate(self, path: str) -> None:
         if min(self.feature_dim, self.head_hidden) < 1:
@@ -92,8 +96,12 @@ def build_avmnist_smil(options: AVMNISTNetOptions, spec: NetworkSpec) -> Network
         if name not in ENCODERS:
             raise ConfigError(f"model avmnist_smil has encoders for {list(ENCODERS)}; the dataset has {name!r}")
         dropout = options.image_dropout if name == "image" else options.audio_dropout
-        encoders[name] = ENCODERS[name](options.feature_dim, dropout)
-    fused = spec.fused_channels(options.feature_dim)  # N*F for concat
+        encoders[name] = ENCODERS[name](options.feature_dim, dropout, options.project)
+    sizes = {options.feature_dim} if options.project else {FLAT[name] for name in spec.modalities}
+    if len(sizes) > 1:
+        raise ConfigError("model.project: false leaves the image features at 160 and the audio features at 320; "
+                          "Eq. 2 and the distillation need one size: keep project: true with both modalities")
+    fused = spec.fused_channels(sizes.pop())  # N*F for concat
     head = nn.Sequential(
         nn.Linear(fused, options.head_hidden),
         nn.ReLU(),
