@@ -97,6 +97,10 @@ def test_train_over_seeds_reports_mean_and_std_per_subset(tiny_config, tmp_path)
     assert (tmp_path / "seed_0" / "checkpoint.safetensors").is_file()
     assert (tmp_path / "seed_1" / "checkpoint.safetensors").is_file()
     assert (tmp_path / "weights.png").read_bytes()[:8] == PNG_MAGIC
+    before = (tmp_path / "subsets.csv").read_text()
+    (tmp_path / "subsets.csv").unlink()
+    assert main(["evaluate", str(tmp_path), "--device", "cpu"]) == 0  # a multi-seed directory: each seed, the mean
+    assert (tmp_path / "subsets.csv").read_text() == before and (tmp_path / "observed.csv").is_file()
 
 
 def test_benchmark_writes_the_63_row_comparison_plots_and_summary(digits_csv_dir, tmp_path):

@@ -67,9 +67,19 @@ def _print_evaluation(result) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mckd.experiment import aggregate_run_seeds, run_seeds
+    from mckd.report import markdown_table
     from mckd.runs import RunDir, evaluate_run
 
     run = RunDir(args.run_dir)
+    if run.path.is_dir() and not run.checkpoint.exists():  # a multi-seed directory: each seed, then the mean
+        seeds = run_seeds(run)
+        for seed in seeds:
+            evaluate_run(run.seed(seed).path, args.device)
+        print(markdown_table(aggregate_run_seeds(run, seeds)))
+        print(f"written: seed_<s>/eval/ for seeds {seeds}, {run.aggregate.with_suffix('.md')}, "
+              f"{run.aggregate_observed.with_suffix('.md')}")
+        return
     _print_evaluation(evaluate_run(run.path, args.device))
     print(f"written: {run.subsets.with_suffix('.md')}, {run.observed.with_suffix('.md')}, "
           f"{run.patterns.with_suffix('.md')}")
@@ -179,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="evaluate a trained run over every subset of modalities",
-                            description="Write RUN_DIR/eval/subsets.{csv,md}: the task metric for each subset.")
+                            description="Write RUN_DIR/eval/: every subset, as observed, per missingness pattern. "
+                                        "For a multi-seed directory (mckd train --seeds), each seed and their mean.")
     p.add_argument("run_dir")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.set_defaults(func=cmd_evaluate)

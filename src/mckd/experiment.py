@@ -112,7 +112,6 @@ def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[i
     out = RunDir(out)
     if not seeds:
         raise ConfigError("at least one seed is needed")
-    tables, observed, metric_names, metrics_paths = [], [], None, []
     for seed in seeds:
         seeded = [*overrides, f"seed={seed}"]
         config = config_from_dict(method_config(raw, method, seeded) if method else apply_overrides(raw, seeded))
@@ -120,18 +119,32 @@ def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[i
         if not (reuse and finished_run(run.path, config)):
             train(config, run.path)
             evaluate_run(run.path, config.train.device)
-        tables.append(read_table(run.subsets.with_suffix(".csv")))
-        observed.append(read_table(run.observed.with_suffix(".csv")))
-        metric_names = tuple(k for k in tables[-1][0] if k not in ("subset", "size", "samples"))
-        metrics_paths.append(run.metrics)
-    assert metric_names is not None
+    rows = aggregate_run_seeds(out, seeds)
+    atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
+                                                    "overrides": list(overrides)}, indent=2))
+    return rows
+
+
+def run_seeds(out: RunDir) -> list[int]:
+    """The seeds of a multi-seed directory's evaluated runs (``seed_<s>/``), in order."""
+    seeds = sorted(int(p.name[len("seed_"):]) for p in out.path.glob("seed_*") if p.name[len("seed_"):].isdigit()
+                   and RunDir(p).checkpoint.is_file())
+    if not seeds:
+        raise ConfigError(f"{str(out.path)!r} is neither a run directory (no checkpoint.safetensors) nor a "
+                          "multi-seed directory (no seed_<s>/ runs)")
+    return seeds
+
+
+def aggregate_run_seeds(out: RunDir, seeds: Sequence[int]) -> list[Row]:
+    """Mean and std over the seeds' evaluations: ``out/subsets`` and ``out/observed``; the weights over training."""
+    tables = [read_table(out.seed(s).subsets.with_suffix(".csv")) for s in seeds]
+    observed = [read_table(out.seed(s).observed.with_suffix(".csv")) for s in seeds]
+    metric_names = tuple(k for k in tables[0][0] if k not in ("subset", "size", "samples"))
     rows = aggregate_seeds(tables, metric_names)
     title = f"{out.path.name}: mean and standard deviation over seeds {list(seeds)}"
     write_table(rows, out.aggregate, title=title)
     write_table(aggregate_seeds(observed, metric_names), out.aggregate_observed, title=f"{title}, as observed")
-    atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
-                                                    "overrides": list(overrides)}, indent=2))
-    plot_weights(metrics_paths, out.weights_plot, title=f"Importance weights, {out.path.name}")
+    plot_weights([out.seed(s).metrics for s in seeds], out.weights_plot, title=f"Importance weights, {out.path.name}")
     return rows
 
 
