@@ -80,23 +80,23 @@ def output_labels(run_scheme: LabelScheme, found: SourceFormat | None, spec: str
     else the run's own.
     """
     if spec == "run":
-        return run_scheme, "the run's own labels (--labels run)"
+        return run_scheme, "in the run's own labels (--labels run)"
     if spec != "auto":
         scheme = resolve_declaration(spec)
         class_map(run_scheme, scheme, f"--labels {spec}")  # refuse a scheme the run's classes do not fit
-        return scheme, f"--labels {spec}"
+        return scheme, f"in the {scheme.name} labels (--labels {spec})"
     candidates: list[tuple[LabelScheme, str]] = []
     if found is not None and found.declared is not None:
-        candidates.append((found.declared, f"as {found.declared.name} declares them"))
+        candidates.append((found.declared, f"as declared in {found.declared.name}"))
     if found is not None and found.kind in ("brats2018", "brats2023"):
-        candidates.append((CONVENTIONS[found.kind], f"the {found.kind} convention of the folder's names"))
+        candidates.append((CONVENTIONS[found.kind], f"in the {found.kind} convention of the folder's names"))
     for scheme, reason in candidates:
         try:
             class_map(run_scheme, scheme)
         except DataError:
             continue
         return scheme, reason
-    return run_scheme, "the run's own labels (the input declares none with the run's classes)"
+    return run_scheme, "in the run's own labels (the input declares none with the run's classes)"
 
 
 @dataclass
@@ -168,6 +168,7 @@ def predict_folder(
     if existing and not (force or resume):
         raise DataError(f"{out_root / existing[0]} exists ({len(existing)} of {len(names)} outputs do); pass --force "
                         "to overwrite them or --continue to keep them and predict the rest")
+    distributed.barrier()  # every rank has looked at the outputs before any writes one
     scheme, why = output_labels(task.scheme, found, labels)
     lookup = class_map(task.scheme, scheme)
     record: dict[str, Any] = {
@@ -191,7 +192,7 @@ def predict_folder(
     }
     if rank == 0:
         _say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
-        _say(f"labels written as {scheme.name} ({why}): {scheme.describe()}")
+        _say(f"labels written {why}: {scheme.describe()}")
     mine = list(cases)[rank::size]
     tty = sys.stderr.isatty()
     from tqdm import tqdm
@@ -249,6 +250,7 @@ def _predict_case(loaded: Any, task: Any, files: CaseFiles, found: SourceFormat,
         "missing": [m for m in loaded.model.modalities if m not in segmentation.sequences],
         "shape": list(case.brain.shape),
         "spacing": [round(float(z), 4) for z in case.zooms],
+        "grid": prepared.grid_change,
         "resampled": prepared.resampled,
         "warnings": case.warnings,
     }

@@ -70,7 +70,8 @@ class PreparedCase:
         inputs: per present sequence, the z-scored volume the model sees ``[1, 1, x, y, z]``.
         box: the brain's box on the plan's grid; ``crop_shape`` its size.
         grid_affine, grid_shape: the plan's grid of this case.
-        resampled: whether the plan's grid differs from the file's.
+        resampled: whether the plan's voxel size differs from the file's (an input at another spacing).
+        grid_change: in words: the file's grid, reoriented, or resampled from which spacing.
     """
 
     case: Case
@@ -80,6 +81,7 @@ class PreparedCase:
     grid_affine: np.ndarray
     grid_shape: tuple[int, ...]
     resampled: bool
+    grid_change: str = ""
 
 
 @dataclass
@@ -117,8 +119,17 @@ def prepare_case(case: Case, plan: GridPlan, downsample: int, device: torch.devi
         normalised = normalised.astype(np.float16).astype(np.float32)  # as the cache stores it
         view = normalised[::downsample, ::downsample, ::downsample]
         inputs[modality] = torch.from_numpy(np.ascontiguousarray(view))[None, None].to(device)  # (1, 1, x, y, z)
-    resampled = not same_grid(grid_affine, brain.shape, case.affine, case.brain.shape)
-    return PreparedCase(case, inputs, box, tuple(b - a for a, b in box), grid_affine, tuple(brain.shape), resampled)
+    file_spacing, grid_spacing = sorted(spacing_of(case.affine)), sorted(spacing_of(grid_affine))
+    resampled = not np.allclose(file_spacing, grid_spacing, atol=1e-3)
+    if resampled:
+        change = (f"resampled from {'x'.join(f'{v:g}' for v in spacing_of(case.affine))} mm to "
+                  f"{'x'.join(f'{v:g}' for v in spacing_of(grid_affine))} mm")
+    elif same_grid(grid_affine, brain.shape, case.affine, case.brain.shape):
+        change = "the file's own"
+    else:
+        change = f"reoriented to {plan.orientation}"
+    return PreparedCase(case, inputs, box, tuple(b - a for a, b in box), grid_affine, tuple(brain.shape), resampled,
+                        change)
 
 
 def mirrorings(tta: bool) -> list[tuple[int, ...]]:

@@ -204,7 +204,8 @@ class LabelScheme:
         names: dict[int, list[int]] = {}
         for value, internal in sorted(self.source):
             names.setdefault(internal, []).append(value)
-        parts = [f"{'/'.join(map(str, values))} {self.classes[k]}" for k, values in sorted(names.items())]
+        parts = [f"{'/'.join(map(str, values))} {self.classes[k]}" for k, values in sorted(names.items(),
+                                                                                         key=lambda kv: kv[1][0])]
         text = ", ".join(parts)
         if self.regions:
             text += "; regions " + ", ".join(
@@ -336,10 +337,47 @@ def from_nnunet_labels(labels: Mapping[str, Any], regions_class_order: Sequence[
         if writes not in vs:
             raise DataError(f"{where}: regions_class_order writes {writes} for region {name!r}, which holds {list(vs)}")
         built.append(Region(name, tuple(internal[v] for v in vs), internal[int(writes)]))
+    tissues = region_tissues(classes, built)
+    if tissues:  # name the classes the regions imply (nnU-Net's BraTS: 1 oedema, 2 core, 3 enhancing)
+        named = dict(zip(BRATS_TISSUES, BRATS_CLASSES))
+        classes = tuple(name if not name.startswith("label ") else f"{named[t]} ({name})"
+                        for name, t in zip(classes, tissues))
     scheme = LabelScheme(where, classes, tuple((v, internal[v]) for v in values), tuple(built),
-                         tuple(range(len(built))), description=f"region-based, as declared in {where}")
+                         tuple(range(len(built))), tissues, description=f"region-based, as declared in {where}")
     scheme.check(where)
     return scheme
+
+
+def region_role(name: str) -> str | None:
+    """Which BraTS region a declared region name plainly names (``whole tumor`` -> WT), or None."""
+    n = name.lower().replace("_", " ").replace("-", " ")
+    words = set(re.split(r"[^a-z]+", n))
+    if "whole" in words or "wt" in words:
+        return "WT"
+    if "core" in words or "tc" in words:
+        return "TC"
+    if ("enhancing" in words or "et" in words) and "non" not in words:
+        return "ET"
+    return None
+
+
+def region_tissues(classes: Sequence[str], regions: Sequence[Region]) -> tuple[str, ...]:
+    """The BraTS tissue of each class of region-based labels named as BraTS's WT / TC / ET, else ``()``.
+
+    nnU-Net's own BraTS datasets declare ``whole tumor: [1, 2, 3]``,
+    ``tumor core: [2, 3]``, ``enhancing tumor: 3``: then enhancing = ET,
+    core = TC - ET, oedema = WT - TC, each of which must be one class.
+    """
+    roles = {region_role(r.name): set(r.classes) for r in regions}
+    if set(roles) != {"WT", "TC", "ET"} or len(regions) != 3:
+        return ()
+    parts = {"enhancing": roles["ET"], "core": roles["TC"] - roles["ET"], "oedema": roles["WT"] - roles["TC"]}
+    if any(len(p) != 1 for p in parts.values()) or not roles["ET"] < roles["TC"] < roles["WT"]:
+        return ()
+    tissues = ["background"] + [""] * (len(classes) - 1)
+    for tissue, (k,) in ((t, tuple(p)) for t, p in parts.items()):
+        tissues[k] = tissue
+    return tuple(tissues) if "" not in tissues else ()
 
 
 def load_label_file(path: str | Path) -> LabelScheme:
