@@ -225,3 +225,18 @@ def test_under_torchrun_the_cases_are_shared_out_between_processes(seg_run, seg_
     assert {c["case"]: c["rank"] for c in record["cases"]} == {"HELD_001": 0, "HELD_002": 1, "HELD_003": 0,
                                                                "HELD_004": 1}
     assert all((out / f"{case}.nii.gz").is_file() for case in CASES)
+
+
+def test_evaluate_data_on_a_cache_scores_it_on_the_runs_grid_and_refuses_another_grid(seg_run, seg_folders, tmp_path,
+                                                                                       capsys):
+    prepare = ["prepare", "seg", str(seg_folders["held_msd"]), "--allow-missing", "--workers", "1", "--no-progress",
+               "--labels", "msd_brats"]
+    assert main([*prepare[:3], str(tmp_path / "same"), *prepare[3:], "--spacing", "3", "3", "3"]) == 0
+    assert main(["evaluate", str(seg_run), "--data", str(tmp_path / "same"), "--out", str(tmp_path / "eval"),
+                 "--device", "cpu"]) == 0
+    subsets = {r["subset"]: r for r in csv.DictReader((tmp_path / "eval" / "subsets.csv").open())}
+    assert (int(subsets["flair"]["samples"]), int(subsets["t2"]["samples"])) == (4, 1)
+    assert main([*prepare[:3], str(tmp_path / "finer"), *prepare[3:], "--spacing", "2", "2", "2"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(seg_run), "--data", str(tmp_path / "finer"), "--device", "cpu"]) == 2
+    assert "is on a 2x2x2 mm, RAS orientation grid, the run's on 3x3x3 mm" in capsys.readouterr().err

@@ -125,6 +125,7 @@ def predict_folder(
     force: bool = False,
     resume: bool = False,
     progress: bool = True,
+    say: Any = _say,
 ) -> FolderPrediction:
     """Segment every case of ``input_dir`` (any format) into ``output_dir``; write ``predict.json``.
 
@@ -135,6 +136,7 @@ def predict_folder(
         naming: ``format`` (as the format names outputs) or ``challenge`` (BraTS's ``{case}.nii.gz``).
         labels: output label values (:func:`output_labels`).
         resume: skip cases whose output exists (``--continue``); ``force``: overwrite them.
+        say: prints what was found and done (``print``).
     """
     context = distributed.setup(device)
     rank, size = context.rank, context.world_size
@@ -191,8 +193,8 @@ def predict_folder(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if rank == 0:
-        _say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
-        _say(f"labels written {why}: {scheme.describe()}")
+        say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
+        say(f"labels written {why}: {scheme.describe()}")
     mine = list(cases)[rank::size]
     tty = sys.stderr.isatty()
     from tqdm import tqdm
@@ -216,7 +218,7 @@ def predict_folder(
         bar.update()
         if progress and not tty:
             prefix = f"rank {rank} " if size > 1 else ""
-            _say(f"{prefix}[{number}/{len(mine)}] {files.case_id}: {'+'.join(entry['sequences'])} -> "
+            say(f"{prefix}[{number}/{len(mine)}] {files.case_id}: {'+'.join(entry['sequences'])} -> "
                  f"{target} ({entry['seconds']:.1f} s)")
     bar.close()
     everyone = [case for part in distributed.gather_json(done) for case in part]
@@ -226,7 +228,7 @@ def predict_folder(
     if rank == 0:
         atomic_write(out_root / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
         seconds = sum(c.get("seconds", 0.0) for c in everyone)
-        _say(f"written {len(everyone)} cases into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
+        say(f"written {len(everyone)} cases into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
     return FolderPrediction(record, everyone)
 
 

@@ -325,7 +325,12 @@ def layout_case_files(case: Path, layout: Layout, allow_missing: bool = False, n
     images: dict[str, ImageFile] = {}
     absent: list[str] = []
     for modality, pattern in layout.sequences.items():
-        path = find_file(case, pattern, required=not allow_missing, what=f"{modality!r} sequence")
+        path = find_file(case, pattern, required=False, what=f"{modality!r} sequence")
+        if path is None and not allow_missing:
+            filled = pattern.replace("{case}", case.name)
+            raise DataError(f"case {case.name}: no {modality!r} sequence file matching {filled!r} in {case} (also "
+                            f"tried {_alternatives(filled)[1:] or 'nothing else'}); pass --allow-missing to treat "
+                            "absent sequences as missing")
         if path is None:
             absent.append(modality)
         else:

@@ -123,11 +123,17 @@ def to_file_grid(channels: np.ndarray, grid_affine: np.ndarray, file_affine: np.
     """
     if same_grid(grid_affine, channels.shape[1:], file_affine, file_shape):
         return channels
-    from monai.transforms import SpatialResample
+    import nibabel as nib
+    from monai.transforms import Orientation, SpatialResample
 
     image = _meta(channels.astype(np.float32), grid_affine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # a reorientation alone (axis flips, permutations) is undone exactly, without interpolating
+        codes = "".join(nib.aff2axcodes(np.asarray(file_affine), labels=AXIS_LABELS))
+        back = Orientation(axcodes=codes, labels=AXIS_LABELS)(image)
+        if same_grid(back.affine.numpy(), back.shape[1:], file_affine, file_shape):
+            return back.as_tensor().numpy() if hasattr(back, "as_tensor") else back.numpy()
         out = SpatialResample(mode=mode, padding_mode="border", dtype=np.float32)(
             image, dst_affine=torch.as_tensor(file_affine, dtype=torch.float64), spatial_size=tuple(int(s) for s in file_shape))
     result = out.numpy() if not hasattr(out, "as_tensor") else out.as_tensor().numpy()

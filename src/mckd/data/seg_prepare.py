@@ -25,7 +25,13 @@ from mckd.data.brats_cache import prepare_cache
 from mckd.data.brats_layout import CaseFiles
 from mckd.data.formats import SourceFormat, detect_format
 from mckd.data.grid import GridPlan, check_orientation, median_spacing, reoriented_spacing
-from mckd.data.labels import LabelScheme, check_declared_names, choose_brats_convention, resolve_declaration
+from mckd.data.labels import (
+    CONVENTIONS,
+    LabelScheme,
+    check_declared_names,
+    choose_brats_convention,
+    resolve_declaration,
+)
 from mckd.errors import DataError
 
 
@@ -50,6 +56,8 @@ def resolve_scheme(source: SourceFormat, spec: str, cases: Sequence[CaseFiles], 
     where = f"{source.root}'s description"
     if spec in ("auto", "dataset"):
         if source.declared is not None:
+            if source.kind == "layout" and source.declared.name in CONVENTIONS:
+                return source.declared, f"the {source.declared.name} convention the layout file names"
             return source.declared, f"as declared in {source.declared.name}"
         if spec == "dataset":
             raise DataError(f"{source.root} ({source.title}) declares no labels; use --labels auto or a convention")
