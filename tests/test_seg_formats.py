@@ -178,3 +178,23 @@ def test_a_nifti_written_back_for_a_4d_reference_is_3d(seg_folders, tmp_path: Pa
     written = nib.load(str(out))
     assert written.shape == image.shape[:3] and np.allclose(written.affine, image.affine)
     assert heldout_cases()  # the held-out cases build (used by test_seg_predict)
+
+
+def test_brats_2023_names_are_recognised_their_labels_chosen_from_the_values_and_outputs_named_alike(tmp_path: Path):
+    from mckd.data.seg_prepare import resolve_scheme
+
+    case = heldout_cases()[0]
+    folder = tmp_path / "BraTS2023" / "BraTS-GLI-00001-000"
+    names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+    for sequence, image in case.images.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(image, case.affine), str(folder / f"{folder.name}-{names[sequence]}.nii.gz"))
+    labels_2023 = to_values(case.labels, {0: 0, 1: 1, 2: 2, 4: 3})  # BraTS 2023: enhancing is 3
+    nib.save(nib.Nifti1Image(labels_2023, case.affine), str(folder / f"{folder.name}-seg.nii.gz"))
+    found = detect_format(folder.parent)
+    assert found.kind == "brats2023" and found.modalities == SEQUENCES
+    cases = found.cases(labelled=True)
+    scheme, reason = resolve_scheme(found, "auto", cases)
+    assert scheme.name == "brats2023" and "3 = enhancing" in reason
+    assert found.output_name(folder.name) == f"{folder.name}/{folder.name}-seg.nii.gz"
+    assert found.output_name(folder.name, challenge=True) == f"{folder.name}.nii.gz"

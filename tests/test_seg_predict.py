@@ -240,3 +240,21 @@ def test_evaluate_data_on_a_cache_scores_it_on_the_runs_grid_and_refuses_another
     capsys.readouterr()
     assert main(["evaluate", str(seg_run), "--data", str(tmp_path / "finer"), "--device", "cpu"]) == 2
     assert "is on a 2x2x2 mm, RAS orientation grid, the run's on 3x3x3 mm" in capsys.readouterr().err
+
+
+def test_wrong_requests_end_in_one_line_naming_what_is_wrong(seg_run, seg_folders, tmp_path, capsys):
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    cases = [
+        (["--input", str(seg_folders["held_msd"]), "--output", str(afile)], "is a file; expected a folder"),
+        (["--input", str(seg_folders["held_msd"]), "--output", str(tmp_path / "o"), "--sequences", "dwi"],
+         "--sequences dwi: ['dwi'] are not among the model's"),
+        (["--input", str(tmp_path), "--output", str(tmp_path / "o")], "holds no case folders and no NIfTI files"),
+        (["--input", str(seg_folders["held_msd"])], "--input DIR needs --output DIR"),
+        (["--input", str(seg_folders["held_msd"]), "--output", str(tmp_path / "o"), "--labels", "brats2099"],
+         "label convention 'brats2099' is neither"),
+    ]
+    for extra, message in cases:
+        assert main(["predict", str(seg_run), *extra, "--device", "cpu"]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "o").exists()

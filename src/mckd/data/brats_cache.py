@@ -178,9 +178,15 @@ def _prepare_one(files: CaseFiles, reader: CaseReader, out_dir: str, allow_missi
 def _summary(meta: dict[str, Any]) -> str:
     """One line about a prepared case: its sequences and the grid it was put on."""
     shape = "x".join(str(v) for v in meta["cropped_shape"])
-    resampled = meta.get("grid_shape") != meta["original_shape"] or meta.get("grid_affine") != meta.get("affine")
     missing = f", missing {', '.join(meta['missing'])}" if meta["missing"] else ""
-    return f"{'+'.join(meta['present'])}{missing}; {shape} voxels{' (resampled)' if resampled else ''}"
+    file_spacing = sorted(spacing_of(np.asarray(meta["affine"])))
+    if not np.allclose(file_spacing, sorted(meta["spacing"]), atol=1e-3):
+        grid = f", resampled from {'x'.join(f'{v:g}' for v in spacing_of(np.asarray(meta['affine'])))} mm"
+    elif meta.get("grid_affine") is not None and not np.allclose(meta["grid_affine"], meta["affine"], atol=1e-4):
+        grid = ", reoriented"
+    else:
+        grid = ""
+    return f"{'+'.join(meta['present'])}{missing}; {shape} voxels in the brain's box{grid}"
 
 
 def prepare_cache(
