@@ -103,7 +103,7 @@ def test_each_cases_dice_from_evaluate_data_matches_the_dice_of_the_written_pred
     assert main(["evaluate", str(seg_run), "--data", str(folder), "--subsets", "observed", "--out", str(out),
                  "--device", "cpu"]) == 0
     rows = list(csv.DictReader((out / "cases.csv").open()))
-    assert [r["case"] for r in rows] == list(CASES)
+    assert [r["case"] for r in rows] == list(CASES) and {r["as_observed"] for r in rows} == {"yes"}
     for row in rows:
         predicted_labels = _array(predicted[kind] / name.format(case=row["case"]))
         truth = _array(folder / labels_at.format(case=row["case"]))

@@ -55,14 +55,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run directory: {out}")
 
 
-def _print_evaluation(result) -> None:
+def _print_evaluation(result, samples: str = "test samples") -> None:
     from mckd import distributed
     from mckd.report import markdown_table
 
     if distributed.is_main():
-        print("every subset (the test samples that have it):")
+        print(f"every subset (the {samples} that have it):")
         print(markdown_table(result.subsets))
-        print("as observed (each test sample with its own modalities), and per pattern:")
+        print(f"as observed (each of the {samples} with its own modalities), and per pattern:")
         print(markdown_table(result.observed))
 
 
@@ -108,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(run.path, args.device, data=args.data, data_format=args.format, labels=args.labels,
                           subsets=subsets, options=_segment_options(args), channels=_split_names(args.channels),
                           out=out, progress=not args.no_progress)
-    _print_evaluation(result)
+    _print_evaluation(result, "cases")
     from mckd import distributed
 
     if distributed.is_main():

@@ -334,11 +334,8 @@ def _evaluate_cache(loaded: LoadedModel, cache: Path, device: torch.device) -> t
 def _evaluate_folder(loaded: LoadedModel, folder: Path, device: torch.device, data_format: str, labels: str,
                      subsets: Any, options: Any, channels: list[str] | None, progress: bool) -> tuple[Evaluation, list, dict]:
     """A dataset folder in any format: each case segmented as mckd predict would, scored on its own grid."""
-    import sys
-
-    from tqdm import tqdm
-
     from mckd.data.formats import detect_format
+    from mckd.progress import CaseProgress
     from mckd.data.seg_prepare import resolve_scheme
     from mckd.seg_evaluation import evaluate_cases
     from mckd.segment import file_grid_task
@@ -350,10 +347,17 @@ def _evaluate_folder(loaded: LoadedModel, folder: Path, device: torch.device, da
     task = file_grid_task(loaded)
     if distributed.is_main():
         print(f"evaluating {len(cases)} cases of {found.title}; labels: {reason}")
-    bar = tqdm(total=len(cases), desc="evaluate", unit="case",
-               disable=not (progress and distributed.is_main() and sys.stderr.isatty()))
-    result = evaluate_cases(loaded, task, cases, found.modalities, scheme, subsets, options, device,
-                            progress=lambda case_id: bar.update())
+    rank, size = distributed.rank_and_size()
+    bar = CaseProgress(len(cases[rank::size]), "evaluate", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
+
+    def done(case_id: str, rows: list) -> None:
+        observed = [r for r in rows if r["as_observed"] == "yes"]
+        count = f"{len(rows)} subset{'s' if len(rows) != 1 else ''}"
+        note = (f"{count}; from {observed[0]['subset']}: dice_mean {observed[0]['dice_mean']:.4f}"
+                if observed else count)
+        bar.update(case_id, note)
+
+    result = evaluate_cases(loaded, task, cases, found.modalities, scheme, subsets, options, device, progress=done)
     bar.close()
     about = {"kind": found.kind, "format": found.title, "labels": reason, "cases": len(cases),
              "grid": "each case's own (the files' voxels, HD95 in their mm)",

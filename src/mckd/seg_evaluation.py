@@ -8,7 +8,8 @@ the file's millimetres. So each case's Dice here is the Dice of the file
 
 Rows, as :mod:`mckd.evaluation` gives them for a cache:
 
-- ``cases``: one row per case and subset of sequences it was predicted from;
+- ``cases``: one row per case and subset of sequences it was predicted from
+  (``as_observed`` ``yes``: from every sequence the case has, as ``mckd predict`` does by default);
 - every subset of the model's sequences: the mean over the cases that have
   all of it (``samples`` of them; none: the metrics are undefined);
 - as observed (``all``): each case from every sequence it has, then one row
@@ -69,14 +70,15 @@ def score_case(loaded: Any, task: Any, files: CaseFiles, modalities: Sequence[st
         segmentation = segment_prepared(model, task, prepared, subset, int(loaded.facts.get("downsample", 1)), options)
         metrics = task.label_metrics(torch.from_numpy(segmentation.labels)[None], torch.from_numpy(truth)[None], spacing)
         rows.append({"case": files.case_id, "subset": subset_name(subset), "pattern": subset_name(has),
-                     "size": len(subset), **{name: float(metrics[name][0]) for name in task.metric_names}})
+                     "size": len(subset), "as_observed": "yes" if subset == has else "no",
+                     **{name: float(metrics[name][0]) for name in task.metric_names}})
     return rows
 
 
 def evaluate_cases(loaded: Any, task: Any, cases: Sequence[CaseFiles], modalities: Sequence[str],
                    data_scheme: LabelScheme, subsets: str | Sequence[Sequence[str]] = "all",
                    options: SegmentOptions = SegmentOptions(), device: torch.device = torch.device("cpu"),
-                   progress: Callable[[str], None] | None = None) -> CaseEvaluation:
+                   progress: Callable[[str, list[Row]], None] | None = None) -> CaseEvaluation:
     """Score every case (this rank's share under torchrun) and summarise them; every rank returns the same rows.
 
     Args:
@@ -96,7 +98,7 @@ def evaluate_cases(loaded: Any, task: Any, cases: Sequence[CaseFiles], modalitie
         rows = score_case(loaded, task, files, modalities, data_scheme, subsets, options, device)
         mine += rows
         if progress is not None:
-            progress(files.case_id)
+            progress(files.case_id, rows)
     rows = [row for part in distributed.gather_json(mine) for row in part]
     order = {c.case_id: i for i, c in enumerate(cases)}
     rows.sort(key=lambda r: (order[r["case"]], r["size"]))
