@@ -198,3 +198,23 @@ def test_brats_2023_names_are_recognised_their_labels_chosen_from_the_values_and
     assert scheme.name == "brats2023" and "3 = enhancing" in reason
     assert found.output_name(folder.name) == f"{folder.name}/{folder.name}-seg.nii.gz"
     assert found.output_name(folder.name, challenge=True) == f"{folder.name}.nii.gz"
+
+
+def test_the_meta_validation_split_is_drawn_from_complete_cases_and_the_plain_cut_is_kept_when_it_has_them():
+    from mckd.data.brats import split_cases
+
+    ids = [f"c{i}" for i in range(10)]
+    plain = split_cases(ids, [0.6, 0.2, 0.2], 3)
+    assert split_cases(ids, [0.6, 0.2, 0.2], 3, complete=ids) == plain
+    train, val, test = split_cases(ids, [0.6, 0.2, 0.2], 3, complete=["c7", "c2"])
+    assert sorted(val) == ["c2", "c7"] and sorted(train + val + test) == ids and not set(train) & set(test)
+
+
+def test_which_sequences_each_sample_has_is_read_from_the_records_without_drawing_crops(seg_cache: Path):
+    from mckd.data.brats import BratsOptions, build_brats
+
+    bundle = build_brats(BratsOptions(cache=str(seg_cache), crop=[16, 16, 16], downsample=2, crops_per_epoch=6), 0)
+    train_ids = bundle.info["cases"]["train"]
+    expected = [CachedCase(seg_cache, train_ids[i % len(train_ids)], SEQUENCES).present for i in range(6)]
+    assert np.array_equal(bundle.train.presence().numpy(), np.stack(expected))
+    assert np.array_equal(bundle.train.presence().numpy()[0], bundle.train[0]["present"].numpy())

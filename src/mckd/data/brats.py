@@ -144,6 +144,10 @@ class BratsCropDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def presence(self) -> torch.Tensor:
+        """bool ``[len, N]``: the sequences each sample's case has (read from the cache's records, no crop drawn)."""
+        return torch.from_numpy(np.stack([self.cases.cases[i % len(self.cases)].present for i in range(self.length)]))
+
     def _start(self, index: int) -> list[int]:
         shape = self.cases.shape(index)
         low = [min(0, s - c) for s, c in zip(shape, self.crop)]  # negative when the case is smaller: centred padding
@@ -174,6 +178,10 @@ class BratsCaseDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    def presence(self) -> torch.Tensor:
+        """bool ``[cases, N]``: the sequences each case has."""
+        return torch.from_numpy(np.stack([case.present for case in self.cases.cases]))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return _to_tensors(self.cases.read(index))
@@ -253,6 +261,10 @@ def build_brats(options: BratsOptions, seed: int) -> DataBundle:
         everything = [CachedCase(options.cache, c, modalities) for c in record["cases"]]
         complete = [c.case_id for c in everything if bool(c.present.all())]
         splits = split_cases(record["cases"], options.split, options.split_seed, complete)
+        lacking = [c for c in splits[1] if c not in set(complete)]
+        if lacking:
+            print(f"mckd: warning: meta-validation cases {lacking} lack a sequence ({len(complete)} of "
+                  f"{len(record['cases'])} cases have every one); the meta step uses every sequence")
     train_cases, val_cases, test_cases = (BratsCases(options.cache, ids, modalities, options.downsample) for ids in splits)
     spacing = train_cases.cases[0].meta.get("spacing", [1.0, 1.0, 1.0])
     scheme = cache_scheme(record)

@@ -373,7 +373,9 @@ def _flat_format(folder: Path, record: Mapping[str, Any] | None, explicit_channe
     if not explicit_channels and (folder.parent / DESCRIPTION).is_file():
         return _from_description(folder.parent, folder.parent / DESCRIPTION, images=folder)
     split = all(re.fullmatch(r".+_\d{4}", _strip_nifti(p.name) or "") for p in files)
-    channels = list((record or {}).get("modalities") or [])
+    # the run's channel order names the channels only if it was trained on channels (MSD, nnU-Net) or told them
+    told = explicit_channels or (record or {}).get("kind") in ("msd", "nnunet")
+    channels = list((record or {}).get("modalities") or []) if told else []
     if not channels:
         raise DataError(f"{folder} holds images but no {DESCRIPTION} beside it names their channels; put the "
                         "dataset.json in its parent folder or pass --channels NAME,NAME,... (in channel order)")
