@@ -379,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mckd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of a pipe went away (`mckd predict ... | head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -21,7 +21,6 @@ run's own; ``--labels`` chooses.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from mckd.data.formats import SourceFormat, detect_format
 from mckd.data.labels import CONVENTIONS, LabelScheme, class_map, resolve_declaration
 from mckd.errors import DataError, MckdError
 from mckd.io import atomic_write
+from mckd.progress import CaseProgress
 from mckd.segment import SegmentOptions, file_grid_task, prepare_case, run_plan, segment_prepared
 
 RECORD = "predict.json"
@@ -196,17 +196,13 @@ def predict_folder(
         say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
         say(f"labels written {why}: {scheme.describe()}")
     mine = list(cases)[rank::size]
-    tty = sys.stderr.isatty()
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(mine), desc=f"predict{f' rank {rank}' if size > 1 else ''}", unit="case",
-               disable=not (progress and tty))
+    bar = CaseProgress(len(mine), "predict", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
     done: list[dict[str, Any]] = []
-    for number, files in enumerate(mine, 1):
+    for files in mine:
         target = out_root / names[files.case_id]
         if resume and target.exists() and not force:
             done.append({"case": files.case_id, "output": names[files.case_id], "skipped": "its output existed"})
-            bar.update()
+            bar.update(files.case_id, "kept (its output existed)")
             continue
         started = time.perf_counter()
         entry = _predict_case(loaded, task, files, found, usable, out_root, target, scheme, lookup, options,
@@ -215,11 +211,7 @@ def predict_folder(
         entry["rank"] = rank
         entry["output"] = names[files.case_id]
         done.append(entry)
-        bar.update()
-        if progress and not tty:
-            prefix = f"rank {rank} " if size > 1 else ""
-            say(f"{prefix}[{number}/{len(mine)}] {files.case_id}: {'+'.join(entry['sequences'])} -> "
-                 f"{target} ({entry['seconds']:.1f} s)")
+        bar.update(files.case_id, f"{'+'.join(entry['sequences'])} -> {target} ({entry['seconds']:.1f} s)")
     bar.close()
     everyone = [case for part in distributed.gather_json(done) for case in part]
     order = {c.case_id: i for i, c in enumerate(cases)}
