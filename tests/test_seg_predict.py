@@ -172,7 +172,11 @@ def test_one_case_at_another_spacing_is_predicted_onto_its_own_grid(seg_run, seg
                  f"t1ce={folder / 'HELD_004_t1ce.nii.gz'}", "--out", str(out), "--device", "cpu"]) == 0
     written, reference = nib.load(str(out)), nib.load(str(folder / "HELD_004_flair.nii.gz"))
     assert written.shape == (120, 120, 78) and np.allclose(written.affine, reference.affine)
-    assert set(np.unique(np.asanyarray(written.dataobj)).tolist()) <= {0, 1, 2, 4}
+    assert set(np.unique(np.asanyarray(written.dataobj)).tolist()) <= {0, 1, 2, 3}  # the run's msd_brats values
+    again = tmp_path / "again.nii.gz"
+    assert main(["predict", str(seg_run), f"flair={folder / 'HELD_004_flair.nii.gz'}", "--out", str(again),
+                 "--labels", "brats2018", "--device", "cpu"]) == 0
+    assert set(np.unique(_array(again)).tolist()) <= {0, 1, 2, 4}
 
 
 def test_cases_with_real_missing_sequences_train_and_are_evaluated_as_observed(seg_run: Path):

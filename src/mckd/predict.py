@@ -279,8 +279,8 @@ def predict_files(
     unknown = [m for m in inputs if m not in model.modalities]
     if unknown:
         raise DataError(f"this model takes {list(model.modalities)}; {unknown} are not among them")
-    if convention == "auto":  # mckd 0.1 wrote BraTS runs' predictions in the brats2018 numbering
-        convention = "brats2018" if task.scheme.tissues else "run"
+    if convention == "auto":  # mckd 0.1 wrote BraTS runs' predictions in the brats2018 numbering; others: their own
+        convention = "brats2018" if task.scheme.name.startswith("brats") else "run"
     scheme, _ = output_labels(task.scheme, None, convention)
     files = CaseFiles("case", {m: ImageFile(str(p)) for m, p in inputs.items()}, "", str(mask) if mask else "")
     case = read_case_files(files, list(inputs), None, allow_missing=False, need_labels=False,
