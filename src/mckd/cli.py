@@ -328,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output names: as the format expects (default) or BraTS's challenge names ({case}.nii.gz)")
     p.add_argument("--labels", default="auto",
                    help="output label values: auto (the input's declared labels when they fit the run, else the "
-                        "run's; one case: brats2018 for runs on a BraTS convention, else the run's), run, a convention (brats2018, brats2023, "
-                        "msd_brats, ...) or a label file")
+                        "run's; one case: brats2018 for runs on a BraTS convention, else the run's), run, a "
+                        "convention (brats2018, brats2023, msd_brats, ...) or a label file")
     p.add_argument("--probabilities", action="store_true",
                    help="also write the probabilities (4D NIfTI, one channel per region or class)")
     _add_segment_options(p)
