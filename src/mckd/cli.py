@@ -55,15 +55,41 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run directory: {out}")
 
 
-def _print_evaluation(result) -> None:
+def _print_evaluation(result, samples: str = "test samples") -> None:
     from mckd import distributed
     from mckd.report import markdown_table
 
     if distributed.is_main():
-        print("every subset (the test samples that have it):")
+        print(f"every subset (the {samples} that have it):")
         print(markdown_table(result.subsets))
-        print("as observed (each test sample with its own modalities), and per pattern:")
+        print(f"as observed (each of the {samples} with its own modalities), and per pattern:")
         print(markdown_table(result.observed))
+
+
+def _segment_options(args: argparse.Namespace) -> "object":
+    from mckd.segment import SegmentOptions
+
+    for name in ("et_min_voxels", "min_component_voxels"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise MckdError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    return SegmentOptions(tta=args.tta, et_min_voxels=args.et_min_voxels, min_component_voxels=args.min_component_voxels,
+                          largest_component=args.largest_component,
+                          probabilities=getattr(args, "probabilities", False))
+
+
+def _add_segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true", help="test-time mirroring: average over the 8 flips of the 3 axes")
+    p.add_argument("--et-min-voxels", type=int, default=None, metavar="N",
+                   help="relabel a predicted ET under N voxels (of the input's grid) as core; default: the run's "
+                        "task.et_min_voxels; 0: off")
+    p.add_argument("--min-component-voxels", type=int, default=0, metavar="N",
+                   help="remove predicted components (26-connected foreground) under N voxels (default 0: off)")
+    p.add_argument("--largest-component", action="store_true", help="keep only the largest predicted component")
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -72,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mckd.runs import RunDir, evaluate_run
 
     run = RunDir(args.run_dir)
-    if run.path.is_dir() and not run.checkpoint.exists():  # a multi-seed directory: each seed, then the mean
+    if args.data is None and run.path.is_dir() and not run.checkpoint.exists():  # multi-seed: each seed, the mean
         seeds = run_seeds(run)
         for seed in seeds:
             evaluate_run(run.seed(seed).path, args.device)
@@ -80,9 +106,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"written: seed_<s>/eval/ for seeds {seeds}, {run.aggregate.with_suffix('.md')}, "
               f"{run.aggregate_observed.with_suffix('.md')}")
         return
-    _print_evaluation(evaluate_run(run.path, args.device))
-    print(f"written: {run.subsets.with_suffix('.md')}, {run.observed.with_suffix('.md')}, "
-          f"{run.patterns.with_suffix('.md')}")
+    if args.data is None:
+        _print_evaluation(evaluate_run(run.path, args.device))
+        print(f"written: {run.subsets.with_suffix('.md')}, {run.observed.with_suffix('.md')}, "
+              f"{run.patterns.with_suffix('.md')}")
+        return
+    subsets = args.subsets
+    if subsets not in ("all", "observed"):
+        subsets = [s.split("+") for s in subsets.split(",")]
+    out = Path(args.out) if args.out else run.data_eval_dir(args.data)
+    result = evaluate_run(run.path, args.device, data=args.data, data_format=args.format, labels=args.labels,
+                          subsets=subsets, options=_segment_options(args), channels=_split_names(args.channels),
+                          out=out, progress=not args.no_progress)
+    _print_evaluation(result, "cases")
+    from mckd import distributed
+
+    if distributed.is_main():
+        print(f"written: {out}/subsets.md, observed.md, table.md" + (", cases.md" if (out / "cases.csv").exists() else "")
+              + ", evaluation.json")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -129,8 +170,21 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from mckd.predict import predict_files
+    from mckd.predict import predict_files, predict_folder
 
+    if args.input or args.output:
+        if args.inputs or args.out or args.mask:
+            raise MckdError("give either --input DIR --output DIR (a folder of cases) or MODALITY=FILE ... --out FILE "
+                            "(one case), not both")
+        if not (args.input and args.output):
+            raise MckdError("--input DIR needs --output DIR (and the other way round)")
+        predict_folder(args.checkpoint, args.input, args.output, data_format=args.format,
+                       channels=_split_names(args.channels), sequences=_split_names(args.sequences),
+                       naming=args.naming, labels=args.labels, options=_segment_options(args), device=args.device,
+                       force=args.force, resume=args.resume, progress=not args.no_progress)
+        return
+    if not args.inputs or not args.out:
+        raise MckdError("give --input DIR --output DIR (a folder of cases), or MODALITY=FILE ... --out FILE (one case)")
     inputs = {}
     for item in args.inputs:
         if "=" not in item:
@@ -140,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             raise MckdError(f"sequence {name!r} is given twice")
         inputs[name] = path
     out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
-                        convention=args.labels, force=args.force)
+                        convention=args.labels, force=args.force, options=_segment_options(args))
     print(f"written: {out}")
 
 
@@ -153,6 +207,8 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from mckd import registry
+    from mckd.data.formats import FORMATS
+    from mckd.data.labels import CONVENTIONS
 
     headings = {"data": "datasets (data.name)", "model": "networks (model.name)", "task": "tasks (task.name)",
                 "method": "training methods (method.name, mckd benchmark --methods)"}
@@ -164,6 +220,13 @@ def cmd_list(args: argparse.Namespace) -> None:
     for name, preset in sorted(registry.presets().items()):
         settings = ", ".join(f"{key}={value}" for key, value in preset.overrides)
         print(f"  {name:22s} {preset.method} with {settings}: {preset.description}")
+    print("segmentation formats (mckd prepare seg --format, mckd predict --format; auto recognises them):")
+    for name, description in FORMATS.items():
+        print(f"  {name:22s} {description}")
+    print("label conventions (--labels; also: dataset = the dataset.json's own, or a YAML label file):")
+    for name, scheme in sorted(CONVENTIONS.items()):
+        print(f"  {name:22s} {scheme.description}")
+        print(f"  {'':22s} values: {scheme.describe()}")
 
 
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
@@ -190,9 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="evaluate a trained run over every subset of modalities",
                             description="Write RUN_DIR/eval/: every subset, as observed, per missingness pattern. "
-                                        "For a multi-seed directory (mckd train --seeds), each seed and their mean.")
+                                        "For a multi-seed directory (mckd train --seeds), each seed and their mean. "
+                                        "With --data (segmentation): score other labelled cases, a cache or a dataset "
+                                        "folder in any format, each case on its own grid, into RUN_DIR/eval_<DATA>/.")
     p.add_argument("run_dir")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--data", metavar="CACHE_OR_DIR",
+                   help="labelled cases to score: a `mckd prepare seg` cache, or a folder in any format of mckd list")
+    p.add_argument("--format", default="auto", help="with --data DIR: its format (default: recognise it)")
+    p.add_argument("--labels", default="auto", help="with --data DIR: what its label values mean (as prepare seg)")
+    p.add_argument("--channels", help="with --data DIR: sequence names in channel order, where no dataset.json says")
+    p.add_argument("--subsets", default="all",
+                   help="with --data DIR: all (every subset of the sequences each case has; default), observed "
+                        "(each case from what it has), or subsets like flair+t1ce,t1ce")
+    p.add_argument("--out", help="with --data: output folder (default: RUN_DIR/eval_<DATA>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_segment_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("compare", help="compare two runs subset by subset with a paired t-test",
@@ -245,16 +321,38 @@ def build_parser() -> argparse.ArgumentParser:
         for module in PREPARE_MODULES:
             importlib.import_module(module).add_prepare_parser(datasets)
 
-    p = commands.add_parser("predict", help="segment NIfTI sequences with a trained BraTS run",
-                            description="Segment a case from any subset of the model's sequences; write a BraTS "
-                                        "label map as NIfTI on the first input's grid (its affine and header).")
+    p = commands.add_parser("predict", help="segment a folder of cases (any format), or one case, with a trained run",
+                            description="Segment every case of --input DIR (nnU-Net v2, MSD, BraTS case folders or a "
+                                        "layout file) from the sequences it has, each output on its input's grid, "
+                                        "named as the format expects, with predict.json recording the options and "
+                                        "cases; or one case from MODALITY=FILE inputs into --out FILE. Under torchrun "
+                                        "the cases are shared out between the processes.")
     p.add_argument("checkpoint", help="run directory or checkpoint.safetensors")
-    p.add_argument("inputs", nargs="+", metavar="MODALITY=FILE", help="e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz")
-    p.add_argument("--out", required=True, help="output .nii.gz")
-    p.add_argument("--mask", help="brain mask NIfTI (default: voxels that differ from the background)")
-    p.add_argument("--labels", default="brats2018", help="output labels: brats2018 (4 = ET, default), brats2023 (3 = ET)")
+    p.add_argument("inputs", nargs="*", metavar="MODALITY=FILE",
+                   help="one case: e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz (with --out)")
+    p.add_argument("--input", metavar="DIR", help="a folder of cases to segment (any format of mckd list)")
+    p.add_argument("--output", metavar="DIR", help="the folder to write the predictions and predict.json into")
+    p.add_argument("--format", default="auto",
+                   help="the input's format: auto (default), nnunet, msd, brats2018, brats2023, or a YAML layout")
+    p.add_argument("--channels", help="sequence names in channel order, for images without a dataset.json "
+                                      "(default: the run's)")
+    p.add_argument("--sequences", help="use only these sequences, e.g. flair,t1ce (default: all each case has)")
+    p.add_argument("--naming", choices=["format", "challenge"], default="format",
+                   help="output names: as the format expects (default) or BraTS's challenge names ({case}.nii.gz)")
+    p.add_argument("--labels", default="auto",
+                   help="output label values: auto (the input's declared labels when they fit the run, else the "
+                        "run's; one case: brats2018 for runs on a BraTS convention, else the run's), run, a "
+                        "convention (brats2018, brats2023, msd_brats, ...) or a label file")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write the probabilities (4D NIfTI, one channel per region or class)")
+    _add_segment_options(p)
+    p.add_argument("--out", help="one case: the output .nii.gz")
+    p.add_argument("--mask", help="one case: brain mask NIfTI (default: voxels that differ from the background)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="keep the outputs that exist and predict the other cases")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("plot-seg", help="axial slice of each sequence with ground truth and prediction",
@@ -294,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mckd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of a pipe went away (`mckd predict ... | head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -246,6 +246,31 @@ def gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [t.cpu() for t in out]
 
 
+def gather_json(value: Any) -> list[Any]:
+    """Every rank's ``value`` (JSON data: rows of a table, records of cases), in rank order.
+
+    Sent as JSON text in a byte tensor (nothing is pickled). Without a group: ``[value]``.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    import json
+
+    data = torch.tensor(list(json.dumps(value).encode("utf-8")), dtype=torch.uint8)
+    sizes = gather_tensors(torch.tensor([data.numel()], dtype=torch.int64))
+    longest = max(int(size) for size in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    parts = gather_tensors(padded)
+    return [json.loads(bytes(part[: int(size)].tolist()).decode("utf-8")) for part, size in zip(parts, sizes)]
+
+
+def rank_and_size() -> tuple[int, int]:
+    """``(rank, world size)`` of this process (``(0, 1)`` without a group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` ``[R_rank, ...]`` (R may differ by rank, the rest may not), concatenated in rank order.
 

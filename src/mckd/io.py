@@ -28,7 +28,8 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = ".tmp") -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = ".tmp",
+                 every_rank: bool = False) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: a crash leaves the old file intact.
 
     Args:
@@ -36,10 +37,12 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
         write: writes the content to the path it is given.
         suffix: the temporary file's ending (a writer that picks the format from
             the name, such as nibabel's, needs the real one, e.g. ``.tmp.nii.gz``).
+        every_rank: write on every rank (each rank's own files, e.g. the cases
+            ``mckd predict`` shares out under torchrun).
 
-    On other ranks than 0 under torchrun this does nothing.
+    On other ranks than 0 under torchrun this does nothing, unless ``every_rank``.
     """
-    if not distributed.is_main():
+    if not (every_rank or distributed.is_main()):
         return
     path = Path(path)
     try:

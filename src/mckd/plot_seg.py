@@ -3,13 +3,14 @@
 Top row: each sequence with the ground truth; bottom row: the same with the
 prediction of a chosen subset of sequences (missing ones are drawn dimmed
 and marked, the way the paper's Fig. 1 and Fig. 6 show them). Colours:
-oedema green, necrotic / non-enhancing core red, enhancing tumour yellow.
+oedema green, necrotic / non-enhancing core red, enhancing tumour yellow
+(resection cavity blue); the classes of other label sets in turn.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -18,11 +19,27 @@ from mckd.errors import MckdError
 
 COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.9, 0.0)}  # core, oedema, enhancing
 NAMES = {1: "core (NCR/NET)", 2: "oedema", 3: "enhancing"}
+TISSUE_COLOURS = {"core": (0.9, 0.1, 0.1), "oedema": (0.1, 0.8, 0.2), "enhancing": (1.0, 0.9, 0.0),
+                  "cavity": (0.2, 0.5, 1.0)}
+OTHER_COLOURS = ((0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (1.0, 0.9, 0.0), (0.2, 0.5, 1.0), (0.8, 0.3, 0.9),
+                 (1.0, 0.5, 0.0), (0.0, 0.8, 0.8), (0.6, 0.4, 0.2))
 
 
-def _overlay(labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def class_colours(scheme: Any = None) -> tuple[dict[int, tuple[float, float, float]], dict[int, str]]:
+    """Colour and name per internal class but background: BraTS tissues in their usual colours, others in turn."""
+    if scheme is None:
+        return COLOURS, NAMES
+    colours, names = {}, {}
+    for k in range(1, scheme.num_classes):
+        tissue = scheme.tissues[k] if scheme.tissues else ""
+        colours[k] = TISSUE_COLOURS.get(tissue, OTHER_COLOURS[(k - 1) % len(OTHER_COLOURS)])
+        names[k] = scheme.classes[k]
+    return colours, names
+
+
+def _overlay(labels: np.ndarray, alpha: float = 0.45, colours: dict[int, tuple[float, float, float]] = COLOURS) -> np.ndarray:
     rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
-    for value, colour in COLOURS.items():
+    for value, colour in colours.items():
         rgba[labels == value] = (*colour, alpha)
     return rgba
 
@@ -41,26 +58,28 @@ def overlay_figure(
     prediction: np.ndarray,
     out: str | Path,
     title: str = "",
+    scheme: Any = None,
 ) -> Path:
     """Write the 2 x N figure for 2D axial slices (``[X, Y]`` each; shown with Y up-down as radiologists read)."""
     from mckd.report import _pyplot, _save_figure
 
     plt = _pyplot()
+    colours, names_of = class_colours(scheme)
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
     for col, (image, name, has) in enumerate(zip(images, names, present)):
         for row, labels in enumerate((truth, prediction)):
             ax = axes[row][col]
             ax.imshow(image.T, cmap="gray", origin="lower", alpha=1.0 if has or row == 0 else 0.25)
-            ax.imshow(_overlay(labels).transpose(1, 0, 2), origin="lower")
+            ax.imshow(_overlay(labels, colours=colours).transpose(1, 0, 2), origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])
             label = name if row == 0 else (name if has else f"{name} (missing)")
             ax.set_title(label, fontsize=9, color="black" if has or row == 0 else "grey")
         axes[0][0].set_ylabel("ground truth")
         axes[1][0].set_ylabel("prediction")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[v]) for v in COLOURS]
-    fig.legend(handles, [NAMES[v] for v in COLOURS], loc="lower center", ncol=3, fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[v]) for v in colours]
+    fig.legend(handles, [names_of[v] for v in colours], loc="lower center", ncol=min(4, len(colours)), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
@@ -101,4 +120,5 @@ def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str
         raise MckdError(f"slice {z} is outside 0..{truth.shape[2] - 1}")
     images = [x[:, :, z] for x in sample["inputs"]]
     title = f"{case_id}, slice {z}: prediction from {'+'.join(subset)}"
-    return overlay_figure(images, modalities, present[0].tolist(), truth[:, :, z], prediction[:, :, z], out, title)
+    return overlay_figure(images, modalities, present[0].tolist(), truth[:, :, z], prediction[:, :, z], out, title,
+                          getattr(experiment.task, "scheme", None))

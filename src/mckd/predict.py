@@ -1,88 +1,258 @@
-"""``mckd predict``: a trained BraTS model on new NIfTI files -> a label map on the input's grid.
+"""``mckd predict``: a trained segmentation run on new cases -> label maps (and probabilities) on each input's grid.
 
-The sequences given (any subset of the model's) go through the same steps as
-``mckd prepare brats``: a brain mask (given, or the voxels that differ from
-the background), a crop to its bounding box, a z-score inside the brain,
-the training run's ``downsample``; then sliding-window inference with the
-missing sequences marked absent, logits back to full resolution (trilinear),
-labels (with the run's post-processing), and the crop undone. The output is
-NIfTI with the first input's affine and header, labels in a BraTS convention
-(default ``brats2018``: 1 core, 2 oedema, 4 enhancing).
+Two forms:
+
+- a folder of cases in any format (``--input DIR --output DIR``: nnU-Net v2,
+  MSD, BraTS case folders, a layout file), each case from whatever sequences
+  it has (or ``--sequences``), written as the format names its outputs
+  (nnU-Net ``{case}.nii.gz``, MSD ``{case}.nii.gz``, BraTS ``<case>/<case>_seg.nii.gz``;
+  ``--naming challenge``: BraTS's submission names ``{case}.nii.gz``), with
+  ``predict.json`` in the output folder recording every option and case;
+  under torchrun the cases are shared out between the processes;
+- one case from its files (``MODALITY=FILE ... --out FILE``).
+
+Each case is segmented by :mod:`mckd.segment` (the run's grid, mask,
+post-processing, the way back to the file's grid). Labels are written in the
+input's declared convention when it has the run's classes (BraTS folders:
+their release's numbering; MSD / nnU-Net: their dataset.json's), else in the
+run's own; ``--labels`` chooses.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
+from mckd import distributed
+from mckd.data.brats_layout import CaseFiles, ImageFile, read_case_files
+from mckd.data.formats import SourceFormat, detect_format
+from mckd.data.labels import CONVENTIONS, LabelScheme, class_map, resolve_declaration
 from mckd.errors import DataError, MckdError
+from mckd.io import atomic_write
+from mckd.progress import CaseProgress
+from mckd.segment import SegmentOptions, file_grid_task, prepare_case, run_plan, segment_prepared
+
+RECORD = "predict.json"
+SEGMENTATION_DATASETS = ("seg", "brats")
 
 
 def load_segmentation_model(checkpoint: str | Path, device: torch.device) -> Any:
-    """The trained model of a BraTS segmentation run (:func:`mckd.runs.load_model`); no dataset is read."""
+    """The trained model of a segmentation run (:func:`mckd.runs.load_model`); no dataset is read."""
     from mckd.runs import load_model
 
     loaded = load_model(checkpoint, device)
     config = loaded.config
-    if config.task.name != "segmentation" or config.data.name != "brats":
+    if config.task.name != "segmentation" or config.data.name not in SEGMENTATION_DATASETS:
         raise MckdError(f"checkpoint {str(loaded.path)!r} is a {config.task.name} model on {config.data.name!r}; "
-                        "mckd predict needs a BraTS segmentation run")
+                        "mckd predict needs a segmentation run (a BraTS segmentation run, or any `mckd prepare seg` "
+                        "dataset's)")
     return loaded
 
 
-@torch.no_grad()
-def predict_labels(
-    loaded: Any,
-    images: Mapping[str, np.ndarray],
-    brain: np.ndarray | None,
-    spacing: tuple[float, ...],
-    device: torch.device,
-) -> np.ndarray:
-    """Internal labels (uint8, the input grid) from raw images ``{modality: [X, Y, Z]}`` on one grid."""
-    from mckd.data.brats import data_facts
-    from mckd.data.brats_cache import bounding_box, crop, uncrop, zscore_in_brain
-    from mckd.data.brats_layout import brain_mask
-    from mckd.tasks import build_task
+def write_nifti(array: np.ndarray, reference: str | Path, out: Path, affine: np.ndarray) -> Path:
+    """``array`` ``[X, Y, Z]`` (or ``[X, Y, Z, C]``) as NIfTI with the reference file's header and ``affine``, atomically.
 
-    model, config = loaded.model, loaded.config
-    options = config.data.options
-    unknown = [m for m in images if m not in model.modalities]
-    if unknown or not images:
-        raise DataError(f"sequences {unknown or '(none)'} given; this model takes a subset of {list(model.modalities)}")
-    if brain is None:
-        brain = brain_mask(list(images.values()))
-    if not brain.any():
-        raise DataError("the brain mask is empty: every input is all background")
-    box = bounding_box(brain)
-    cropped_brain = crop(brain, box)
-    shape = tuple(b - a for a, b in box)
-    step = options.downsample
-    inputs, present = [], []
-    for modality in model.modalities:
-        if modality in images:
-            normalised, _, _ = zscore_in_brain(crop(images[modality], box), cropped_brain, modality)
-            normalised = normalised.astype(np.float16).astype(np.float32)  # as the cache stores it
-            view = normalised[::step, ::step, ::step]
-            inputs.append(torch.from_numpy(np.ascontiguousarray(view))[None, None].to(device))  # (1, 1, x, y, z)
-            present.append(True)
-        else:
-            present.append(False)
-    template = next(t for t in inputs)
-    inputs = iter(inputs)
-    batch = [next(inputs) if p else torch.zeros_like(template) for p in present]
-    mask = torch.tensor([present], dtype=torch.bool, device=device)  # (1, N)
-    facts = {**loaded.facts, **data_facts(options, spacing),
-             "downsample": 1}  # post-processing is applied after upsampling, on the input grid
-    task = build_task(config.task, facts)
-    logits = task.infer(lambda xs, pr: model(xs, pr).prediction, batch, mask)  # (1, C, x, y, z)
-    if step > 1:
-        logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)  # (1, C, *shape)
-    labels = task.to_labels(logits)[0].cpu().numpy().astype(np.uint8)  # (*shape)
-    return uncrop(labels, box, brain.shape)
+    Written on whichever rank calls it (each rank writes its own cases). The
+    data type is the array's; the header's scaling is reset.
+    """
+    import nibabel as nib
+
+    header = nib.load(str(reference)).header.copy()
+    header.set_data_dtype(array.dtype)
+    image = nib.Nifti1Image(array, affine, header)
+    image.header.set_slope_inter(1.0, 0.0)
+    suffix = ".tmp.nii.gz" if out.name.endswith(".nii.gz") else ".tmp.nii"
+    atomic_write(out, lambda tmp: nib.save(image, tmp), suffix=suffix, every_rank=True)
+    return out
+
+
+def output_labels(run_scheme: LabelScheme, found: SourceFormat | None, spec: str) -> tuple[LabelScheme, str]:
+    """The label values predictions are written in, and why (``spec``: ``auto``, ``run``, a convention or a file).
+
+    ``auto``: the input's declared labels when they have the run's classes
+    (a BraTS folder: its release's convention; MSD / nnU-Net: its dataset.json),
+    else the run's own.
+    """
+    if spec == "run":
+        return run_scheme, "in the run's own labels (--labels run)"
+    if spec != "auto":
+        scheme = resolve_declaration(spec)
+        class_map(run_scheme, scheme, f"--labels {spec}")  # refuse a scheme the run's classes do not fit
+        return scheme, f"in the {scheme.name} labels (--labels {spec})"
+    candidates: list[tuple[LabelScheme, str]] = []
+    if found is not None and found.declared is not None:
+        candidates.append((found.declared, f"as declared in {found.declared.name}"))
+    if found is not None and found.kind in ("brats2018", "brats2023"):
+        candidates.append((CONVENTIONS[found.kind], f"in the {found.kind} convention of the folder's names"))
+    for scheme, reason in candidates:
+        try:
+            class_map(run_scheme, scheme)
+        except DataError:
+            continue
+        return scheme, reason
+    return run_scheme, "in the run's own labels (the input declares none with the run's classes)"
+
+
+@dataclass
+class FolderPrediction:
+    """What a folder prediction did (the content of ``predict.json``)."""
+
+    record: dict[str, Any]
+    cases: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def predict_folder(
+    checkpoint: str | Path,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    data_format: str = "auto",
+    channels: Sequence[str] | None = None,
+    sequences: Sequence[str] | None = None,
+    naming: str = "format",
+    labels: str = "auto",
+    options: SegmentOptions = SegmentOptions(),
+    device: str = "auto",
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    say: Any = _say,
+) -> FolderPrediction:
+    """Segment every case of ``input_dir`` (any format) into ``output_dir``; write ``predict.json``.
+
+    Args:
+        data_format: ``auto``, ``nnunet``, ``msd``, ``brats2018``, ``brats2023`` or a YAML layout file.
+        channels: sequence names in channel order, for a folder of images without a dataset.json.
+        sequences: use only these (each case: those it has among them); None: every one it has.
+        naming: ``format`` (as the format names outputs) or ``challenge`` (BraTS's ``{case}.nii.gz``).
+        labels: output label values (:func:`output_labels`).
+        resume: skip cases whose output exists (``--continue``); ``force``: overwrite them.
+        say: prints what was found and done (``print``).
+    """
+    context = distributed.setup(device)
+    rank, size = context.rank, context.world_size
+    loaded = load_segmentation_model(checkpoint, context.device)
+    model, task = loaded.model, file_grid_task(loaded)
+    plan_record = loaded.facts.get("plan", {})
+    found = detect_format(input_dir, data_format, record=plan_record.get("source_format"), channels=channels)
+    cases = found.cases(labelled=False, allow_missing=True)
+    usable = [m for m in found.modalities if m in model.modalities and (not sequences or m in sequences)]
+    if sequences:
+        unknown = [m for m in sequences if m not in model.modalities]
+        if unknown:
+            raise DataError(f"--sequences {','.join(sequences)}: {unknown} are not among the model's "
+                            f"({', '.join(model.modalities)})")
+    if not usable:
+        raise DataError(f"{input_dir} ({found.title}) has the sequences {', '.join(found.modalities)}; the model takes "
+                        f"{', '.join(model.modalities)}" + (f" and --sequences chose {', '.join(sequences)}" if sequences else "")
+                        + ": none in common")
+    empty = [c.case_id for c in cases if not any(m in c.images for m in usable)]
+    if empty:
+        raise DataError(f"case {empty[0]} of {input_dir} has none of the sequences {', '.join(usable)} "
+                        f"({len(empty)} such cases); leave them out or choose others with --sequences")
+    out_root = Path(output_dir)
+    if out_root.exists() and not out_root.is_dir():
+        raise DataError(f"--output {out_root} is a file; expected a folder")
+    challenge = naming == "challenge"
+    names = {c.case_id: found.output_name(c.case_id, challenge) for c in cases}
+    if len(set(names.values())) != len(names):
+        raise DataError(f"two cases of {input_dir} would be written to the same file; their names repeat")
+    existing = [n for n in names.values() if (out_root / n).exists()]
+    if existing and not (force or resume):
+        raise DataError(f"{out_root / existing[0]} exists ({len(existing)} of {len(names)} outputs do); pass --force "
+                        "to overwrite them or --continue to keep them and predict the rest")
+    distributed.barrier()  # every rank has looked at the outputs before any writes one
+    scheme, why = output_labels(task.scheme, found, labels)
+    lookup = class_map(task.scheme, scheme)
+    record: dict[str, Any] = {
+        "run": str(Path(checkpoint).resolve()),
+        "input": str(Path(input_dir).resolve()),
+        "format": {"kind": found.kind, "found": found.title, "sequences": found.channels},
+        "model": {"sequences": list(model.modalities), "plan": plan_record or run_plan(loaded.facts).to_json(),
+                  "head": task.head, "targets": list(task.targets)},
+        "options": {"sequences": list(sequences) if sequences else "every sequence each case has",
+                    "naming": naming, "mask": "the case's mask file" if any(c.mask for c in cases) else
+                    "voxels where a sequence differs from its background (corner) value",
+                    **options.to_json(), "device": str(context.device)},
+        "postprocessing": {"et_min_voxels": task.et_min_voxels if options.et_min_voxels is None else options.et_min_voxels,
+                           "et_min_voxels_from": "the run's task.et_min_voxels" if options.et_min_voxels is None
+                           else "--et-min-voxels", "order": "mask, then connected components, then small ET"},
+        "labels": {"written_as": scheme.name, "values": scheme.describe(), "why": why,
+                   "probabilities": (list(task.targets) if task.head == "regions" else list(task.scheme.classes))
+                   if options.probabilities else None},
+        "processes": size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if rank == 0:
+        say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
+        say(f"labels written {why}: {scheme.describe()}")
+    mine = list(cases)[rank::size]
+    bar = CaseProgress(len(mine), "predict", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
+    done: list[dict[str, Any]] = []
+    for files in mine:
+        target = out_root / names[files.case_id]
+        if resume and target.exists() and not force:
+            done.append({"case": files.case_id, "output": names[files.case_id], "skipped": "its output existed"})
+            bar.update(files.case_id, "kept (its output existed)")
+            continue
+        started = time.perf_counter()
+        entry = _predict_case(loaded, task, files, found, usable, out_root, target, scheme, lookup, options,
+                              context.device)
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        entry["rank"] = rank
+        entry["output"] = names[files.case_id]
+        done.append(entry)
+        bar.update(files.case_id, f"{'+'.join(entry['sequences'])} -> {target} ({entry['seconds']:.1f} s)")
+    bar.close()
+    everyone = [case for part in distributed.gather_json(done) for case in part]
+    order = {c.case_id: i for i, c in enumerate(cases)}
+    everyone.sort(key=lambda c: order[c["case"]])
+    record["cases"] = everyone
+    if rank == 0:
+        atomic_write(out_root / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+        seconds = sum(c.get("seconds", 0.0) for c in everyone)
+        say(f"written {len(everyone)} cases into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
+    return FolderPrediction(record, everyone)
+
+
+def _predict_case(loaded: Any, task: Any, files: CaseFiles, found: SourceFormat, usable: Sequence[str],
+                  out_root: Path, target: Path, scheme: LabelScheme, lookup: np.ndarray, options: SegmentOptions,
+                  device: torch.device) -> dict[str, Any]:
+    """Read, segment and write one case; its entry of the record."""
+    case = read_case_files(files, found.modalities, None, allow_missing=True, need_labels=False)
+    step = int(loaded.facts.get("downsample", 1))
+    prepared = prepare_case(case, run_plan(loaded.facts), step, device)
+    chosen = [m for m in usable if m in prepared.inputs]
+    if not chosen:
+        raise DataError(f"case {files.case_id}: none of the sequences {', '.join(usable)} is present and non-empty")
+    segmentation = segment_prepared(loaded.model, task, prepared, chosen, step, options)
+    reference = next(files.images[m].path for m in case.images)
+    write_nifti(scheme.to_file_values(lookup[segmentation.labels]), reference, target, case.affine)
+    entry: dict[str, Any] = {
+        "case": files.case_id,
+        "inputs": {m: str(files.images[m]) for m in case.images},
+        "sequences": list(segmentation.sequences),
+        "missing": [m for m in loaded.model.modalities if m not in segmentation.sequences],
+        "shape": list(case.brain.shape),
+        "spacing": [round(float(z), 4) for z in case.zooms],
+        "grid": prepared.grid_change,
+        "resampled": prepared.resampled,
+        "warnings": case.warnings,
+    }
+    if segmentation.probabilities is not None:
+        probabilities = target.with_name(target.name.replace(".nii.gz", "").replace(".nii", "") + "_probabilities.nii.gz")
+        write_nifti(np.moveaxis(segmentation.probabilities, 0, -1), reference, probabilities, case.affine)
+        entry["probabilities"] = str(probabilities.relative_to(out_root))
+    return entry
 
 
 def predict_files(
@@ -91,46 +261,32 @@ def predict_files(
     out: str | Path,
     device: str = "auto",
     mask: str | Path | None = None,
-    convention: str = "brats2018",
+    convention: str = "auto",
     force: bool = False,
+    options: SegmentOptions = SegmentOptions(),
 ) -> Path:
-    """Segment the NIfTI ``inputs`` (``{modality: path}``) with a trained run and write ``out``."""
-    from mckd.data.brats_cache import write_nifti_like
-    from mckd.data.brats_layout import LABEL_CONVENTIONS, check_finite, check_same_grid, read_nifti, to_convention
-
+    """Segment one case from its NIfTI ``inputs`` (``{modality: path}``) and write ``out`` on the first input's grid."""
     out = Path(out)
     if out.exists() and not force:
         raise DataError(f"{out} exists; pass --force to overwrite it")
     if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
         raise DataError(f"output {out} must end in .nii.gz or .nii")
-    if convention not in LABEL_CONVENTIONS:
-        raise DataError(f"label convention {convention!r} is not one of {sorted(LABEL_CONVENTIONS)}")
     if not inputs:
         raise DataError("give at least one sequence, e.g. --flair case_flair.nii.gz")
-    from mckd.distributed import resolve_device
-
-    torch_device = resolve_device(device)
+    torch_device = distributed.resolve_device(device)
     loaded = load_segmentation_model(checkpoint, torch_device)
-    model = loaded.model
+    model, task = loaded.model, file_grid_task(loaded)
     unknown = [m for m in inputs if m not in model.modalities]
     if unknown:
         raise DataError(f"this model takes {list(model.modalities)}; {unknown} are not among them")
-    volumes = {}
-    for modality, path in inputs.items():
-        volume = read_nifti(Path(path), f"{modality} sequence")
-        check_finite(volume)
-        if volumes:
-            check_same_grid(next(iter(volumes.values())), volume)
-        if np.all(volume.array == volume.array.flat[0]):
-            raise DataError(f"{path} ({modality}) is empty (every voxel {float(volume.array.flat[0])}); "
-                            "leave it out to predict without that sequence")
-        volumes[modality] = volume
-    first = next(iter(volumes.values()))
-    brain = None
-    if mask is not None:
-        mask_volume = read_nifti(Path(mask), "brain mask")
-        check_same_grid(first, mask_volume)
-        brain = np.asarray(mask_volume.array) > 0.5
-    images = {m: np.asarray(v.array, dtype=np.float32) for m, v in volumes.items()}
-    labels = predict_labels(loaded, images, brain, first.zooms, torch_device)
-    return write_nifti_like(to_convention(labels, convention), first.path, out, force=force)
+    if convention == "auto":  # mckd 0.1 wrote BraTS runs' predictions in the brats2018 numbering; others: their own
+        convention = "brats2018" if task.scheme.name.startswith("brats") else "run"
+    scheme, _ = output_labels(task.scheme, None, convention)
+    files = CaseFiles("case", {m: ImageFile(str(p)) for m, p in inputs.items()}, "", str(mask) if mask else "")
+    case = read_case_files(files, list(inputs), None, allow_missing=False, need_labels=False,
+                           on_empty="; leave it out to predict without that sequence")
+    step = int(loaded.facts.get("downsample", 1))
+    prepared = prepare_case(case, run_plan(loaded.facts), step, torch_device)
+    segmentation = segment_prepared(model, task, prepared, list(inputs), step, options)
+    labels = scheme.to_file_values(class_map(task.scheme, scheme)[segmentation.labels])
+    return write_nifti(labels, next(iter(inputs.values())), out, case.affine)

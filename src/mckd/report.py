@@ -366,30 +366,50 @@ SEGMENTATION_REGIONS = ("ET", "TC", "WT")
 def write_task_tables(task: Any, rows: Sequence[Row], stem: str | Path, modalities: Sequence[str]) -> None:
     """A task's own table beside ``subsets``: for segmentation, the paper's Table 1 layout (``stem.md``)."""
     if getattr(task, "name", "") == "segmentation":
-        atomic_write_text(Path(str(stem) + ".md"), table1(rows, modalities))
+        targets = getattr(task, "targets", SEGMENTATION_REGIONS)
+        atomic_write_text(Path(str(stem) + ".md"), table1(rows, modalities, targets))
 
 
-def table1(rows: Sequence[dict[str, Any]], modalities: Sequence[str]) -> str:
-    """Markdown: a row per subset with ● (present) / ○ (missing) per sequence, Dice and HD95 per region, an average row."""
-    dice_cols = [f"dice_{r.lower()}" for r in SEGMENTATION_REGIONS]
-    hd_cols = [f"hd95_{r.lower()}" for r in SEGMENTATION_REGIONS]
-    header = [*modalities, "Dice ET", "Dice TC", "Dice WT", "Dice mean", "HD95 ET", "HD95 TC", "HD95 WT"]
+def _metric_key(name: str) -> str:
+    import re
+
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def table1(rows: Sequence[dict[str, Any]], modalities: Sequence[str],
+           targets: Sequence[str] = SEGMENTATION_REGIONS) -> str:
+    """Markdown: a row per subset with ● (present) / ○ (missing) per sequence, Dice and HD95 per target, an average row.
+
+    ``targets``: the regions or classes evaluated (BraTS: ET, TC, WT), whose
+    metrics are ``dice_<target>`` and ``hd95_<target>`` (lower case, ``_``
+    for other characters). A row whose metrics are undefined (no test case has
+    the subset) shows ``–`` and is left out of the average.
+    """
+    keys = [_metric_key(t) for t in targets]
+    dice_cols = [f"dice_{k}" for k in keys]
+    hd_cols = [f"hd95_{k}" for k in keys]
+    header = [*modalities, *(f"Dice {t}" for t in targets), "Dice mean", *(f"HD95 {t}" for t in targets)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
 
-    def fmt(values: Sequence[float], digits: int) -> list[str]:
-        return ["nan" if math.isnan(v) else f"{v:.{digits}f}" for v in values]
+    def fmt(values: Sequence[float | None], digits: int) -> list[str]:
+        return [UNDEFINED if v is None else ("nan" if math.isnan(v) else f"{v:.{digits}f}") for v in values]
 
+    scored = []
     for row in rows:
         names = str(row["subset"]).split("+")
         marks = ["●" if m in names else "○" for m in modalities]
+        if not all(defined(row.get(c)) for c in dice_cols + hd_cols):
+            lines.append("| " + " | ".join(marks + [UNDEFINED] * (2 * len(keys) + 1)) + " |")
+            continue
+        scored.append(row)
         dice = [100 * float(row[c]) for c in dice_cols]
         hd = [float(row[c]) for c in hd_cols]
-        lines.append("| " + " | ".join(marks + fmt(dice + [sum(dice) / 3], 2) + fmt(hd, 2)) + " |")
-    if rows:
-        means = [100 * sum(float(r[c]) for r in rows) / len(rows) for c in dice_cols]
-        hd_means = [sum(float(r[c]) for r in rows) / len(rows) for c in hd_cols]
+        lines.append("| " + " | ".join(marks + fmt(dice + [sum(dice) / len(dice)], 2) + fmt(hd, 2)) + " |")
+    if scored:
+        means = [100 * sum(float(r[c]) for r in scored) / len(scored) for c in dice_cols]
+        hd_means = [sum(float(r[c]) for r in scored) / len(scored) for c in hd_cols]
         lines.append("| " + " | ".join(["**average**"] + [""] * (len(modalities) - 1)
-                                       + [f"**{v}**" for v in fmt(means + [sum(means) / 3], 2)]
+                                       + [f"**{v}**" for v in fmt(means + [sum(means) / len(means)], 2)]
                                        + [f"**{v}**" for v in fmt(hd_means, 2)]) + " |")
     note = ("\nDice in %, HD95 in mm, mean over test cases per subset of sequences (● present, ○ missing). "
             "Empty prediction and empty ground truth: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 373.13.\n")

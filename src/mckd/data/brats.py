@@ -1,4 +1,4 @@
-"""The ``brats`` dataset: MRI sequences as modalities, read from a cache made by ``mckd prepare brats``.
+"""The ``seg`` dataset (alias ``brats``): image sequences as modalities, read from a cache made by ``mckd prepare seg``.
 
 Training samples are random crops (``crop``, in the cache's voxel order
 ``[X, Y, Z]``), centred on a random tumour voxel with probability
@@ -8,8 +8,11 @@ the meta step needs); the test split gives whole cases (cropped to the brain),
 which evaluation segments with a sliding window.
 
 Each sequence is a 1-channel volume ``[1, X, Y, Z]``; a case without a
-sequence has zeros there and ``present`` false. The target is the internal
-label map ``[1, X, Y, Z]`` (uint8: 0, 1 core, 2 oedema, 3 enhancing).
+sequence has zeros there and ``present`` false (it trains with its real
+presence mask; the meta-validation split is drawn from the cases that have
+every sequence, as the meta step needs). The target is the internal label map
+``[1, X, Y, Z]`` (uint8 classes of the cache's label scheme; BraTS: 0, 1 core,
+2 oedema, 3 enhancing).
 """
 
 from __future__ import annotations
@@ -24,18 +27,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mckd.data.brats_cache import CachedCase, prepare_cache, read_dataset_record
-from mckd.data.brats_layout import detect_layout, load_layout
+from mckd.data.brats_cache import CachedCase, cache_plan, cache_scheme, read_dataset_record
 from mckd.data.bundle import DataBundle
+from mckd.data.labels import LabelScheme
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 
 
 @dataclass
 class BratsOptions:
-    """Options of the ``brats`` dataset (the segmentation head and inference settings are the task's)."""
+    """Options of the ``seg`` (``brats``) dataset (the segmentation head and inference settings are the task's)."""
 
-    cache: str = ""  # folder written by `mckd prepare brats SRC OUT`
+    cache: str = ""  # folder written by `mckd prepare seg SRC OUT`
     modalities: list[str] = field(default_factory=list)  # sequences used, in order; empty: all in the cache
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train / meta-validation / test cases
     split_seed: int = 0  # fixed across training seeds: runs are paired on one test set
@@ -70,10 +73,12 @@ def _view(array: np.ndarray, step: int) -> np.ndarray:
 class BratsCases:
     """Cached cases of one split, seen through ``downsample``."""
 
-    def __init__(self, cache: str | Path, case_ids: Sequence[str], modalities: Sequence[str], downsample: int) -> None:
+    def __init__(self, cache: str | Path, case_ids: Sequence[str], modalities: Sequence[str], downsample: int,
+                 label_lookup: np.ndarray | None = None) -> None:
         self.cases = [CachedCase(cache, c, modalities) for c in case_ids]
         self.modalities = tuple(modalities)
         self.downsample = downsample
+        self.label_lookup = label_lookup  # cached classes -> another scheme's (evaluating a run on other data)
         self._foreground: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -108,7 +113,7 @@ class BratsCases:
         if labels:
             target = np.zeros(size, dtype=np.uint8)
             target[dst] = _view(case.labels(), self.downsample)[src]
-            sample["target"] = target
+            sample["target"] = target if self.label_lookup is None else self.label_lookup[target]
         return sample
 
 
@@ -138,6 +143,10 @@ class BratsCropDataset(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def presence(self) -> torch.Tensor:
+        """bool ``[len, N]``: the sequences each sample's case has (read from the cache's records, no crop drawn)."""
+        return torch.from_numpy(np.stack([self.cases.cases[i % len(self.cases)].present for i in range(self.length)]))
 
     def _start(self, index: int) -> list[int]:
         shape = self.cases.shape(index)
@@ -170,12 +179,23 @@ class BratsCaseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cases)
 
+    def presence(self) -> torch.Tensor:
+        """bool ``[cases, N]``: the sequences each case has."""
+        return torch.from_numpy(np.stack([case.present for case in self.cases.cases]))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         return _to_tensors(self.cases.read(index))
 
 
-def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) -> tuple[list[str], list[str], list[str]]:
-    """Shuffle case ids with ``seed`` and cut them by ``fractions``; every split gets at least one case."""
+def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int,
+                complete: Sequence[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Shuffle case ids with ``seed`` and cut them by ``fractions``; every split gets at least one case.
+
+    ``complete``: the cases that have every sequence. The meta step uses every
+    sequence of its samples, so the meta-validation split is drawn from these
+    when the plain cut would put an incomplete case there (the other cases
+    keep their shuffled order for training and test).
+    """
     ids = sorted(case_ids)
     if len(ids) < 3:
         raise DataError(f"{len(ids)} cases are too few for disjoint train / meta-validation / test splits (need 3)")
@@ -186,24 +206,42 @@ def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int) 
     if n_train < 1:
         raise DataError(f"split {list(fractions)} leaves no training case among {len(ids)}")
     shuffled = [ids[i] for i in order]
-    return shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
+    train, val, test = shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
+    if complete is not None and not set(val) <= set(complete):
+        whole = [c for c in shuffled if c in set(complete)]
+        val = (whole + [c for c in shuffled if c not in set(whole)])[:n_val]
+        rest = [c for c in shuffled if c not in set(val)]
+        train, test = rest[:n_train], rest[n_train:]
+    return train, val, test
 
 
-def data_facts(options: BratsOptions, spacing: Sequence[float]) -> dict[str, Any]:
-    """What the segmentation task needs to know (recorded in the run's data.json): window, spacing, downsampling."""
+def data_facts(options: BratsOptions, spacing: Sequence[float], scheme: LabelScheme | None = None,
+               plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the segmentation task needs to know (recorded in the run's data.json and checkpoint).
+
+    ``roi`` the window, ``spacing`` the model's voxel size (mm), ``downsample``,
+    ``labels`` the label scheme, ``plan`` how new data are put on the cache's
+    grid (source format, sequences, orientation, the cache's spacing).
+    """
     step = options.downsample
-    return {"target": "label_map", "roi": list(options.crop), "spacing": [float(s) * step for s in spacing],
-            "downsample": step}
+    facts: dict[str, Any] = {"target": "label_map", "roi": list(options.crop),
+                             "spacing": [float(s) * step for s in spacing], "downsample": step}
+    if scheme is not None:
+        facts["labels"] = scheme.to_json()
+    if plan is not None:
+        facts["plan"] = plan
+    return facts
 
 
-NUM_LABELS = 4  # internal labels: background, core, oedema, enhancing
+NUM_LABELS = 4  # internal labels of the BraTS conventions: background, core, oedema, enhancing
 
 
-@register_dataset("brats", BratsOptions, "BraTS MRI (any sequences) from a `mckd prepare brats` cache; 3D crops")
+@register_dataset("seg", BratsOptions,
+                  "3D segmentation from a `mckd prepare seg` cache (BraTS, MSD, nnU-Net, layouts); any sequences, crops")
 def build_brats(options: BratsOptions, seed: int) -> DataBundle:
     """Read the cache's record, split its cases and make the three datasets."""
     if not options.cache:
-        raise ConfigError("data.cache is empty: set it to a folder made by `mckd prepare brats SRC OUT`")
+        raise ConfigError("data.cache is empty: set it to a folder made by `mckd prepare seg SRC OUT`")
     record = read_dataset_record(options.cache)
     modalities = tuple(options.modalities or record["modalities"])
     unknown = [m for m in modalities if m not in record["modalities"]]
@@ -220,50 +258,79 @@ def build_brats(options: BratsOptions, seed: int) -> DataBundle:
         if set(splits[0]) & (set(splits[1]) | set(splits[2])) or set(splits[1]) & set(splits[2]):
             raise ConfigError("data.train_cases, val_cases and test_cases must be disjoint")
     else:
-        splits = split_cases(record["cases"], options.split, options.split_seed)
+        everything = [CachedCase(options.cache, c, modalities) for c in record["cases"]]
+        complete = [c.case_id for c in everything if bool(c.present.all())]
+        splits = split_cases(record["cases"], options.split, options.split_seed, complete)
+        lacking = [c for c in splits[1] if c not in set(complete)]
+        if lacking:
+            print(f"mckd: warning: meta-validation cases {lacking} lack a sequence ({len(complete)} of "
+                  f"{len(record['cases'])} cases have every one); the meta step uses every sequence")
     train_cases, val_cases, test_cases = (BratsCases(options.cache, ids, modalities, options.downsample) for ids in splits)
     spacing = train_cases.cases[0].meta.get("spacing", [1.0, 1.0, 1.0])
+    scheme = cache_scheme(record)
+    plan = {**cache_plan(record).to_json(), "spacing": [float(s) for s in spacing],
+            "source_format": record.get("source_format", {"kind": record.get("layout", "brats2018"),
+                                                          "modalities": record["modalities"]})}
     return DataBundle(
         modalities=modalities,
         train=BratsCropDataset(train_cases, options.crop, options.crops_per_epoch, options.foreground_prob, options.flip),
         val=BratsCropDataset(val_cases, options.crop, options.val_crops, options.foreground_prob, flip=False),
         test=BratsCaseDataset(test_cases),
-        num_classes=NUM_LABELS,
+        num_classes=scheme.num_classes,
         input_shapes={m: (1, *options.crop) for m in modalities},
         info={
             "source": str(options.cache),
             "cases": {"train": splits[0], "val": splits[1], "test": splits[2]},
         },
-        facts=data_facts(options, spacing),
+        facts=data_facts(options, spacing, scheme, plan),
     )
 
 
-# --- mckd prepare brats ---------------------------------------------------------------------
+register_dataset("brats", BratsOptions, "alias of seg (the name of mckd 0.1's BraTS dataset)")(build_brats)
+
+
+# --- mckd prepare seg (and its alias, prepare brats) ------------------------------------------------
 
 
 def add_prepare_parser(datasets: Any) -> None:
-    """``mckd prepare brats SRC OUT``: the cache that training reads."""
-    p = datasets.add_parser(
-        "brats", help="cache BraTS NIfTI cases (crop to the brain, z-score, float16/uint8 .npy)",
-        description="Read every case folder under SRC, check it, crop it to the brain's bounding box, z-score each "
-                    "sequence inside the brain and write memory-mappable arrays plus what is needed to put "
-                    "predictions back on the original grid. Training and evaluation read only this cache.",
-    )
-    p.add_argument("source", metavar="SRC", help="folder of case folders")
-    p.add_argument("out", metavar="OUT", help="cache folder to write")
-    p.add_argument("--layout", default="auto",
-                   help="brats2018 (2017-2021 names, labels 0/1/2/4), brats2023 (-t2f/-t1n/-t1c/-t2w, ET = 3), a YAML "
-                        "mapping file (e.g. configs/brats2013_layout.yaml), or auto (default: guess a built-in one)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="treat absent or empty (all one value) sequences as missing instead of failing")
-    p.add_argument("--force", action="store_true", help="replace an existing cache at OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_prepare)
+    """``mckd prepare seg SRC OUT`` (and ``mckd prepare brats``, the same): the cache that training reads."""
+    for name, help_text in (("seg", "cache a segmentation dataset in any format: nnU-Net v2, MSD, BraTS, a layout file"),
+                            ("brats", "the same as `prepare seg` (its name in mckd 0.1)")):
+        p = datasets.add_parser(
+            name, help=help_text,
+            description="Detect the format of SRC (nnU-Net v2 raw, Medical Segmentation Decathlon, BraTS 2017-2024 "
+                        "case folders, or a YAML layout) and say what was found; read every case, check it, put it "
+                        "on one grid (orientation and spacing, MONAI), crop it to the brain's bounding box, z-score "
+                        "each sequence inside the brain and write memory-mappable arrays plus what is needed to put "
+                        "predictions back on the original grid. Training and evaluation read only this cache.",
+        )
+        p.add_argument("source", metavar="SRC", help="the dataset's folder")
+        p.add_argument("out", metavar="OUT", help="cache folder to write")
+        p.add_argument("--format", "--layout", dest="format", default="auto",
+                       help="auto (default: recognise it), nnunet, msd, brats2018 (2017-2021 names), brats2023 "
+                            "(2023-2024 names), or a YAML layout file (e.g. configs/brats2013_layout.yaml)")
+        p.add_argument("--labels", default="auto",
+                       help="auto (default: the dataset's own description; for BraTS layouts the convention the label "
+                            "values found make certain), dataset, a convention (brats2018, brats2023, brats2024, "
+                            "brats2013, msd_brats: see mckd list) or a YAML label file (nnU-Net notation)")
+        p.add_argument("--spacing", nargs="+", default=["auto"], metavar="MM",
+                       help="target voxel size: auto (default: the median over the cases) or three sizes in mm")
+        p.add_argument("--orientation", default="RAS", help="target axis codes (default RAS), or none to keep each file's")
+        p.add_argument("--channels", help="sequence names in channel order, for a folder without a dataset.json")
+        p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
+        p.add_argument("--allow-missing", action="store_true",
+                       help="treat absent or empty (all one value) sequences as missing instead of failing")
+        p.add_argument("--force", action="store_true", help="replace an existing cache at OUT")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=_cmd_prepare)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    layout = detect_layout(Path(args.source)) if args.layout == "auto" else load_layout(args.layout)
-    record = prepare_cache(args.source, args.out, layout, workers=args.workers, force=args.force,
-                           allow_missing=args.allow_missing, progress=not args.no_progress)
-    print(f"prepared {len(record['cases'])} cases ({layout.name} layout, {', '.join(record['modalities'])}) into {args.out}")
+    from mckd.data.seg_prepare import prepare_segmentation
+
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    record = prepare_segmentation(args.source, args.out, args.format, args.labels, args.spacing, args.orientation,
+                                  workers=args.workers, force=args.force, allow_missing=args.allow_missing,
+                                  progress=not args.no_progress, channels=channels)
+    print(f"prepared {len(record['cases'])} cases ({record['source_format']['kind']}, "
+          f"{', '.join(record['modalities'])}) into {args.out}")

@@ -1,17 +1,20 @@
-"""The BraTS cache: made once by ``mckd prepare brats``, read by training and evaluation.
+"""The segmentation cache: made once by ``mckd prepare seg``, read by training and evaluation.
 
 Layout of a cache folder::
 
-    OUT/dataset.json             modalities, cases, layout, label convention, format version
+    OUT/dataset.json             modalities, cases, source format, label scheme, grid plan, format version
     OUT/<case>/<modality>.npy    float16 [X, Y, Z], z-scored inside the brain, 0 outside;
                                  only the sequences the case has
-    OUT/<case>/label.npy         uint8 [X, Y, Z], internal labels (0, 1 core, 2 oedema, 3 enhancing)
-    OUT/<case>/meta.json         crop box, original shape and affine, spacing, z-score statistics
+    OUT/<case>/label.npy         uint8 [X, Y, Z], internal classes of the label scheme
+                                 (BraTS: 0, 1 core, 2 oedema, 3 enhancing)
+    OUT/<case>/meta.json         crop box, the plan's grid (shape, affine), the file's grid, spacing,
+                                 z-score statistics
 
-Arrays keep the NIfTI files' voxel order (no transposition) and are cropped to
-the brain's bounding box, so a prediction on the cached grid goes back into
-the original volume by :func:`uncrop`. Every ``.npy`` opens with
-``np.load(path, mmap_mode="r", allow_pickle=False)``.
+Every case is first put on the plan's grid (:mod:`mckd.data.grid`: MONAI
+``Orientation`` and ``Spacing``; version 1 caches kept each file's grid), then
+cropped to the brain's bounding box, so a prediction on the cached grid goes
+back into the file's volume by :meth:`CachedCase.restore`. Every ``.npy``
+opens with ``np.load(path, mmap_mode="r", allow_pickle=False)``.
 
 The cache is written into a temporary sibling folder and renamed into place
 when every case is done, so an interrupted prepare leaves no half cache.
@@ -26,15 +29,20 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mckd.data.brats_layout import Case, Layout, case_folders, read_case
+from mckd.data.brats_layout import Case, CaseFiles, Layout, case_folders, layout_case_files, read_case_files
+from mckd.data.grid import GridPlan, same_grid, spacing_of, to_file_grid, to_plan_grid
+from mckd.data.labels import LabelScheme, convention
 from mckd.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_NAME = "mckd-seg-cache"
+READABLE = {("mckd-brats-cache", 1), (FORMAT_NAME, FORMAT_VERSION)}  # version 1: BraTS labels, each file's own grid
 
 
 def _umask() -> int:
@@ -81,12 +89,37 @@ def zscore_in_brain(image: np.ndarray, brain: np.ndarray, name: str) -> tuple[np
     return out, mean, std
 
 
-def preprocess_case(case: Case) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, Any]]:
-    """Crop to the brain's box and z-score each sequence inside the brain.
+def to_plan(case: Case, plan: GridPlan) -> tuple[Case, np.ndarray]:
+    """The case on the plan's grid (images trilinear, labels and brain nearest), and that grid's affine."""
+    images = {}
+    grid_affine = case.affine
+    for modality, image in case.images.items():
+        images[modality], grid_affine = to_plan_grid(image, case.affine, plan, "bilinear")
+    brain, grid_affine = to_plan_grid(case.brain.astype(np.uint8), case.affine, plan, "nearest")
+    labels = None
+    if case.labels is not None:
+        labels, _ = to_plan_grid(case.labels, case.affine, plan, "nearest")
+    moved = replace(case, images=images, labels=labels, brain=brain.astype(bool), affine=grid_affine,
+                    zooms=spacing_of(grid_affine), shape=tuple(brain.shape))
+    if not moved.brain.any():
+        raise DataError(f"case {case.case_id}: the brain mask is empty on the {plan.describe()} grid")
+    return moved, grid_affine
+
+
+def preprocess_case(case: Case, plan: GridPlan | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, Any]]:
+    """Put the case on the plan's grid, crop to the brain's box and z-score each sequence inside the brain.
+
+    Args:
+        case: as read, on its file's grid.
+        plan: the grid (None: the file's own, as version 1 caches did).
 
     Returns:
         (images float16 per present modality, labels uint8 or None, meta).
     """
+    file_shape = list(case.brain.shape)
+    file_affine = case.affine
+    if plan is not None:
+        case, _ = to_plan(case, plan)
     box = bounding_box(case.brain)
     brain = crop(case.brain, box)
     images, stats = {}, {}
@@ -97,14 +130,15 @@ def preprocess_case(case: Case) -> tuple[dict[str, np.ndarray], np.ndarray | Non
         images[modality] = normalised.astype(np.float16)
         stats[modality] = {"mean": mean, "std": std}
     labels = crop(case.labels, box).astype(np.uint8) if case.labels is not None else None
-    shape = list(case.brain.shape)
     meta = {
         "case": case.case_id,
         "present": list(case.images),
         "missing": list(case.missing),
-        "original_shape": shape,
-        "affine": case.affine.tolist(),
-        "spacing": list(case.zooms),
+        "original_shape": file_shape,
+        "affine": np.asarray(file_affine).tolist(),
+        "grid_shape": list(case.brain.shape),
+        "grid_affine": np.asarray(case.affine).tolist(),
+        "spacing": [float(z) for z in case.zooms],
         "crop_box": box,
         "cropped_shape": [b - a for a, b in box],
         "zscore": stats,
@@ -116,9 +150,21 @@ def preprocess_case(case: Case) -> tuple[dict[str, np.ndarray], np.ndarray | Non
     return images, labels, meta
 
 
-def _prepare_one(case_dir: str, layout: Layout, out_dir: str, allow_missing: bool) -> dict[str, Any]:
-    case = read_case(Path(case_dir), layout, allow_missing=allow_missing)
-    images, labels, meta = preprocess_case(case)
+@dataclass(frozen=True)
+class CaseReader:
+    """How every case of a dataset is read: its sequences, what its labels mean, the grid it goes on."""
+
+    modalities: tuple[str, ...]
+    scheme: LabelScheme | None
+    plan: GridPlan | None = None
+
+    def read(self, files: CaseFiles, allow_missing: bool, need_labels: bool = True) -> Case:
+        return read_case_files(files, self.modalities, self.scheme, allow_missing, need_labels)
+
+
+def _prepare_one(files: CaseFiles, reader: CaseReader, out_dir: str, allow_missing: bool) -> dict[str, Any]:
+    case = reader.read(files, allow_missing=allow_missing)
+    images, labels, meta = preprocess_case(case, reader.plan)
     target = Path(out_dir) / case.case_id
     target.mkdir(parents=True, exist_ok=False)
     for modality, array in images.items():
@@ -129,27 +175,51 @@ def _prepare_one(case_dir: str, layout: Layout, out_dir: str, allow_missing: boo
     return meta
 
 
+def _summary(meta: dict[str, Any]) -> str:
+    """One line about a prepared case: its sequences and the grid it was put on."""
+    shape = "x".join(str(v) for v in meta["cropped_shape"])
+    missing = f", missing {', '.join(meta['missing'])}" if meta["missing"] else ""
+    file_spacing = sorted(spacing_of(np.asarray(meta["affine"])))
+    if not np.allclose(file_spacing, sorted(meta["spacing"]), atol=1e-3):
+        grid = f", resampled from {'x'.join(f'{v:g}' for v in spacing_of(np.asarray(meta['affine'])))} mm"
+    elif meta.get("grid_affine") is not None and not np.allclose(meta["grid_affine"], meta["affine"], atol=1e-4):
+        grid = ", reoriented"
+    else:
+        grid = ""
+    return f"{'+'.join(meta['present'])}{missing}; {shape} voxels in the brain's box{grid}"
+
+
 def prepare_cache(
     source: str | Path,
     out: str | Path,
-    layout: Layout,
+    layout: Layout | Any,
     workers: int = 1,
     force: bool = False,
     allow_missing: bool = False,
     progress: bool = True,
+    scheme: LabelScheme | None = None,
+    plan: GridPlan | None = None,
+    cases: Sequence[CaseFiles] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Read every case of ``source`` with ``layout`` and write the cache at ``out``.
+    """Read every case of ``source`` and write the cache at ``out``.
 
     Args:
+        layout: a :class:`~mckd.data.brats_layout.Layout` (case folders) or a
+            :class:`~mckd.data.formats.SourceFormat` (any format).
         workers: processes reading cases in parallel (1: in this process).
         force: replace an existing cache at ``out`` (only one mckd wrote).
         allow_missing: absent or empty sequences are treated as missing
             instead of being an error.
+        scheme: what the label files' values mean (default: the layout's convention).
+        plan: the grid every case is put on (default: each file's own grid).
+        cases: the cases to read (default: every case the layout finds).
+        extra: more entries for the record (the source format, how the labels were chosen).
 
     Returns:
         The dataset record written to ``out/dataset.json``.
     """
-    from tqdm import tqdm
+    from mckd.progress import CaseProgress
 
     source, out = Path(source), Path(out)
     if out.exists() and not out.is_dir():
@@ -159,38 +229,64 @@ def prepare_cache(
             raise DataError(f"{out} exists and is not empty; pass --force to replace it")
         if not (out / DATASET_FILE).is_file():
             raise DataError(f"{out} is not an mckd BraTS cache (no {DATASET_FILE}); refusing to replace it even with --force")
-    cases = case_folders(source, layout)
+    if isinstance(layout, Layout):
+        modalities = layout.modalities
+        scheme = scheme or layout.label_scheme
+        if cases is None:
+            cases = [layout_case_files(c, layout, allow_missing, need_labels=bool(layout.label))
+                     for c in case_folders(source, layout)]
+        has_labels = bool(layout.label)
+        layout_name = layout.name
+    else:
+        modalities = layout.modalities
+        if cases is None:
+            cases = layout.cases(labelled=True, allow_missing=allow_missing)
+        has_labels = all(c.label for c in cases)
+        layout_name = layout.kind
+    if not cases:
+        raise DataError(f"no cases found in {source}")
+    if not allow_missing:
+        lacking = [c for c in cases if c.absent]
+        if lacking:
+            raise DataError(f"case {lacking[0].case_id}: no {lacking[0].absent[0]!r} sequence file; pass "
+                            "--allow-missing to treat absent sequences as missing")
+    reader = CaseReader(tuple(modalities), scheme if has_labels else None, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the cache is an ordinary folder
     metas: dict[str, dict[str, Any]] = {}
     try:
-        bar = tqdm(total=len(cases), desc="prepare brats", unit="case", disable=not progress)
+        bar = CaseProgress(len(cases), "prepare seg", enabled=progress)
         if workers <= 1:
             for case in cases:
-                metas[case.name] = _prepare_one(str(case), layout, str(staging), allow_missing)
-                bar.update()
+                metas[case.case_id] = _prepare_one(case, reader, str(staging), allow_missing)
+                bar.update(case.case_id, _summary(metas[case.case_id]))
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(_prepare_one, str(c), layout, str(staging), allow_missing): c for c in cases}
+                futures = {pool.submit(_prepare_one, c, reader, str(staging), allow_missing): c for c in cases}
                 for future in as_completed(futures):
-                    metas[futures[future].name] = future.result()
-                    bar.update()
+                    case_id = futures[future].case_id
+                    metas[case_id] = future.result()
+                    bar.update(case_id, _summary(metas[case_id]))
         bar.close()
         for meta in metas.values():
             for warning in meta["warnings"]:
                 print(f"mckd: warning: {warning}")
+        labels_of = scheme or convention("brats2018")
         record = {
-            "format": "mckd-brats-cache",
+            "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
-            "modalities": list(layout.sequences),
+            "modalities": list(modalities),
             "cases": sorted(metas),
-            "has_labels": bool(layout.label),
-            "layout": layout.name,
-            "source_label_convention": layout.labels,
-            "labels": {"0": "background", "1": "necrotic / non-enhancing core", "2": "oedema", "3": "enhancing tumour"},
+            "has_labels": has_labels,
+            "layout": layout_name,
+            "source_label_convention": labels_of.name,
+            "labels": {str(k): name for k, name in enumerate(labels_of.classes)},
+            "label_scheme": labels_of.to_json(),
+            "plan": (plan or GridPlan("", ())).to_json(),
             "source": str(source.resolve()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
         }
         (staging / DATASET_FILE).write_text(json.dumps(record, indent=2))
         old = None
@@ -260,9 +356,9 @@ def read_dataset_record(cache: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{cache} is not a BraTS cache (no {DATASET_FILE}); make one with `mckd prepare brats SRC OUT`")
     record = read_json(path, "the cache's record")
-    if record.get("format") != "mckd-brats-cache" or record.get("version") != FORMAT_VERSION:
+    if (record.get("format"), record.get("version")) not in READABLE:
         raise DataError(f"{path}: format {record.get('format')!r} version {record.get('version')!r}; expected "
-                        f"mckd-brats-cache version {FORMAT_VERSION}: prepare the cache again")
+                        f"{FORMAT_NAME} version {FORMAT_VERSION} (or mckd-brats-cache version 1): prepare the cache again")
     if not isinstance(record.get("modalities"), list) or not isinstance(record.get("cases"), list):
         raise DataError(f"{path} lacks the lists 'modalities' and 'cases'; prepare the cache again")
     return record
@@ -311,8 +407,32 @@ class CachedCase:
         return self._labels
 
     def restore(self, cropped: np.ndarray, fill: Any = 0) -> np.ndarray:
-        """An array on this case's cached grid -> the original volume's grid."""
-        return uncrop(cropped, self.meta["crop_box"], self.meta["original_shape"], fill)
+        """An array on this case's cached grid -> the file's grid (the crop undone, then the plan's grid).
+
+        Integer arrays (label maps) come back by nearest neighbour, others trilinearly (MONAI).
+        """
+        grid_shape = self.meta.get("grid_shape", self.meta["original_shape"])
+        full = uncrop(cropped, self.meta["crop_box"], grid_shape, fill)
+        grid_affine = np.asarray(self.meta.get("grid_affine", self.meta.get("affine", np.eye(4))))
+        file_affine = np.asarray(self.meta.get("affine", grid_affine))
+        if same_grid(grid_affine, grid_shape, file_affine, self.meta["original_shape"]):
+            return full
+        nearest = full.dtype.kind in "biu"
+        back = to_file_grid(full[None].astype(np.float32), grid_affine, file_affine, self.meta["original_shape"],
+                            mode="nearest" if nearest else "bilinear")[0]
+        return np.rint(back).astype(full.dtype) if nearest else back.astype(full.dtype)
+
+
+def cache_scheme(record: dict[str, Any]) -> LabelScheme:
+    """What a cache's labels mean (version 1 caches: the BraTS classes)."""
+    if "label_scheme" in record:
+        return LabelScheme.from_json(record["label_scheme"], "the cache's label_scheme")
+    return convention(str(record.get("source_label_convention", "brats2018")))
+
+
+def cache_plan(record: dict[str, Any]) -> GridPlan:
+    """The grid a cache's cases were put on (version 1 caches: each file's own)."""
+    return GridPlan.from_json(record.get("plan"))
 
 
 def write_nifti_like(array: np.ndarray, reference_path: str | Path, out: str | Path, force: bool = False) -> Path:

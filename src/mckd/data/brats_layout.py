@@ -23,10 +23,11 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from mckd.data.labels import CONVENTIONS, LabelScheme, convention, from_nnunet_labels
 from mckd.errors import DataError
 
 REGIONS = ("ET", "TC", "WT")  # order of region channels and metric columns
@@ -35,15 +36,8 @@ REGIONS = ("ET", "TC", "WT")  # order of region channels and metric columns
 NECROSIS, EDEMA, ENHANCING = 1, 2, 3
 INTERNAL_LABELS = (0, NECROSIS, EDEMA, ENHANCING)
 
-# Label convention -> {file label: internal label}. Values outside a convention's keys are an error.
-LABEL_CONVENTIONS: dict[str, dict[int, int]] = {
-    # BraTS 2017-2021: 1 necrotic and non-enhancing core, 2 oedema, 4 enhancing
-    "brats2018": {0: 0, 1: NECROSIS, 2: EDEMA, 4: ENHANCING},
-    # BraTS 2023: 1 necrotic core, 2 oedema, 3 enhancing
-    "brats2023": {0: 0, 1: NECROSIS, 2: EDEMA, 3: ENHANCING},
-    # BraTS 2012-2016: 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing (3 joins the core)
-    "brats2013": {0: 0, 1: NECROSIS, 2: EDEMA, 3: NECROSIS, 4: ENHANCING},
-}
+# Label convention -> {file label: internal label} (the conventions of :mod:`mckd.data.labels`).
+LABEL_CONVENTIONS: dict[str, dict[int, int]] = {name: dict(scheme.source) for name, scheme in CONVENTIONS.items()}
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -60,8 +54,10 @@ class Layout:
         label: pattern of the label file ("" when there are no labels).
         mask: pattern of a brain-mask file ("" to use the voxels where any
             sequence differs from its background value).
-        labels: the label convention, a key of :data:`LABEL_CONVENTIONS`.
+        labels: the label convention, a key of :data:`LABEL_CONVENTIONS`, or ``declared``
+            when the layout file declares its labels itself (``scheme``).
         cases: glob of case folders under the source folder.
+        scheme: the labels a layout file declares in nnU-Net's notation (``labels: {name: value}``).
     """
 
     name: str
@@ -70,10 +66,16 @@ class Layout:
     mask: str = ""
     labels: str = "brats2018"
     cases: str = "*"
+    scheme: LabelScheme | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.sequences)
+
+    @property
+    def label_scheme(self) -> LabelScheme:
+        """What the label files' values mean."""
+        return self.scheme if self.scheme is not None else convention(self.labels)
 
 
 BUILTIN_LAYOUTS: dict[str, Layout] = {
@@ -119,18 +121,25 @@ def load_layout(spec: str) -> Layout:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         reason = " ".join(str(error).split())  # YAML errors span several lines; the CLI prints one
         raise DataError(f"layout file {spec!r} is not valid YAML: {reason}") from None
-    known = {"sequences", "label", "mask", "labels", "cases"}
+    known = {"sequences", "label", "mask", "labels", "regions_class_order", "cases"}
     if not isinstance(raw, dict) or not isinstance(raw.get("sequences"), dict) or not raw["sequences"]:
         raise DataError(f"layout file {spec!r} must be a mapping with 'sequences: {{modality: file pattern}}'")
     unknown = set(raw) - known
     if unknown:
         raise DataError(f"layout file {spec!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    labels = str(raw.get("labels", "brats2018"))
-    if labels not in LABEL_CONVENTIONS:
-        raise DataError(f"layout file {spec!r}: labels {labels!r} is not one of {sorted(LABEL_CONVENTIONS)}")
+    declared = raw.get("labels", "brats2018")
+    scheme = None
+    if isinstance(declared, dict):  # the labels themselves, in nnU-Net's notation
+        scheme = from_nnunet_labels(declared, raw.get("regions_class_order"), f"layout file {path.name}")
+        labels = "declared"
+    else:
+        labels = str(declared)
+        if labels not in LABEL_CONVENTIONS:
+            raise DataError(f"layout file {spec!r}: labels {labels!r} is not one of {sorted(LABEL_CONVENTIONS)} "
+                            "nor a mapping of label names to values")
     sequences = {str(k): str(v) for k, v in raw["sequences"].items()}
     return Layout(path.stem, sequences, str(raw.get("label", "") or ""), str(raw.get("mask", "") or ""),
-                  labels, str(raw.get("cases", "*")))
+                  labels, str(raw.get("cases", "*")), scheme)
 
 
 def detect_layout(source: Path) -> Layout:
@@ -237,28 +246,13 @@ def check_same_grid(reference: Volume, other: Volume) -> None:
                         "(register or resample them first)")
 
 
-def convert_labels(array: np.ndarray, convention: str, path: Path | str = "label map") -> np.ndarray:
-    """File labels of ``convention`` -> internal labels (uint8: 0, 1 core, 2 oedema, 3 enhancing).
+def convert_labels(array: np.ndarray, labels: str | LabelScheme, path: Path | str = "label map") -> np.ndarray:
+    """File labels of a convention (or scheme) -> internal labels (uint8; BraTS: 0, 1 core, 2 oedema, 3 enhancing).
 
     Values that are not integers or not in the convention are a :class:`DataError`.
     """
-    mapping = LABEL_CONVENTIONS[convention]
-    values, counts = np.unique(array, return_counts=True)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            odd = [float(v) for v in values if not np.isfinite(v) or v != round(float(v))][:5]
-            raise DataError(f"{path}: label map holds non-integer values {odd}; expected {sorted(mapping)}")
-    unexpected = {int(v): int(c) for v, c in zip(values, counts) if int(v) not in mapping}
-    if unexpected:
-        raise DataError(
-            f"{path}: label values {sorted(unexpected)} ({sum(unexpected.values())} voxels) are not in the "
-            f"{convention} convention, which has {sorted(mapping)}; is the layout's label convention right "
-            f"({', '.join(sorted(LABEL_CONVENTIONS))})?"
-        )
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for source, target in mapping.items():
-        lookup[source] = target
-    return lookup[array.astype(np.int64)]
+    scheme = convention(labels) if isinstance(labels, str) else labels
+    return scheme.to_internal(array, path)
 
 
 def labels_to_regions(labels: np.ndarray) -> np.ndarray:
@@ -269,15 +263,40 @@ def labels_to_regions(labels: np.ndarray) -> np.ndarray:
     return np.stack([et, tc, wt])
 
 
-def to_convention(labels: np.ndarray, convention: str) -> np.ndarray:
-    """Internal labels -> the label values of ``convention`` (for writing predictions)."""
-    inverse: dict[int, int] = {}
-    for source, target in LABEL_CONVENTIONS[convention].items():
-        inverse.setdefault(target, source)  # brats2013: core -> 1 (necrosis)
-    lookup = np.zeros(4, dtype=np.uint8)
-    for target, source in inverse.items():
-        lookup[target] = source
-    return lookup[labels]
+def to_convention(labels: np.ndarray, labels_of: str | LabelScheme) -> np.ndarray:
+    """Internal labels -> the label values of a convention (or scheme), for writing predictions."""
+    scheme = convention(labels_of) if isinstance(labels_of, str) else labels_of
+    return scheme.to_file_values(labels)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One sequence's voxels: a 3D NIfTI file, or one channel of a 4D one (``channel`` >= 0; MSD)."""
+
+    path: str
+    channel: int = -1
+
+    def __str__(self) -> str:
+        return self.path if self.channel < 0 else f"{self.path}[channel {self.channel}]"
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where one case's files are, whatever the format.
+
+    Attributes:
+        case_id: the case's name (its folder, or the file name's stem).
+        images: modality -> its file; a modality the case lacks is absent.
+        label: the label file ("" when there is none).
+        mask: a brain / foreground mask file ("": the voxels where a sequence differs from its background).
+        absent: modalities the format expects but the case lacks (reported, and treated as missing).
+    """
+
+    case_id: str
+    images: dict[str, ImageFile]
+    label: str = ""
+    mask: str = ""
+    absent: tuple[str, ...] = ()
 
 
 @dataclass
@@ -293,6 +312,7 @@ class Case:
     zooms: tuple[float, ...]
     files: dict[str, str]
     warnings: list[str]
+    shape: tuple[int, ...] = ()  # the file grid's shape
 
 
 def background_value(array: np.ndarray) -> float:
@@ -300,63 +320,134 @@ def background_value(array: np.ndarray) -> float:
     return float(array[0, 0, 0])
 
 
-def read_case(case: Path, layout: Layout, allow_missing: bool = False, need_labels: bool = True) -> Case:
-    """Read one case folder and check it.
+def layout_case_files(case: Path, layout: Layout, allow_missing: bool = False, need_labels: bool = True) -> CaseFiles:
+    """The files of one case folder of a layout (a missing sequence is an error unless ``allow_missing``)."""
+    images: dict[str, ImageFile] = {}
+    absent: list[str] = []
+    for modality, pattern in layout.sequences.items():
+        path = find_file(case, pattern, required=False, what=f"{modality!r} sequence")
+        if path is None and not allow_missing:
+            filled = pattern.replace("{case}", case.name)
+            raise DataError(f"case {case.name}: no {modality!r} sequence file matching {filled!r} in {case} (also "
+                            f"tried {_alternatives(filled)[1:] or 'nothing else'}); pass --allow-missing to treat "
+                            "absent sequences as missing")
+        if path is None:
+            absent.append(modality)
+        else:
+            images[modality] = ImageFile(str(path))
+    label = ""
+    if layout.label and need_labels:
+        found = find_file(case, layout.label, what="label")
+        label = str(found)
+    mask = str(find_file(case, layout.mask, what="brain mask")) if layout.mask else ""
+    return CaseFiles(case.name, images, label, mask, tuple(absent))
 
-    Checks: every sequence file exists (or ``allow_missing``), is a readable 3D
-    NIfTI with finite voxels, is not empty (all one value: treated as missing
-    with ``allow_missing``, an error otherwise), and shares the first file's
-    shape and affine; the label file exists and holds only the convention's labels.
+
+def read_nifti_4d(path: Path, what: str = "image") -> Volume:
+    """Read a 4D NIfTI file ``(X, Y, Z, C)`` (a 3D one is read as one channel); errors as :func:`read_nifti`."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} ({what}) does not exist")
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for bad files
+        raise DataError(
+            f"{path} ({what}) is not a readable NIfTI file ({type(error).__name__}: {error}); "
+            "it may be truncated or corrupt: download or extract it again"
+        ) from None
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4:
+        raise DataError(f"{path} ({what}) has shape {array.shape}; expected a 4D volume (X, Y, Z, channels)")
+    return Volume(path, array, np.asarray(image.affine, dtype=np.float64), image.header,
+                  tuple(float(z) for z in image.header.get_zooms()[:3]))
+
+
+def _read_image(image: ImageFile, what: str, opened: dict[str, Volume]) -> Volume:
+    """One sequence as a 3D :class:`Volume` (a 4D file is read once per case and cut into channels)."""
+    if image.channel < 0:
+        return read_nifti(Path(image.path), what)
+    if image.path not in opened:
+        opened[image.path] = read_nifti_4d(Path(image.path), what)
+    whole = opened[image.path]
+    if image.channel >= whole.array.shape[3]:
+        raise DataError(f"{image.path} has {whole.array.shape[3]} channels; the dataset description names channel "
+                        f"{image.channel} ({what}); expected at least {image.channel + 1}")
+    return Volume(whole.path, whole.array[..., image.channel], whole.affine, whole.header, whole.zooms)
+
+
+def read_case_files(files: CaseFiles, modalities: Sequence[str], scheme: LabelScheme | None,
+                    allow_missing: bool = False, need_labels: bool = True,
+                    on_empty: str = "; pass --allow-missing to treat empty sequences as missing") -> Case:
+    """Read one case and check it (whatever its format).
+
+    Checks: every sequence's file is a readable NIfTI with finite voxels, is
+    not empty (all one value: treated as missing with ``allow_missing``, an
+    error otherwise), and shares the first file's shape and affine; the label
+    file holds only the scheme's values; the mask is on the same grid.
     """
     images: dict[str, np.ndarray] = {}
     volumes: list[Volume] = []
     missing: list[str] = []
-    files: dict[str, str] = {}
+    paths: dict[str, str] = {}
     warnings: list[str] = []
-    for modality, pattern in layout.sequences.items():
-        path = find_file(case, pattern, required=not allow_missing, what=f"{modality!r} sequence")
-        if path is None:
+    opened: dict[str, Volume] = {}
+    for modality in modalities:
+        image = files.images.get(modality)
+        if image is None:
             missing.append(modality)
-            warnings.append(f"case {case.name}: no {modality} file; treated as missing")
+            warnings.append(f"case {files.case_id}: no {modality} file; treated as missing")
             continue
-        volume = read_nifti(path, f"{modality} sequence of case {case.name}")
+        volume = _read_image(image, f"{modality} sequence of case {files.case_id}", opened)
         check_finite(volume)
         if volumes:
             check_same_grid(volumes[0], volume)
         volumes.append(volume)
         flat = volume.array
         if flat.size == 0 or np.all(flat == flat.flat[0]):
-            message = f"{path} ({modality}) is empty: every voxel is {float(flat.flat[0]) if flat.size else 'absent'}"
+            message = f"{image} ({modality}) is empty: every voxel is {float(flat.flat[0]) if flat.size else 'absent'}"
             if not allow_missing:
-                raise DataError(message + "; pass --allow-missing to treat empty sequences as missing")
+                raise DataError(message + on_empty)
             missing.append(modality)
             warnings.append(message + "; treated as missing")
             continue
         images[modality] = np.asarray(volume.array, dtype=np.float32)
-        files[modality] = str(path)
+        paths[modality] = str(image)
     if not images:
-        raise DataError(f"case {case.name}: none of the sequences {list(layout.sequences)} is present and non-empty")
+        raise DataError(f"case {files.case_id}: none of the sequences {list(modalities)} is present and non-empty")
     reference = volumes[0]
     labels = None
-    if layout.label and need_labels:
-        label_path = find_file(case, layout.label, what="label")
-        assert label_path is not None
-        label_volume = read_nifti(label_path, f"label map of case {case.name}")
+    if files.label and need_labels and scheme is not None:
+        label_volume = read_nifti(Path(files.label), f"label map of case {files.case_id}")
         check_same_grid(reference, label_volume)
-        labels = convert_labels(label_volume.array, layout.labels, label_path)
-        files["label"] = str(label_path)
-    if layout.mask:
-        mask_path = find_file(case, layout.mask, what="brain mask")
-        assert mask_path is not None
-        mask_volume = read_nifti(mask_path, f"brain mask of case {case.name}")
+        labels = scheme.to_internal(label_volume.array, files.label)
+        paths["label"] = files.label
+    if files.mask:
+        mask_volume = read_nifti(Path(files.mask), f"brain mask of case {files.case_id}")
         check_same_grid(reference, mask_volume)
         brain = np.asarray(mask_volume.array) > 0.5
-        files["mask"] = str(mask_path)
+        paths["mask"] = files.mask
     else:
         brain = brain_mask(list(images.values()))
     if not brain.any():
-        raise DataError(f"case {case.name}: the brain mask is empty; expected head voxels")
-    return Case(case.name, images, missing, labels, brain, reference.affine, reference.zooms, files, warnings)
+        raise DataError(f"case {files.case_id}: the brain mask is empty; expected head voxels")
+    return Case(files.case_id, images, missing, labels, brain, reference.affine, reference.zooms, paths, warnings,
+                tuple(reference.array.shape))
+
+
+def read_case(case: Path, layout: Layout, allow_missing: bool = False, need_labels: bool = True) -> Case:
+    """Read one case folder of a layout and check it (see :func:`read_case_files`).
+
+    Checks: every sequence file exists (or ``allow_missing``), is a readable 3D
+    NIfTI with finite voxels, is not empty (all one value: treated as missing
+    with ``allow_missing``, an error otherwise), and shares the first file's
+    shape and affine; the label file exists and holds only the convention's labels.
+    """
+    files = layout_case_files(Path(case), layout, allow_missing, need_labels)
+    return read_case_files(files, layout.modalities, layout.label_scheme, allow_missing, need_labels)
 
 
 def brain_mask(images: list[np.ndarray]) -> np.ndarray:

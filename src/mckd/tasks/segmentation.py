@@ -1,17 +1,22 @@
-"""Brain-tumour segmentation: region losses, BraTS metrics, sliding-window inference, post-processing.
+"""3D segmentation for any declared label set: losses, Dice and HD95 per class or region, sliding-window inference.
 
-Labels are the internal ones (0 background, 1 necrotic / non-enhancing core,
-2 oedema, 3 enhancing); the BraTS regions are ET = {3}, TC = {1, 3},
-WT = {1, 2, 3}. Two heads:
+The data declare their labels (:class:`mckd.data.labels.LabelScheme`, in the
+task's facts as ``labels``): classes ``0..K-1`` (0 the background) and,
+optionally, nested regions (nnU-Net's region-based labels; BraTS's ET / TC /
+WT). The evaluated targets are the regions when there are any, else the
+classes other than background. Two heads:
 
-- ``regions`` (the authors' code): 3 sigmoid channels ET, TC, WT; loss = soft
-  Dice (MONAI ``DiceLoss``, sigmoid) + binary cross-entropy, per channel. A
-  prediction becomes labels as in the authors' evaluation: WT -> oedema,
-  then TC -> core, then ET -> enhancing, so the regions are always nested.
-- ``labels`` (the paper's text): 4 softmax classes; loss = MONAI
-  ``DiceCELoss`` (soft Dice + cross-entropy); labels by arg-max.
+- ``regions``: one sigmoid channel per region; loss = soft Dice (MONAI
+  ``DiceLoss``, sigmoid) + binary cross-entropy, per channel (the MCKD
+  authors' code on BraTS). A prediction becomes labels by writing each
+  region's class in the declared decoding order (BraTS: WT -> oedema, then
+  TC -> core, then ET -> enhancing), so the regions are always nested.
+- ``labels``: K softmax classes; loss = MONAI ``DiceCELoss``; labels by arg-max.
 
-Metrics per sample and region (MONAI ``compute_dice`` and
+``head: auto`` (the default) is ``regions`` when the data declare regions and
+``labels`` otherwise.
+
+Metrics per sample and target (MONAI ``compute_dice`` and
 ``compute_hausdorff_distance`` at the 95th percentile, in mm):
 
 - Dice: an empty prediction against an empty ground truth scores **1**
@@ -21,9 +26,10 @@ Metrics per sample and region (MONAI ``compute_dice`` and
   value the BraTS evaluation uses (the diagonal of the 240 x 240 x 155 mm
   volume).
 
-Optional post-processing (``et_min_voxels`` > 0): an ET prediction with fewer
-voxels than the threshold is relabelled as core (necrosis), as BraTS
-submissions commonly do with 500 voxels.
+Optional post-processing (``et_min_voxels`` > 0, label sets with an ``ET``
+region): an ET prediction with fewer voxels than the threshold is relabelled
+as the class of the region around it (BraTS: core), as BraTS submissions
+commonly do with 500 voxels.
 """
 
 from __future__ import annotations
@@ -34,54 +40,81 @@ from typing import Literal, Sequence
 import torch
 from torch.nn import functional as F
 
+from mckd.data.labels import LabelScheme, convention
 from mckd.errors import ConfigError
 from mckd.registry import register_task
 from mckd.tasks.base import Facts, Forward, MeanOfSampleMetrics, require_target
 
-REGIONS = ("ET", "TC", "WT")
+REGIONS = ("ET", "TC", "WT")  # the BraTS regions
 HD95_ONE_EMPTY = 373.13  # mm: BraTS's value when exactly one of prediction and ground truth is empty
 NECROSIS, EDEMA, ENHANCING = 1, 2, 3
+BRATS = convention("brats2023")  # the BraTS classes (every BraTS convention shares them)
 
 
-def regions_from_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Internal labels ``[B, *S]`` -> bool regions ``[B, 3, *S]`` (ET, TC, WT)."""
-    et = labels == ENHANCING
-    tc = et | (labels == NECROSIS)
-    wt = labels > 0
-    return torch.stack([et, tc, wt], dim=1)
+def target_masks(labels: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
+    """Internal labels ``[B, *S]`` -> bool targets ``[B, T, *S]`` (the scheme's regions, or its classes but background)."""
+    return torch.stack([torch.isin(labels, torch.tensor(classes, device=labels.device))
+                        for classes in scheme.target_classes()], dim=1)
 
 
-def labels_from_regions(regions: torch.Tensor) -> torch.Tensor:
-    """Bool regions ``[B, 3, *S]`` (ET, TC, WT) -> internal labels ``[B, *S]``: WT, then TC, then ET overwrite."""
+def decode_regions(regions: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
+    """Bool regions ``[B, R, *S]`` -> internal labels ``[B, *S]``: each region writes its class, in decoding order."""
     labels = torch.zeros(regions[:, 0].shape, dtype=torch.uint8, device=regions.device)
-    labels[regions[:, 2]] = EDEMA
-    labels[regions[:, 1]] = NECROSIS
-    labels[regions[:, 0]] = ENHANCING
+    for index in scheme.decode_order:
+        labels[regions[:, index]] = scheme.regions[index].writes
     return labels
 
 
-def relabel_small_enhancing(labels: torch.Tensor, min_voxels: int) -> torch.Tensor:
-    """Per sample: if fewer than ``min_voxels`` voxels are enhancing, make them core (necrosis)."""
+def regions_from_labels(labels: torch.Tensor) -> torch.Tensor:
+    """BraTS internal labels ``[B, *S]`` -> bool regions ``[B, 3, *S]`` (ET, TC, WT)."""
+    return target_masks(labels, BRATS)
+
+
+def labels_from_regions(regions: torch.Tensor) -> torch.Tensor:
+    """Bool BraTS regions ``[B, 3, *S]`` (ET, TC, WT) -> internal labels ``[B, *S]``: WT, then TC, then ET overwrite."""
+    return decode_regions(regions, BRATS)
+
+
+def relabel_small_region(labels: torch.Tensor, classes: Sequence[int], into: int, min_voxels: int) -> torch.Tensor:
+    """Per sample: if fewer than ``min_voxels`` voxels hold ``classes``, give them class ``into``."""
     if min_voxels <= 0:
         return labels
     labels = labels.clone()
     for b in range(labels.shape[0]):
-        enhancing = labels[b] == ENHANCING
-        count = int(enhancing.sum())
+        inside = torch.isin(labels[b], torch.tensor(list(classes), device=labels.device))
+        count = int(inside.sum())
         if 0 < count < min_voxels:
-            labels[b][enhancing] = NECROSIS
+            labels[b][inside] = into
     return labels
 
 
+def relabel_small_enhancing(labels: torch.Tensor, min_voxels: int) -> torch.Tensor:
+    """BraTS labels, per sample: if fewer than ``min_voxels`` voxels are enhancing, make them core (necrosis)."""
+    return relabel_small_region(labels, (ENHANCING,), NECROSIS, min_voxels)
+
+
+def small_et_rule(scheme: LabelScheme) -> tuple[tuple[int, ...], int] | None:
+    """``(ET's classes, the class it becomes)`` for a label set with an ``ET`` region inside another, else None."""
+    by_name = {r.name.upper(): r for r in scheme.regions}
+    et = by_name.get("ET")
+    if et is None:
+        return None
+    around = [r for r in scheme.regions if r is not et and set(et.classes) < set(r.classes)]
+    if not around:
+        return None
+    parent = min(around, key=lambda r: len(r.classes))  # the smallest region around ET (BraTS: TC -> core)
+    return et.classes, parent.writes
+
+
 def dice_per_region(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice ``[B, 3]`` of bool regions ``[B, 3, *S]``; both empty -> 1."""
+    """Dice ``[B, T]`` of bool targets ``[B, T, *S]``; both empty -> 1."""
     from monai.metrics import compute_dice
 
     return compute_dice(pred.float(), target.float(), include_background=True, ignore_empty=False)
 
 
 def hd95_per_region(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
-    """95th-percentile Hausdorff distance ``[B, 3]`` in mm; both empty -> 0, one empty -> 373.13."""
+    """95th-percentile Hausdorff distance ``[B, T]`` in mm; both empty -> 0, one empty -> 373.13."""
     import warnings
 
     from monai.metrics import compute_hausdorff_distance
@@ -92,7 +125,7 @@ def hd95_per_region(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[
         hd = compute_hausdorff_distance(pred.float(), target.float(), include_background=True, percentile=95,
                                         spacing=list(spacing))
     dims = tuple(range(2, pred.dim()))
-    pred_empty, target_empty = ~pred.any(dim=dims), ~target.any(dim=dims)  # (B, 3)
+    pred_empty, target_empty = ~pred.any(dim=dims), ~target.any(dim=dims)  # (B, T)
     hd = torch.where(pred_empty & target_empty, torch.zeros_like(hd), hd)
     hd = torch.where(pred_empty ^ target_empty, torch.full_like(hd, HD95_ONE_EMPTY), hd)
     return hd
@@ -100,9 +133,9 @@ def hd95_per_region(pred: torch.Tensor, target: torch.Tensor, spacing: Sequence[
 
 @dataclass
 class SegmentationOptions:
-    """Options of the ``segmentation`` task (the data's crop, spacing and classes come from the dataset)."""
+    """Options of the ``segmentation`` task (the data's crop, spacing and labels come from the dataset)."""
 
-    head: Literal["regions", "labels"] = "regions"  # regions: 3 sigmoid channels ET/TC/WT, Dice+BCE (authors' code); labels: 4-class softmax, Dice+CE (paper text)
+    head: Literal["auto", "regions", "labels"] = "auto"  # auto: sigmoid regions when the data declare regions (BraTS ET/TC/WT, nnU-Net region-based), else softmax classes; regions: sigmoid per region, Dice+BCE (authors' code); labels: softmax, Dice+CE (paper text)
     overlap: float = 0.5  # sliding-window overlap at evaluation
     sw_batch_size: int = 2  # windows per forward pass at evaluation
     et_min_voxels: int = 0  # post-processing: an ET prediction under this many voxels (original grid) becomes core; 0 off, 500 in the BraTS literature
@@ -121,28 +154,37 @@ class SegmentationOptions:
             raise ConfigError(f"{path}.et_min_voxels must be >= 0, got {self.et_min_voxels}")
 
 
-def num_outputs(head: str) -> int:
-    """Output channels of a head: 3 region channels (ET, TC, WT) or 4 label classes."""
-    return 3 if head == "regions" else 4
+def resolve_head(head: str, scheme: LabelScheme) -> str:
+    """``auto`` -> ``regions`` or ``labels`` by the declaration; ``regions`` without declared regions is an error."""
+    if head == "auto":
+        return "regions" if scheme.region_based else "labels"
+    if head == "regions" and not scheme.region_based:
+        raise ConfigError(f"task.head is 'regions' but the data's labels ({scheme.name}: {', '.join(scheme.classes)}) "
+                          "declare no regions; use head: labels (or auto), or declare regions in a label file")
+    return head
+
+
+def num_outputs(head: str, scheme: LabelScheme = BRATS) -> int:
+    """Output channels of a head: one per region, or one per class."""
+    return len(scheme.regions) if resolve_head(head, scheme) == "regions" else scheme.num_classes
 
 
 class SegmentationTask:
-    """3D brain-tumour segmentation (BraTS regions); see the module docstring for the conventions.
+    """3D segmentation of a declared label set; see the module docstring for the conventions.
 
     Args:
-        num_classes: output channels (3 for ``regions``, 4 for ``labels``).
-        head: ``"regions"`` or ``"labels"``.
+        num_classes: output channels (the regions for ``regions``, the classes for ``labels``).
+        head: ``"regions"`` or ``"labels"`` (``"auto"``: by the declaration).
         roi: sliding-window size ``[X, Y, Z]`` (the training crop).
         overlap: sliding-window overlap.
         sw_batch_size: windows per forward pass.
         et_min_voxels: post-processing threshold on this grid (0: off).
         spacing: voxel size in mm for HD95.
+        scheme: the labels (default: the BraTS classes and regions).
     """
 
     name = "segmentation"
-    metric_names = ("dice_mean", "dice_et", "dice_tc", "dice_wt", "hd95_et", "hd95_tc", "hd95_wt")
     primary_metric = "dice_mean"
-    higher_is_better = {name: name.startswith("dice") for name in metric_names}
 
     def __init__(
         self,
@@ -153,14 +195,17 @@ class SegmentationTask:
         sw_batch_size: int = 2,
         et_min_voxels: int = 0,
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        scheme: LabelScheme | None = None,
     ) -> None:
         from monai.losses import DiceCELoss, DiceLoss
 
-        if head not in ("regions", "labels"):
-            raise ValueError(f"head must be 'regions' or 'labels', got {head!r}")
-        expected = 3 if head == "regions" else 4
+        self.scheme = scheme or BRATS
+        if head not in ("auto", "regions", "labels"):
+            raise ValueError(f"head must be 'auto', 'regions' or 'labels', got {head!r}")
+        head = resolve_head(head, self.scheme)
+        expected = num_outputs(head, self.scheme)
         if num_classes != expected:
-            raise ValueError(f"head {head!r} needs {expected} output channels, got {num_classes}")
+            raise ValueError(f"head {head!r} of {self.scheme.name} needs {expected} output channels, got {num_classes}")
         self.num_classes = num_classes
         self.num_outputs = num_classes
         self.head = head
@@ -168,7 +213,15 @@ class SegmentationTask:
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
         self.et_min_voxels = et_min_voxels
+        self.small_et = small_et_rule(self.scheme)
+        if et_min_voxels > 0 and self.small_et is None:
+            raise ConfigError(f"task.et_min_voxels is {et_min_voxels}, but the labels ({self.scheme.name}) have no ET "
+                              "region inside another; set it to 0")
         self.spacing = tuple(float(s) for s in spacing)
+        self.targets = self.scheme.target_names()
+        keys = self.scheme.metric_keys()
+        self.metric_names = ("dice_mean", *(f"dice_{k}" for k in keys), *(f"hd95_{k}" for k in keys))
+        self.higher_is_better = {name: name.startswith("dice") for name in self.metric_names}
         self._dice = DiceLoss(sigmoid=True)  # regions: mean over samples and channels
         self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)  # labels
 
@@ -176,29 +229,66 @@ class SegmentationTask:
         """Soft Dice + (binary) cross-entropy of logits ``[B, C, *S]`` against labels ``[B, 1, *S]``; float32."""
         prediction = prediction.float()
         if self.head == "regions":
-            regions = regions_from_labels(target[:, 0]).float()  # (B, 3, *S)
+            regions = target_masks(target[:, 0].long(), self.scheme).float()  # (B, R, *S)
             return self._dice(prediction, regions) + F.binary_cross_entropy_with_logits(prediction, regions)
         return self._dice_ce(prediction, target.long())
+
+    # --- from logits to labels -------------------------------------------------------------
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C, *S]`` -> probabilities (sigmoid per region, or softmax over classes), float32."""
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.head == "regions" else torch.softmax(logits, dim=1)
+
+    def background_probabilities(self) -> torch.Tensor:
+        """``[C]``: the probabilities of a voxel known to be background (outside the brain)."""
+        out = torch.zeros(self.num_outputs)
+        if self.head == "labels":
+            out[0] = 1.0
+        return out
+
+    def labels_from_probabilities(self, probabilities: torch.Tensor, postprocess: bool = True) -> torch.Tensor:
+        """Probabilities ``[B, C, *S]`` -> internal labels ``[B, *S]`` (uint8), post-processed."""
+        if self.head == "regions":
+            labels = decode_regions(probabilities > 0.5, self.scheme)
+        else:
+            labels = probabilities.argmax(dim=1).to(torch.uint8)
+        return self.postprocess(labels) if postprocess else labels
+
+    def postprocess(self, labels: torch.Tensor, et_min_voxels: int | None = None) -> torch.Tensor:
+        """The small-ET rule (``et_min_voxels``, this task's unless given) on labels ``[B, *S]``."""
+        threshold = self.et_min_voxels if et_min_voxels is None else et_min_voxels
+        if threshold <= 0 or self.small_et is None:
+            return labels
+        classes, into = self.small_et
+        return relabel_small_region(labels, classes, into, threshold)
 
     def to_labels(self, prediction: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C, *S]`` -> internal labels ``[B, *S]`` (uint8), post-processed."""
         if self.head == "regions":
-            labels = labels_from_regions(prediction > 0)  # sigmoid > 0.5
+            labels = decode_regions(prediction > 0, self.scheme)  # sigmoid > 0.5
         else:
             labels = prediction.argmax(dim=1).to(torch.uint8)
-        return relabel_small_enhancing(labels, self.et_min_voxels)
+        return self.postprocess(labels)
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    def label_metrics(self, predicted: torch.Tensor, truth: torch.Tensor,
+                      spacing: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+        """Dice and HD95 per target, ``[B]`` each, plus ``dice_mean``, of label maps ``[B, *S]`` (internal classes)."""
+        pred = target_masks(predicted.long(), self.scheme)  # (B, T, *S)
+        true = target_masks(truth.long(), self.scheme)
+        dice = dice_per_region(pred, true).cpu()  # (B, T)
+        hd = hd95_per_region(pred, true, self.spacing if spacing is None else spacing)  # (B, T)
+        out = {"dice_mean": dice.mean(dim=1)}
+        for k, key in enumerate(self.scheme.metric_keys()):
+            out[f"dice_{key}"] = dice[:, k]
+            out[f"hd95_{key}"] = hd[:, k]
+        return out
 
     def sample_metrics(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Dice and HD95 per region, ``[B]`` each, plus ``dice_mean`` (mean of the three Dice scores)."""
-        pred = regions_from_labels(self.to_labels(prediction))  # (B, 3, *S)
-        truth = regions_from_labels(target[:, 0])
-        dice = dice_per_region(pred, truth).cpu()  # (B, 3)
-        hd = hd95_per_region(pred, truth, self.spacing)  # (B, 3)
-        out = {"dice_mean": dice.mean(dim=1)}
-        for k, region in enumerate(REGIONS):
-            out[f"dice_{region.lower()}"] = dice[:, k]
-            out[f"hd95_{region.lower()}"] = hd[:, k]
-        return out
+        """Dice and HD95 per target, ``[B]`` each, plus ``dice_mean`` (mean of the targets' Dice scores)."""
+        return self.label_metrics(self.to_labels(prediction), target[:, 0])
 
     def accumulator(self) -> MeanOfSampleMetrics:
         """The mean over cases of the per-case Dice and HD95."""
@@ -222,18 +312,28 @@ class SegmentationTask:
         return torch.cat(outputs, dim=0)
 
 
+def scheme_from_facts(facts: Facts) -> LabelScheme:
+    """The label scheme the data declared (runs of mckd 0.1 and caches of version 1: the BraTS classes)."""
+    record = facts.get("labels")
+    return LabelScheme.from_json(record, "the run's label scheme") if record else BRATS
+
+
 @register_task("segmentation", SegmentationOptions,
-               "3D brain-tumour regions ET/TC/WT: Dice + (B)CE, sliding-window Dice and HD95")
+               "3D segmentation of any declared labels (classes or nested regions): Dice + (B)CE, "
+               "sliding-window Dice and HD95 per class or region")
 def build_segmentation(options: SegmentationOptions, facts: Facts) -> SegmentationTask:
-    """The task for data with ``facts`` ``roi`` (window = training crop), ``spacing`` and ``downsample``."""
+    """The task for data with ``facts`` ``roi`` (window = training crop), ``spacing``, ``downsample`` and ``labels``."""
     require_target("segmentation", facts, "label_map")
     step = int(facts.get("downsample", 1))
+    scheme = scheme_from_facts(facts)
+    head = resolve_head(options.head, scheme)
     return SegmentationTask(
-        num_outputs(options.head),
-        head=options.head,
+        num_outputs(head, scheme),
+        head=head,
         roi=facts["roi"],
         overlap=options.overlap,
         sw_batch_size=options.sw_batch_size,
         et_min_voxels=int(round(options.et_min_voxels / step**3)),  # the threshold is on the original grid
         spacing=facts.get("spacing", (1.0, 1.0, 1.0)),
+        scheme=scheme,
     )
