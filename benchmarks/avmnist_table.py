@@ -74,6 +74,7 @@ PAPER = {"MCKD": [93.56, 94.22, 94.89, 95.11], "ShaSpec": [93.33, 93.56, 93.78, 
 PEERS = {"nockd": ("baseline", "no-CKD"), "shaspec": ("shaspec", "ShaSpec"), "lckd": ("lckd", "LCKD"),
          "hemis": ("hemis", "HeMIS"), "zero_fill": ("zero_fill", "zero filling")}
 BOUND = ["missing.policy=none"]
+SYMMETRIC_WD = ["data.image_range=symmetric", "train.weight_decay=0.0001"]
 SMIL_LOWERB = ["train.weight_decay=0.0001", "train.gamma=0.1", "train.step_epochs=20", "train.epochs=50",
                "model.project=false", "data.image_range=symmetric", "data.train_on_val=true"]
 
@@ -123,6 +124,11 @@ def protocol_plan() -> list[Spec]:
         ("symmetric", "pixels in [-1, 1] (SMIL)", ["data.image_range=symmetric"]),
         ("trainval", "train on train + meta-validation (SMIL: 105 per class)", ["data.train_on_val=true"]),
         ("smil", "all of SMIL's settings together", SMIL_LOWERB),
+        ("symmetric_wd", "pixels in [-1, 1] + weight decay 1e-4", [*SYMMETRIC_WD]),
+        ("symmetric_wd_trainval", "pixels in [-1, 1] + weight decay 1e-4 + train on train + meta-validation",
+         [*SYMMETRIC_WD, "data.train_on_val=true"]),
+        ("smil_but_schedule", "SMIL's settings but the paper's schedule (lr x0.9 every 20 epochs, 60 epochs)",
+         [*SYMMETRIC_WD, "data.train_on_val=true", "model.project=false"]),
     ]:
         specs.append(Spec(f"protocol/lowerb_{name}", f"LowerB, {label}", "audio", "baseline", (*lower, *extra),
                           "image", "lowerb"))
@@ -139,6 +145,13 @@ def protocol_plan() -> list[Spec]:
                           (*rate_set, "train.batch_size=32"), "image", "mckd", rate))
         specs.append(Spec(f"protocol/r{rate}/mckd_wd", "MCKD, weight decay 1e-4", "audio", "mckd",
                           (*rate_set, "train.weight_decay=0.0001"), "image", "mckd", rate))
+        specs.append(Spec(f"protocol/r{rate}/nockd_symmetric_wd", "no-CKD, pixels in [-1, 1] + weight decay 1e-4",
+                          "audio", "baseline", (*rate_set, *SYMMETRIC_WD), "image", "nockd", rate))
+        specs.append(Spec(f"protocol/r{rate}/nockd_symmetric_wd_trainval",
+                          "no-CKD, pixels in [-1, 1] + weight decay 1e-4 + train on train + meta-validation", "audio",
+                          "baseline", (*rate_set, *SYMMETRIC_WD, "data.train_on_val=true"), "image", "nockd", rate))
+        specs.append(Spec(f"protocol/r{rate}/mckd_symmetric_wd", "MCKD, pixels in [-1, 1] + weight decay 1e-4",
+                          "audio", "mckd", (*rate_set, *SYMMETRIC_WD), "image", "mckd", rate))
         for reduction, alphas in (("mean", (0.03, 0.1, 0.3, 1.0, 3.0)), ("norm", (0.001, 0.003, 0.01, 0.03, 0.1))):
             for alpha in alphas:
                 specs.append(Spec(f"protocol/r{rate}/mckd_{reduction}_a{alpha:g}", f"MCKD, {reduction}, alpha {alpha:g}",
