@@ -485,7 +485,7 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         (pickled_run / "checkpoint.safetensors").write_bytes(pickle.dumps(Payload(marker)))
         predict = lambda *items, run=brats_run, out_path=prediction: ["predict", str(run), *items, "--out", str(out_path), "--device", "cpu"]  # noqa: E731
         cases += [
-            Case("predict/output-exists", predict(f"flair={flair}", out_path=existing), ["existing_prediction.nii.gz exists", "--force"], [existing]),
+            Case("predict/output-exists", predict(f"flair={flair}", out_path=existing), ["existing_prediction.nii.gz", "exists", "--force"], [existing]),
             Case("predict/output-not-nifti", predict(f"flair={flair}", out_path=root / "prediction.png"), ["prediction.png must end in .nii.gz"], [root / "prediction.png"]),
             Case("predict/unknown-modality", predict(f"dwi={flair}"), ["['dwi'] are not among them"], [prediction]),
             Case("predict/not-modality-equals-file", predict(str(flair)), ["inputs are MODALITY=FILE"], [prediction]),

@@ -76,6 +76,17 @@ def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str
     from mckd.data.brats_cache import read_dataset_record
     from mckd.runs import load_run
 
+    from mckd.runs import RunDir, checkpoint_config, read_checkpoint
+
+    checkpoint = RunDir(run_dir).checkpoint
+    if Path(run_dir).is_dir() and checkpoint.is_file():
+        _, metadata = read_checkpoint(checkpoint)
+        config = checkpoint_config(metadata, checkpoint)
+        if config.task.name != "segmentation" or config.data.name != "brats":
+            raise MckdError(f"run {str(run_dir)!r} is a {config.task.name} run on {config.data.name!r}; "
+                            "plot-seg draws BraTS segmentation runs")
+    if len(set(subset)) != len(subset):
+        raise MckdError(f"subset {list(subset)} names a sequence twice; give each once (e.g. flair+t1ce)")
     experiment = load_run(run_dir, device)
     options = experiment.config.data.options
     modalities = experiment.model.modalities

@@ -131,6 +131,9 @@ def predict_files(
         mask_volume = read_nifti(Path(mask), "brain mask")
         check_same_grid(first, mask_volume)
         brain = np.asarray(mask_volume.array) > 0.5
+        if not brain.any():
+            raise DataError(f"{mask} (brain mask) is empty: no voxel above 0.5; give the case's brain mask, or "
+                            "leave --mask out to use the voxels that differ from the background")
     images = {m: np.asarray(v.array, dtype=np.float32) for m, v in volumes.items()}
     labels = predict_labels(loaded, images, brain, first.zooms, torch_device)
     return write_nifti_like(to_convention(labels, convention), first.path, out, force=force)

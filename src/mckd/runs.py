@@ -6,6 +6,10 @@ A run directory (``mckd train --out RUN``) holds::
     RUN/data.json                the dataset's modalities, classes, splits and facts
     RUN/metrics.jsonl            one JSON record per line (losses, weights, teachers)
     RUN/checkpoint.safetensors   tensors only: the model, the method's and the loop's state
+    RUN/checkpoint_best.safetensors  the model best on validation (train.save_best), model only
+    RUN/run.json                 mckd version, git commit, command, libraries, device; start and end times
+    RUN/metrics_<kind>.csv       train, weights, val records as CSV (train.loggers: csv)
+    RUN/tensorboard/             TensorBoard event files (train.loggers: tensorboard)
     RUN/eval/subsets.{csv,md}    the metrics of every subset of modalities (mckd evaluate)
     RUN/eval/table.md            segmentation only: the paper's Table 1 layout
 
@@ -62,6 +66,25 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.safetensors"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The model best on the validation split (``train.save_best``); the tables use :attr:`checkpoint`."""
+        return self.path / "checkpoint_best.safetensors"
+
+    @property
+    def record(self) -> Path:
+        """``run.json``: versions, commit, command line, device, and the start and end of each session."""
+        return self.path / "run.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (``train.loggers: [tensorboard]``)."""
+        return self.path / "tensorboard"
+
+    def csv_log(self, kind: str) -> Path:
+        """``metrics_<kind>.csv`` (``train.loggers: [csv]``): one row per record of that kind."""
+        return self.path / f"metrics_{kind}.csv"
 
     @property
     def eval_dir(self) -> Path:

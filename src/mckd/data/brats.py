@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from mckd.data.brats_cache import CachedCase, prepare_cache, read_dataset_record
 from mckd.data.brats_layout import detect_layout, load_layout
 from mckd.data.bundle import DataBundle
+from mckd.config import PATH
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 
@@ -35,7 +36,7 @@ from mckd.registry import register_dataset
 class BratsOptions:
     """Options of the ``brats`` dataset (the segmentation head and inference settings are the task's)."""
 
-    cache: str = ""  # folder written by `mckd prepare brats SRC OUT`
+    cache: str = field(default="", metadata=PATH)  # folder written by `mckd prepare brats SRC OUT`
     modalities: list[str] = field(default_factory=list)  # sequences used, in order; empty: all in the cache
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train / meta-validation / test cases
     split_seed: int = 0  # fixed across training seeds: runs are paired on one test set
@@ -254,12 +255,23 @@ def add_prepare_parser(datasets: Any) -> None:
     p.add_argument("--layout", default="auto",
                    help="brats2018 (2017-2021 names, labels 0/1/2/4), brats2023 (-t2f/-t1n/-t1c/-t2w, ET = 3), a YAML "
                         "mapping file (e.g. configs/brats2013_layout.yaml), or auto (default: guess a built-in one)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
+    p.add_argument("--workers", type=_workers, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
     p.add_argument("--allow-missing", action="store_true",
                    help="treat absent or empty (all one value) sequences as missing instead of failing")
     p.add_argument("--force", action="store_true", help="replace an existing cache at OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
