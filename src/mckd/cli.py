@@ -230,8 +230,16 @@ def cmd_list(args: argparse.Namespace) -> None:
 PREPARE_MODULES: list[str] = ["mckd.data.brats", "mckd.data.avmnist"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong argument reported as every other error: one ``mckd: error:`` line, exit 2."""
+
+    def error(self, message: str) -> Any:
+        command = self.prog if self.prog != "mckd" else "mckd"
+        self.exit(2, f"mckd: error: {command}: {' '.join(message.split())} (see {command} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mckd",
         description="Multi-modal learning that stays accurate when modalities are missing (MCKD).",
     )

@@ -48,7 +48,7 @@ class Progress:
         unit: what a step is ("it", "case", "sample").
         stream: where it goes (stderr).
         every_fraction: plain lines at each such share of the work...
-        every_seconds: ... and at least this often.
+        every_seconds: ... and at least this often (none in the first 2 s: a short job gets its last line only).
     """
 
     def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True, unit: str = "it",
@@ -64,6 +64,7 @@ class Progress:
         self._last_line_at = self._start
         self._next_fraction = every_fraction * (math.floor(self.done / max(self.total, 1) / every_fraction) + 1)
         self.every_fraction, self.every_seconds = every_fraction, every_seconds
+        self.quiet_seconds = 2.0  # no line before this: a job of a second needs one line, not ten
         self._closed = False
         if self.enabled and is_terminal(self.stream):
             from tqdm import tqdm
@@ -91,8 +92,9 @@ class Progress:
             self._bar.update(steps)
             return
         now = time.perf_counter()
-        if self.done >= self.total or self.done / self.total >= self._next_fraction - 1e-12 \
-                or now - self._last_line_at >= self.every_seconds:
+        quiet = now - self._start < self.quiet_seconds and self.done < self.total  # a short job: its last line only
+        if not quiet and (self.done >= self.total or self.done / self.total >= self._next_fraction - 1e-12
+                          or now - self._last_line_at >= self.every_seconds):
             while self._next_fraction <= self.done / self.total + 1e-12:
                 self._next_fraction += self.every_fraction
             self._line(now)
@@ -121,3 +123,32 @@ class Progress:
             self._bar.close()
         elif self.enabled and self._last_line_at == self._start and self.done > self._start_done:
             self._line(time.perf_counter())  # a short job: one line at the end at least
+
+
+class _CountedDataset:
+    """A dataset whose reads advance a :class:`Progress` (one step per sample); everything else passes through."""
+
+    def __init__(self, dataset: Any, progress: Progress) -> None:
+        self.dataset, self.progress = dataset, progress
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        item = self.dataset[index]
+        self.progress.update()
+        if self.progress.done >= self.progress.total:
+            self.progress.close()
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dataset, name)
+
+
+def with_progress(dataset: Any, desc: str, enabled: bool = True) -> Any:
+    """``dataset``, reporting its reads as progress (evaluation reads each sample once, subsets per batch)."""
+    try:
+        total = len(dataset)
+    except TypeError:
+        return dataset
+    return _CountedDataset(dataset, Progress(total, desc, enabled=enabled, unit="sample"))

@@ -37,7 +37,9 @@ from mckd.config import Config, config_from_dict
 from mckd.errors import CheckpointError, ConfigError, MckdError
 from mckd.evaluation import evaluate_subsets
 from mckd.report import write_table, write_task_tables
+from mckd.progress import with_progress
 from mckd.tasks import Task, build_task
+from mckd.threads import apply_threads
 
 CHECKPOINT_FORMAT = 3  # 1: model and weights; 2: the training state of mckd 0.1; 3: methods as components
 
@@ -161,6 +163,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Experiment:
     tensors, metadata = read_checkpoint(run.checkpoint)
     config = checkpoint_config(metadata, run.checkpoint)
     config.train.device = device
+    apply_threads(config.train.threads)
     experiment = build_experiment(config)
     load_state_into(experiment.model, tensors, "model.", str(run.checkpoint))
     experiment.model.to(distributed.resolve_device(device))
@@ -199,6 +202,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
         path = RunDir(path).checkpoint
     tensors, metadata = read_checkpoint(path)
     config = checkpoint_config(metadata, path)
+    apply_threads(config.train.threads)
     modalities, input_shapes, facts = _stored_shapes(config, metadata)
     task = build_task(config.task, facts)
     method = build_method(config, modalities)
@@ -215,6 +219,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto") -> list[dict[str, An
     experiment = load_run(run.path, str(device_obj))
     split = experiment.config.eval.split
     dataset = experiment.bundle.test if split == "test" else experiment.bundle.val
+    dataset = with_progress(dataset, f"evaluate {run.path.name}", distributed.is_main())  # bar or plain lines
     rows = evaluate_subsets(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device_obj)
     if distributed.is_main():
         write_table(rows, run.subsets, title=f"{run.path.name}: {split} split, every subset")

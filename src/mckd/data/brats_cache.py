@@ -138,11 +138,11 @@ def _worker_init() -> None:
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """Stop a pool now: cancel what has not started, end the workers, wait for them."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own workers
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own (shutdown clears it)
     for process in processes:
         with contextlib.suppress(OSError, AttributeError):
             process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         with contextlib.suppress(OSError, AttributeError, AssertionError):
             process.join(timeout=10)
