@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import AtIteration, make_brats_case, save_nifti
+from helpers import AtIteration, make_brats_case
 from mckd.cli import main
-from mckd.errors import CheckpointError, ConfigError, DataError, MckdError, TrainingDiverged
-from mckd.runs import RunDir
+from mckd.errors import DataError, MckdError, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -217,7 +216,7 @@ def test_commands_writing_into_a_read_only_place_are_one_error_line(digits_yaml,
     other = tmp_path / "other"
     assert run_cli(["train", digits_yaml, "--out", other, "--set", "seed=3"], capsys)[0] == 0
     before = snapshot(run)
-    for command in (f"$MCKD compare ro/run other", f"$MCKD evaluate ro/run",
+    for command in ("$MCKD compare ro/run other", "$MCKD evaluate ro/run",
                     f"$MCKD train {digits_yaml} --out ro/new"):
         done = _mckd_in_namespace(f"mount --bind -o ro ro ro && {command}", tmp_path)
         assert done.returncode == 2, (command, done.stderr)

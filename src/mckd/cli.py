@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mckd",
         description="Multi-modal learning that stays accurate when modalities are missing (MCKD).",
     )
-    parser.add_argument("--version", action="version", version=_VersionLine(),
+    parser.add_argument("--version", action=_VersionAction,
                         help="print mckd's version, git commit, Python and torch versions, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -345,18 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _VersionLine(str):
-    """argparse prints ``version`` with ``%``-formatting: compute the line only when --version is given."""
+class _VersionAction(argparse.Action):
+    """``mckd --version``: computed when asked (it reads the git commit)."""
 
-    def __mod__(self, _: Any) -> str:
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
         from mckd.provenance import version_line
 
-        return version_line()
-
-    def replace(self, *args: Any) -> str:  # argparse calls version.replace('%(prog)s', ...)
-        from mckd.provenance import version_line
-
-        return version_line()
+        print(version_line())
+        parser.exit()
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -373,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # temporary files and staging folders are removed on the way out and one line says what happened.
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _in_main_thread() else None
     try:
+        from mckd.provenance import set_command
+
+        set_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
         parser = build_parser()
         args = parser.parse_args(argv)
         from mckd import distributed

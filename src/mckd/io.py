@@ -34,7 +34,6 @@ import secrets
 import shutil
 import socket
 import stat
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -285,8 +284,9 @@ def _acquire(path: Path) -> int:
         if same:
             break
         os.close(fd)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["mckd", *sys.argv[1:]])
-            if Path(sys.argv[0]).name in ("mckd", "cli.py", "__main__.py") else " ".join(sys.argv),
+    from mckd.provenance import command_line
+
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)

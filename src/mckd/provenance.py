@@ -16,7 +16,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -64,8 +64,20 @@ def version_line() -> str:
     return f"mckd {mckd_version()}{where}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+_COMMAND: list[str] = []  # set by the CLI: the arguments of the mckd command being run
+
+
+def set_command(argv: Sequence[str]) -> None:
+    """Remember the arguments of the ``mckd`` command this process runs (``mckd.cli.main`` calls it)."""
+    _COMMAND[:] = ["mckd", *argv]
+
+
 def command_line() -> str:
     """The command as the user typed it (``mckd train ...``, or the Python script's arguments)."""
+    import shlex
+
+    if _COMMAND:
+        return shlex.join(_COMMAND)
     program = Path(sys.argv[0]).name if sys.argv else ""
     if program in ("mckd", "cli.py", "__main__.py"):
         return " ".join(["mckd", *sys.argv[1:]])

@@ -231,7 +231,7 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
                error_kw={"elinewidth": 0.8, "capsize": 2})
     right.axvline(0.0, color="black", linewidth=0.8)
     right.set_xlabel(f"difference {name_a} − {name_b}"
-                     + (f" (whiskers: std over seeds of the paired difference)" if any(spread) else ""))
+                     + (" (whiskers: std over seeds of the paired difference)" if any(spread) else ""))
     right.grid(axis="x", alpha=0.3)
     mean = float(differences.mean()) if n else 0.0
     right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"mean {mean:+.4f}")

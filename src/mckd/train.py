@@ -785,7 +785,7 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
     settings, device = config.train, context.device
     saved = read_training_state(staging.run.checkpoint) if resume else None
     experiment = build_experiment(config)
-    bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task
+    bundle, model, method = experiment.bundle, experiment.model, experiment.method
     record = None
     if context.is_main:
         _prepare_run_dir(staging.run, config, experiment)
