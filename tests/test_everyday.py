@@ -292,3 +292,11 @@ def test_a_run_without_meta_steps_gets_no_weights_plot(digits_yaml, tmp_path):
     assert not (tmp_path / "baseline" / "weights.png").exists()
     train_seeds(load_raw(digits_yaml), [], [0], tmp_path / "mckd")
     assert (tmp_path / "mckd" / "weights.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_csv_logs_follow_a_run_moved_into_place_at_its_first_checkpoint(digits_yaml, tmp_path):
+    run = tmp_path / "run"
+    train(load_config(digits_yaml, ["train.checkpoint_every=2"]), run)
+    with RunDir(run).csv_log("train").open() as stream:
+        assert [int(r["iteration"]) for r in csv.DictReader(stream)] == [3, 6, 9, 12]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -58,6 +58,7 @@ def _evaluation_of(run: Path) -> Iterator[None]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from mckd import distributed
+    from mckd.config import load_raw
     from mckd.experiment import train_seeds
 
     if args.resume and (args.config or args.seeds):
@@ -68,15 +69,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise MckdError("mckd train needs a CONFIG file, or --resume RUN_DIR")
     out = Path(args.resume) if args.resume else Path(args.out) if args.out else _default_out(args.config)
     if args.seeds:
-        from mckd.config import load_raw
-
         _distinct(args.seeds, "--seeds")
         rows = train_seeds(load_raw(args.config), args.overrides, args.seeds, out, force=args.force)
     else:
         from mckd.train import claim_run_directory
 
+        # A new run's config is checked before its directory is claimed; a resumed run's is read under the claim.
+        config = None if args.resume else _config_of(args, out)
         with claim_run_directory(out, bool(args.resume), args.force):  # held through the evaluation
-            rows = _train_one(args, out)
+            rows = _train_one(args, out, config or _config_of(args, out))
     if distributed.is_main():
         from mckd.report import markdown_table
 
@@ -84,11 +85,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run directory: {out}")
 
 
-def _train_one(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    """``mckd train`` of one run (new or resumed), then its evaluation."""
+def _config_of(args: argparse.Namespace, out: Path) -> Any:
+    """The config of ``mckd train``: CONFIG with --set, or the run's own config.yaml with --set (--resume)."""
     from mckd.config import ConfigError, apply_overrides, config_from_dict, load_raw
-    from mckd.runs import RunDir, evaluate_run
-    from mckd.train import train
+    from mckd.runs import RunDir
 
     if args.resume:
         saved = RunDir(out).config
@@ -100,11 +100,18 @@ def _train_one(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     else:
         raw = load_raw(args.config)
     try:
-        config = config_from_dict(apply_overrides(raw, args.overrides))
+        return config_from_dict(apply_overrides(raw, args.overrides))
     except ConfigError as error:
         if not args.resume:
             raise
         raise ConfigError(f"the config of run {str(out)!r} ({RunDir(out).config}) is not valid: {error}") from None
+
+
+def _train_one(args: argparse.Namespace, out: Path, config: Any) -> list[dict[str, Any]]:
+    """``mckd train`` of one run (new or resumed), then its evaluation."""
+    from mckd.runs import evaluate_run
+    from mckd.train import train
+
     train(config, out, resume=bool(args.resume), force=args.force)
     with _evaluation_of(out):
         return evaluate_run(out, config.train.device)
@@ -190,8 +197,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if name in inputs:
             raise MckdError(f"sequence {name!r} is given twice")
         inputs[name] = path
-    from mckd.io import claim_output
+    from mckd.io import claim_output, file_problem
 
+    for name, path in [*inputs.items(), *([("mask", args.mask)] if args.mask else [])]:
+        problem = file_problem(path)
+        if problem:  # before the output is claimed: a wrong argument is not a busy output
+            raise MckdError(f"{path} ({name}) {problem}")
     with claim_output(args.out, replace=args.force, kind="file", what="output"):
         out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
                             convention=args.labels, force=args.force)

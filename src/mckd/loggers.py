@@ -25,7 +25,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from mckd.io import AppendLog, atomic_write_text, finite_json
 
@@ -73,9 +73,10 @@ class JsonlLogger(Logger):
 class CsvLogger(Logger):
     """``metrics_<kind>.csv`` beside ``metrics.jsonl``: one file per record kind, one row per record."""
 
-    def __init__(self, folder: Path, earlier: Iterable[Record] = ()) -> None:
-        """``earlier``: records already in ``metrics.jsonl`` (a resumed run); the CSV files are rebuilt from them."""
-        self.folder = Path(folder)
+    def __init__(self, folder: Path | Callable[[], Path], earlier: Iterable[Record] = ()) -> None:
+        """``folder``: the run directory, or a function giving where it is now (a staged run moves at its first
+        checkpoint); ``earlier``: records already in ``metrics.jsonl`` (a resumed run), rebuilt into the CSVs."""
+        self._folder = folder if callable(folder) else (lambda: Path(folder))
         self._columns: dict[str, list[str]] = {}
         self._logs: dict[str, AppendLog] = {}
         rows: dict[str, list[dict[str, Any]]] = {}
@@ -89,6 +90,10 @@ class CsvLogger(Logger):
         row = flatten({key: value for key, value in record.items() if key != "kind"})
         return {key: ("" if isinstance(value, float) and not math.isfinite(value) else value)
                 for key, value in row.items()}
+
+    @property
+    def folder(self) -> Path:
+        return Path(self._folder())
 
     def path(self, kind: str) -> Path:
         return self.folder / f"metrics_{kind}.csv"
@@ -155,14 +160,20 @@ class TensorBoardLogger(Logger):
         self.writer.close()
 
 
-def open_loggers(run_path: Path, names: Sequence[str], earlier_lines: Sequence[str] | None,
+def open_loggers(run_path: Path | Callable[[], Path], names: Sequence[str], earlier_lines: Sequence[str] | None,
                  start_iteration: int) -> list[Logger]:
-    """The loggers of ``train.loggers`` for a run directory (``earlier_lines``: a resumed run's kept lines)."""
+    """The loggers of ``train.loggers`` for a run directory (``earlier_lines``: a resumed run's kept lines).
+
+    ``run_path`` may be a function giving the run directory's current place: a staged run moves when it
+    writes its first checkpoint, and a logger that opens files later must follow it (files already open do).
+    """
+    where = run_path if callable(run_path) else (lambda: Path(run_path))
+    run_path = Path(where())
     records = [json.loads(line) for line in earlier_lines] if earlier_lines is not None else []
     loggers: list[Logger] = [JsonlLogger(run_path / "metrics.jsonl", keep=earlier_lines)]
     for name in names:
         if name == "csv":
-            loggers.append(CsvLogger(run_path, records))
+            loggers.append(CsvLogger(where, records))
         elif name == "tensorboard":
             loggers.append(TensorBoardLogger(run_path / "tensorboard",
                                              purge_step=start_iteration if earlier_lines is not None else None))

@@ -47,7 +47,8 @@ def overlay_figure(
 
     plt = _pyplot()
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
+    # Constrained layout keeps each panel's caption clear of the panel above and the legend below the panels.
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 6.2), squeeze=False, layout="constrained")
     for col, (image, name, has) in enumerate(zip(images, names, present)):
         for row, labels in enumerate((truth, prediction)):
             ax = axes[row][col]
@@ -60,10 +61,9 @@ def overlay_figure(
         axes[0][0].set_ylabel("ground truth")
         axes[1][0].set_ylabel("prediction")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[v]) for v in COLOURS]
-    fig.legend(handles, [NAMES[v] for v in COLOURS], loc="lower center", ncol=3, fontsize=8)
+    fig.legend(handles, [NAMES[v] for v in COLOURS], loc="outside lower center", ncol=3, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     _save_figure(fig, out)
     return Path(out)
 

@@ -243,7 +243,8 @@ class MetricsLog:
     device; the log reads it once per record.
 
     Args:
-        run_path: the run directory (None on ranks other than 0: nothing is written there).
+        run_path: the run directory, or a function giving where it is now (it moves from its staging
+            folder at the first checkpoint); None on ranks other than 0: nothing is written there.
         loss_names: the losses :func:`train_step` returns, in order.
         device: where the sums live.
         start_iteration: on resume, the checkpoint's iteration: later records
@@ -254,7 +255,7 @@ class MetricsLog:
         resume: whether the run continues from a checkpoint.
     """
 
-    def __init__(self, run_path: Path | None, loss_names: Sequence[str], device: torch.device,
+    def __init__(self, run_path: Path | Callable[[], Path] | None, loss_names: Sequence[str], device: torch.device,
                  start_iteration: int = 0, pending_weights: Sequence[int] = (), loggers: Sequence[str] = (),
                  resume: bool = False) -> None:
         self.loss_names = tuple(loss_names)
@@ -265,7 +266,8 @@ class MetricsLog:
         self.best_iteration = 0
         self.loggers: list[Logger] = []
         if run_path is not None:
-            kept = kept_records(RunDir(run_path).metrics, start_iteration, set(pending_weights)) if resume else None
+            now = run_path() if callable(run_path) else run_path
+            kept = kept_records(RunDir(now).metrics, start_iteration, set(pending_weights)) if resume else None
             self.loggers = open_loggers(run_path, loggers, kept, start_iteration)
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -808,7 +810,7 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
     keep = subset_mask(bundle.modalities, config.missing.subset).to(device) if config.missing.policy == "fixed" else None
     drops = TrainingDrops(config.missing.policy, keep, drop_generator)
     pending = [int(step) for step in saved["log"]["pending"]] if saved else []  # logged again at the next record
-    log = MetricsLog(staging.path if context.is_main else None, ("task", *method.loss_term_names()), device,
+    log = MetricsLog((lambda: staging.path) if context.is_main else None, ("task", *method.loss_term_names()), device,
                      saved["iteration"] if saved else 0, pending, settings.loggers, resume=saved is not None)
     state = TrainingState(model, method, optimizer, scheduler, streams, {"missing": drop_generator}, log, callbacks,
                           context, config.seed)
