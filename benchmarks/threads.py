@@ -92,10 +92,18 @@ def in_fresh_process(model: str, threads: int) -> tuple[float, int]:
 
 
 class Load:
-    """Two CPU-bound processes, for as long as the ``with`` block runs."""
+    """Two CPU-bound processes, for as long as the ``with`` block runs.
+
+    ``separate``: in a session of their own (as jobs started from another
+    terminal are; with the kernel's autogroup scheduling each session gets a
+    fair share of the CPUs, not each process).
+    """
+
+    separate = False
 
     def __enter__(self) -> "Load":
-        self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=self.separate)
+                          for _ in range(2)]
         time.sleep(1.0)
         return self
 
@@ -122,7 +130,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="digits iterations per measurement")
     parser.add_argument("--steps", type=int, default=6, help="U-Net steps per measurement")
     parser.add_argument("--main-job", action="store_true", help="also time make run's command idle and loaded")
+    parser.add_argument("--main-job-only", action="store_true", help="only time make run's command idle and loaded")
+    parser.add_argument("--load-session", choices=["same", "separate"], default="same",
+                        help="the competing processes in this script's session (default) or in one of their own")
     args = parser.parse_args()
+    Load.separate = args.load_session == "separate"
     if args.worker:
         import torch
 
@@ -130,7 +142,11 @@ def main() -> None:
             else measure_unet(args.threads, args.steps)
         print(rate, torch.get_num_threads())
         return
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start; iterations per second")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start; competing processes in "
+          f"{'a session of their own' if Load.separate else 'this session'}; iterations per second")
+    if args.main_job_only:
+        report_main_job()
+        return
     print("| model | load | " + " | ".join(SETTINGS) + " |")
     print("|---|---|" + "---|" * len(SETTINGS))
     results = {}
@@ -148,12 +164,16 @@ def main() -> None:
         loaded = results[(model, "2 CPU-bound processes", "default (auto)")]
         print(f"{model}, default: loaded / idle rate {loaded / idle:.2f} (slowdown {idle / loaded:.2f}x)")
     if args.main_job:
-        idle = time_main_job()
-        with Load():
-            loaded = time_main_job()
-        print(f"main job (mckd benchmark ... --seeds 0 1 2, as make run): idle {idle:.1f} s, with two CPU-bound "
-              f"processes {loaded:.1f} s ({loaded / idle:.2f}x)")
+        report_main_job()
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def report_main_job() -> None:
+    idle = time_main_job()
+    with Load():
+        loaded = time_main_job()
+    print(f"main job (mckd benchmark ... --seeds 0 1 2, as make run): idle {idle:.1f} s, with two CPU-bound "
+          f"processes {loaded:.1f} s ({loaded / idle:.2f}x); load average {os.getloadavg()[0]:.2f}")
 
 
 class _nothing:

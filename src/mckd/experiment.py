@@ -242,7 +242,7 @@ def benchmark(
         spreads = {name: seed_means(out / name, metric) for name in methods}
         summary_text = write_summary(out, config_path, methods, seeds, tables, summaries, weights, metric, spreads)
         if len(methods) > 1:
-            summary_text += write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
+            summary_text += "\n" + write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
         atomic_write_text(out / "summary.md", summary_text)
         atomic_write_text(out / "summary.json", json.dumps({"metric": metric, "comparisons": summaries,
                                                             "final_weights": weights}, indent=2, default=str)

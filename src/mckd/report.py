@@ -217,13 +217,13 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
         errors = [float(r.get(f"{name}_std", 0.0) or 0.0) for r in rows]
         left.errorbar(values, y + offset, xerr=errors if any(errors) else None, fmt="o", markersize=3.5,
                       capsize=2, elinewidth=0.8, color=colour, label=name)
-    left.set_xlabel(metric + (f" (mean over {seeds} seeds; bars: std over seeds)" if seeds and seeds > 1 else ""))
+    left.set_xlabel(metric + (f", mean over {seeds} seeds\n(bars: std over seeds)" if seeds and seeds > 1 else ""))
     left.set_ylabel("subset of modalities present")
     left.set_yticks(y)
     left.set_yticklabels(labels, fontsize=8 if n <= 40 else 7)
     left.set_ylim(-0.7, n - 0.3)
     left.grid(axis="x", alpha=0.3)
-    left.legend(loc="lower right", fontsize=8)
+    left.legend(loc="best", fontsize=8)
     differences = np.array([float(r["difference"]) for r in rows])
     spread = [float((difference_std or {}).get(r["subset"], 0.0)) for r in rows]
     colours = ["tab:green" if d > 0 else "tab:red" if d < 0 else "grey" for d in differences]
@@ -231,7 +231,7 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
                error_kw={"elinewidth": 0.8, "capsize": 2})
     right.axvline(0.0, color="black", linewidth=0.8)
     right.set_xlabel(f"difference {name_a} − {name_b}"
-                     + (" (whiskers: std over seeds of the paired difference)" if any(spread) else ""))
+                     + ("\n(whiskers: std over seeds of the seed-by-seed difference)" if any(spread) else ""))
     right.grid(axis="x", alpha=0.3)
     mean = float(differences.mean()) if n else 0.0
     right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"mean {mean:+.4f}")
