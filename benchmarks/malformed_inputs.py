@@ -492,7 +492,12 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         pickled_run = root / "runs" / "predict_pickle"
         pickled_run.mkdir(parents=True)
         (pickled_run / "checkpoint.safetensors").write_bytes(pickle.dumps(Payload(marker)))
-        predict = lambda *items, run=brats_run, out_path=prediction: ["predict", str(run), *items, "--out", str(out_path), "--device", "cpu"]  # noqa: E731
+        outputs = iter(range(100))
+
+        def predict(*items, run=brats_run, out_path=None):
+            # one output per case: cases run two at a time, and a second predict on one output is refused as in use
+            out_path = out_path or prediction.with_name(f"prediction_{next(outputs)}.nii.gz")
+            return ["predict", str(run), *items, "--out", str(out_path), "--device", "cpu"]
         cases += [
             Case("predict/output-exists", predict(f"flair={flair}", out_path=existing), ["existing_prediction.nii.gz", "exists", "--force"], [existing]),
             Case("predict/output-not-nifti", predict(f"flair={flair}", out_path=root / "prediction.png"), ["prediction.png must end in .nii.gz"], [root / "prediction.png"]),
@@ -507,6 +512,9 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             Case("predict/not-a-segmentation-run", predict(f"flair={flair}", run=digits_run), ["is a classification model", "BraTS segmentation run"], [prediction]),
             Case("predict/unknown-label-convention", predict(f"flair={flair}") + ["--labels", "brats2099"], ["label convention 'brats2099'"], [prediction]),
         ]
+        for case in cases:  # each predict case's own output must stay absent
+            if case.outputs == [prediction]:
+                case.outputs = [Path(case.argv[case.argv.index("--out") + 1])]
 
     # ---- compare (two evaluated runs) -----------------------------------------------------------
     if want("compare"):
