@@ -32,6 +32,10 @@ class CheckpointError(MckdError):
     """A checkpoint is missing, unsafe, or does not match the model."""
 
 
+class OutputInUse(MckdError):
+    """Another process is writing the output (run directory, cache, prediction); the message names it."""
+
+
 class Stopped(MckdError):
     """Not a fault: a signal (SIGTERM, Ctrl-C) stopped the command; the message says what was kept and what next.
 

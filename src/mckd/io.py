@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mckd import distributed
-from mckd.errors import MckdError
+from mckd.errors import MckdError, OutputInUse
 
 # Errors of the machine, not of the program: a full disk, a read-only or over-quota file system, no permission.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EISDIR,
@@ -48,10 +48,6 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, err
 # How libraries written in other languages report an OS error in their message (safetensors:
 # "I/O error: No space left on device (os error 28)").
 _OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
-
-
-class OutputInUse(MckdError):
-    """Another process holds the claim on an output (its lock file names it)."""
 
 
 def current_umask() -> int:
