@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/mckd benchmark configs/multiview_digits.yaml --methods mckd baseline --seeds 0 1 2 --out runs/multiview_digits
+	$(BIN)/mckd benchmark configs/multiview_digits.yaml --methods mckd baseline --seeds 0 1 2 --out runs/multiview_digits --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -44,10 +44,12 @@ import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @dataclass
@@ -58,6 +60,13 @@ class Case:
     argv: list[str]
     expect: list[str]  # substrings the error line must contain (file or key, and the problem)
     outputs: list[Path] = field(default_factory=list)  # must be absent, or unchanged, afterwards
+    code: Any = 2  # the exit status: 2 for an error, 130 for a stop by a signal (a tuple: any of them)
+    shell: str = ""  # run in a private mount namespace after this shell set-up (a tmpfs, a read-only bind mount)
+    signal_when: Any = None  # () -> bool: send ``signal`` to the command once it holds (a phase was reached)
+    signal: int = 15  # SIGTERM
+    holder: list[str] | None = None  # mckd arguments of a process holding the output while the case runs
+    holder_ready: Any = None  # () -> bool: the holder has claimed its output
+    after: Any = None  # () -> list[str]: further checks once the case ended (resume works, no orphans, ...)
 
 
 @dataclass
@@ -227,7 +236,7 @@ def build(root: Path, only: str | None = None) -> list[Case]:
     csv_dir = digits_csvs(root / "digits_csv", {"fou": 76, "mor": 6}, rng)
     good = digits_config(root / "digits.yaml", csv_dir)
     digits_run = root / "runs" / "digits"
-    if want("train") or want("evaluate") or want("predict"):
+    if want("train") or want("evaluate") or want("predict") or want("hostile"):
         run_ok(["train", str(good), "--out", str(digits_run)])
     out = root / "runs" / "should_not_exist"
 
@@ -356,9 +365,9 @@ def build(root: Path, only: str | None = None) -> list[Case]:
     source = brats_source(root / "brats_src", rng)
     cache = root / "brats_cache"
     brats_run = root / "runs" / "brats"
-    if want("predict") or want("evaluate") or want("train"):
+    if want("predict") or want("evaluate") or want("train") or want("hostile"):
         run_ok(["prepare", "brats", str(source), str(cache), "--workers", "1", "--no-progress"])
-    if want("predict"):
+    if want("predict") or want("hostile"):
         run_ok(["train", str(brats_config(root / "brats.yaml", cache)), "--out", str(brats_run)])
 
     if want("prepare"):
@@ -457,9 +466,14 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         pickled_run = root / "runs" / "predict_pickle"
         pickled_run.mkdir(parents=True)
         (pickled_run / "checkpoint.safetensors").write_bytes(pickle.dumps(Payload(marker)))
-        predict = lambda *items, run=brats_run, out_path=prediction: ["predict", str(run), *items, "--out", str(out_path), "--device", "cpu"]  # noqa: E731
+        outputs = iter(range(100))
+
+        def predict(*items, run=brats_run, out_path=None):
+            # one output per case: cases run two at a time, and a second predict on one output is refused as in use
+            out_path = out_path or prediction.with_name(f"prediction_{next(outputs)}.nii.gz")
+            return ["predict", str(run), *items, "--out", str(out_path), "--device", "cpu"]
         cases += [
-            Case("predict/output-exists", predict(f"flair={flair}", out_path=existing), ["existing_prediction.nii.gz exists", "--force"], [existing]),
+            Case("predict/output-exists", predict(f"flair={flair}", out_path=existing), ["existing_prediction.nii.gz", "exists", "--force"], [existing]),
             Case("predict/output-not-nifti", predict(f"flair={flair}", out_path=root / "prediction.png"), ["prediction.png must end in .nii.gz"], [root / "prediction.png"]),
             Case("predict/unknown-modality", predict(f"dwi={flair}"), ["['dwi'] are not among them"], [prediction]),
             Case("predict/not-modality-equals-file", predict(str(flair)), ["inputs are MODALITY=FILE"], [prediction]),
@@ -472,6 +486,9 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             Case("predict/not-a-segmentation-run", predict(f"flair={flair}", run=digits_run), ["is a classification model", "BraTS segmentation run"], [prediction]),
             Case("predict/unknown-label-convention", predict(f"flair={flair}") + ["--labels", "brats2099"], ["label convention 'brats2099'"], [prediction]),
         ]
+        for case in cases:  # each predict case's own output must stay absent
+            if case.outputs == [prediction]:
+                case.outputs = [Path(case.argv[case.argv.index("--out") + 1])]
 
     # ---- compare (two evaluated runs) -----------------------------------------------------------
     if want("compare"):
@@ -527,6 +544,10 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             Case("prepare-avmnist/recordings-missing", prepare_av(recs=av / "nowhere"), ["nowhere", "does not exist"], [prepared_av]),
             Case("prepare-avmnist/output-exists", prepare_av(out_file=existing_av), ["existing.safetensors", "--force"], [existing_av]),
         ]
+    if want("hostile"):
+        from hostile_inputs import hostile_cases
+
+        cases += hostile_cases(root, rng, good, digits_run, source, cache, brats_run, csv_dir)
     return cases
 
 
@@ -543,23 +564,44 @@ def snapshot(path: Path) -> object:
 
 
 def temporary_files(root: Path) -> set[str]:
-    return {str(p) for p in root.rglob("*") if p.name.startswith(".") and (".tmp" in p.name)}
+    """Hidden temporary files and staging folders under ``root``, but those of a process still running.
+
+    (Cases run two at a time: the other case's temporaries are not left behind, yet.)
+    """
+    found = set()
+    for p in root.rglob("*"):
+        if not (p.name.startswith(".") and ".tmp" in p.name):
+            continue
+        pid = re.match(r"^\..+?\.(\d+)\.", p.name)
+        if pid and alive(int(pid.group(1))):
+            continue
+        found.add(str(p))
+    return found
 
 
 def check(case: Case, code: int | None, stderr: str, before: dict[Path, object], marker: Path, tmp_before: set[str], root: Path) -> list[str]:
     problems = []
-    if code != 2:
-        problems.append(f"exit status {code}, expected 2")
+    codes = case.code if isinstance(case.code, tuple) else (case.code,)
+    if code not in codes:
+        problems.append(f"exit status {code}, expected {' or '.join(map(str, codes))}")
     if "Traceback" in stderr:
         problems.append("a traceback on stderr")
     lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("mckd: error: ")]
-    if len(errors) != 1 or lines[-1:] != errors:
-        problems.append(f"stderr is not one 'mckd: error:' line: {stderr.strip()[-300:]!r}")
-    message = errors[0] if errors else stderr
+    if code == 0 and 0 in codes:  # it finished before the signal came: it must have succeeded cleanly
+        message = ""
+        case = Case(case.name, case.argv, [], case.outputs, after=case.after)
+    elif case.code == 2:
+        errors = [line for line in lines if line.startswith("mckd: error: ")]
+        if len(errors) != 1 or lines[-1:] != errors:
+            problems.append(f"stderr is not one 'mckd: error:' line: {stderr.strip()[-300:]!r}")
+        message = errors[0] if errors else stderr
+    else:
+        if not lines or not lines[-1].startswith("mckd: ") or lines[-1].startswith("mckd: error:"):
+            problems.append(f"stderr does not end with one 'mckd: ...' line: {stderr.strip()[-300:]!r}")
+        message = lines[-1] if lines else ""
     for words in case.expect:
         if words not in message:
-            problems.append(f"the error does not say {words!r}: {message.strip()[:300]!r}")
+            problems.append(f"the message does not say {words!r}: {message.strip()[:300]!r}")
     for path, old in before.items():
         if snapshot(path) != old:
             problems.append(f"{path} was {'created' if old is None else 'changed'}")
@@ -568,7 +610,51 @@ def check(case: Case, code: int | None, stderr: str, before: dict[Path, object],
         problems.append(f"temporary files left: {sorted(left)}")
     if marker.exists():
         problems.append("a crafted pickle ran code")
+    if case.after is not None:
+        problems += case.after()
     return problems
+
+
+def needs_process(case: Case) -> str:
+    """Why ``case`` cannot run in-process ("" when it can)."""
+    if case.shell:
+        return "a private mount namespace (tmpfs, read-only bind mount)"
+    if case.signal_when is not None:
+        return "a signal to a real process"
+    if case.holder is not None:
+        return "a second real process"
+    return ""
+
+
+def can_mount() -> bool:
+    """Whether a private mount namespace with a tmpfs can be made here (root, or user namespaces)."""
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c",
+                           "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d && rmdir $d"],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def children_of(pid: int) -> list[int]:
+    """Every descendant process of ``pid`` (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            kids = [int(p) for p in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            kids = []
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def run_case(case: Case, root: Path, in_process: bool) -> Result:
@@ -576,32 +662,67 @@ def run_case(case: Case, root: Path, in_process: bool) -> Result:
     before = {path: snapshot(path) for path in case.outputs}
     tmp_before = temporary_files(root)
     start = time.perf_counter()
-    if in_process:
-        from mckd.cli import main
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "mckd.cli", *case.argv]
+    holder = None
+    if case.holder is not None:
+        holder = subprocess.Popen([sys.executable, "-m", "mckd.cli", *case.holder], cwd=root, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not case.holder_ready():
+            time.sleep(0.05)
+    orphans: list[int] = []
+    try:
+        if in_process:
+            from mckd.cli import main
 
-        err = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            try:
-                code: int | None = main(case.argv)
-            except SystemExit as exit_:  # argparse
-                code = exit_.code if isinstance(exit_.code, int) else 2
-            except BaseException:  # noqa: BLE001 - an escaping exception is exactly what this run looks for
-                code = None
-                err.write(traceback.format_exc())
-        stderr = err.getvalue()
-    else:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        done = subprocess.run([sys.executable, "-m", "mckd.cli", *case.argv], capture_output=True, text=True,
-                              cwd=root, env=env, timeout=600)
-        code, stderr = done.returncode, done.stderr
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                try:
+                    code: int | None = main(case.argv)
+                except SystemExit as exit_:  # argparse
+                    code = exit_.code if isinstance(exit_.code, int) else 2
+                except BaseException:  # noqa: BLE001 - an escaping exception is exactly what this run looks for
+                    code = None
+                    err.write(traceback.format_exc())
+            stderr = err.getvalue()
+        elif case.shell:
+            script = f'{case.shell} && exec "$@"'
+            done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script, "sh", *command],
+                                  capture_output=True, text=True, cwd=root, env=env, timeout=600)
+            code, stderr = done.returncode, done.stderr
+        elif case.signal_when is not None:
+            process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       text=True)
+            deadline = time.time() + 300
+            while time.time() < deadline and process.poll() is None and not case.signal_when():
+                time.sleep(0.02)
+            descendants = children_of(process.pid)
+            if process.poll() is None:
+                process.send_signal(case.signal)
+            stderr = process.communicate(timeout=300)[1]
+            code = process.returncode
+            time.sleep(0.3)
+            orphans = [pid for pid in descendants if alive(pid)]
+        else:
+            done = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=600)
+            code, stderr = done.returncode, done.stderr
+    finally:
+        if holder is not None:
+            holder.send_signal(15)
+            holder.wait(timeout=300)
     seconds = time.perf_counter() - start
-    return Result(case, code, stderr, seconds, check(case, code, stderr, before, marker, tmp_before, root))
+    problems = check(case, code, stderr, before, marker, tmp_before, root)
+    if orphans:
+        problems.append(f"processes left running after the signal: {orphans}")
+    return Result(case, code, stderr, seconds, problems)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--in-process", action="store_true", help="call mckd.cli.main instead of starting processes")
-    parser.add_argument("--only", choices=["prepare", "train", "evaluate", "predict", "compare"], help="the cases of one command")
+    parser.add_argument("--only", choices=["prepare", "train", "evaluate", "predict", "compare", "hostile"],
+                        help="the cases of one command, or the hostile classes (disks, concurrency, signals, ...)")
     parser.add_argument("--keep", help="build in this folder (must not exist) and keep it")
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once as subprocesses (default 2)")
     parser.add_argument("--case", action="append", default=[], metavar="NAME",
@@ -624,11 +745,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no such case: {', '.join(unknown)}", file=sys.stderr)
                 return 2
             cases = [case for case in cases if case.name in args.case]
+        skipped: list[tuple[Case, str]] = []
+        mount = can_mount()
+        runnable = []
+        for case in cases:
+            reason = needs_process(case) if args.in_process else ""
+            if not reason and case.shell and not mount:
+                reason = "no private mount namespace can be made here (needs root or user namespaces)"
+            if reason:
+                skipped.append((case, reason))
+            else:
+                runnable.append(case)
+        cases = runnable
         if args.in_process:
             results = [run_case(case, root, True) for case in cases]
         else:
+            alone = [case for case in cases if case.signal_when is not None or case.holder is not None]
+            together = [case for case in cases if case not in alone]
             with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-                results = list(pool.map(lambda case: run_case(case, root, False), cases))
+                results = list(pool.map(lambda case: run_case(case, root, False), together))
+            results += [run_case(case, root, False) for case in alone]  # timing-sensitive: one at a time
         failed = 0
         for result in results:
             error = next((line for line in result.stderr.splitlines() if line.startswith("mckd: error: ")), "")
@@ -637,6 +773,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{status} {result.case.name:45s} {result.seconds:5.1f}s  {error[13:130]}")
             for problem in result.problems:
                 print(f"     - {problem}")
+        reasons: dict[str, int] = {}
+        for _, reason in skipped:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, count in reasons.items():
+            print(f"skipped {count} cases that need {reason}" if not reason.startswith("no ") else
+                  f"skipped {count} cases: {reason}")
         print(f"{len(results) - failed} of {len(results)} cases end with one clear error, no traceback, nothing half-written")
         return 1 if failed else 0
     finally:

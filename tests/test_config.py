@@ -123,7 +123,7 @@ def test_a_value_of_the_wrong_type_of_each_kind_names_the_key(override, message)
         ("method.p=3", "method.p must be 1 or 2, got 3"),
         ("method.meta_every=0", "method.meta_every must be >= 1"),
         ("missing.rates={fou: 1.2}", "missing.rates.fou must be in [0, 1], got 1.2"),
-        ("missing.rates={fou: .nan}", "missing.rates.fou must be in [0, 1], got nan"),
+        ("missing.rates={fou: .nan}", "missing.rates.fou must be a finite number, got nan"),
         ("train.lr=0", "train.lr must be > 0"),
         ("train.gamma=1.5", "train.gamma must be in (0, 1]"),
         ("data.split=[0.5, 0.5, 0.5]", "data.split must be three non-negative fractions summing to 1"),

@@ -68,7 +68,7 @@ def analyse_alpha(
             name = "alpha_0" if alpha == 0 else f"p{p}_alpha_{alpha:g}"
             run = out / name
             if name not in trained:
-                train_seeds(raw, [*overrides, f"method.alpha={alpha}", f"method.p={p}"], seeds, run)
+                train_seeds(raw, [*overrides, f"method.alpha={alpha}", f"method.p={p}"], seeds, run, force=True)
                 trained.add(name)
             rows = read_table(run / "subsets.csv")
             table.append({"p": p, "alpha": float(alpha), **_score(rows, metric, run, seeds), "run": name})
@@ -105,7 +105,7 @@ def analyse_norm(
     table: list[Row] = []
     for norm in normalisations:
         run = out / norm
-        rows = train_seeds(raw, [*overrides, f"method.weight_norm={norm}"], seeds, run)
+        rows = train_seeds(raw, [*overrides, f"method.weight_norm={norm}"], seeds, run, force=True)
         weights = final_weights([run / f"seed_{s}" for s in seeds])
         ranked = sorted(weights, key=weights.get, reverse=True)
         table.append({"normalisation": norm, **_score(rows, metric, run, seeds),
@@ -116,11 +116,15 @@ def analyse_norm(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     x = np.arange(len(table))
-    ax.bar(x, [r["all subsets"] for r in table], yerr=[r["std over seeds"] for r in table], capsize=4)
+    # Points, not bars: an axis that does not start at 0 does not make a bar's length lie.
+    means = [r["all subsets"] for r in table]
+    ax.errorbar(x, means, yerr=[r["std over seeds"] for r in table], fmt="o", capsize=4, markersize=6)
+    for xi, mean in zip(x, means):
+        ax.annotate(f"{mean:.4f}", (xi, mean), textcoords="offset points", xytext=(8, 0), va="center", fontsize=8)
     ax.set_xticks(x)
     ax.set_xticklabels([r["normalisation"] for r in table])
-    low = min(r["all subsets"] for r in table)
-    ax.set_ylim(max(0.0, low - 0.05), None)
+    ax.set_xlim(-0.5, len(table) - 0.3)
+    ax.set_xlabel("normalisation of w (bars: std over seeds)")
     ax.set_ylabel(f"mean {metric} over subsets")
     ax.set_title("Normalisation of the importance weights (Table 3)")
     ax.grid(axis="y", alpha=0.3)
@@ -222,7 +226,7 @@ def analyse_features(
             config = config_from_dict(method_config(raw, name, [*overrides, f"seed={seed}"]))
             probe = FeatureQualityProbe(every or config.train.log_every)
             run = out / name / f"seed_{seed}"
-            train(config, run, callbacks=[probe])
+            train(config, run, callbacks=[probe], force=True)
             atomic_write_text(run / "feature_quality.json", json.dumps(probe.history, indent=1))
             for entry in probe.history:
                 l1 = float(np.mean(list(entry["l1"].values())))
@@ -259,12 +263,32 @@ def analyse_features(
 
 
 def analyse(kind: str, config_path: str | Path, out: str | Path, seeds: Sequence[int],
-            overrides: Sequence[str] = (), values: Sequence[str] | None = None) -> list[Row]:
-    """Run analysis ``kind`` (``alpha``, ``norm`` or ``features``); ``values`` overrides what is swept."""
-    if kind == "alpha":
-        return analyse_alpha(config_path, out, seeds, overrides, [float(v) for v in values] if values else DEFAULT_ALPHAS)
-    if kind == "norm":
-        return analyse_norm(config_path, out, seeds, overrides, list(values) if values else NORMALISATIONS)
-    if kind == "features":
+            overrides: Sequence[str] = (), values: Sequence[str] | None = None, force: bool = False) -> list[Row]:
+    """Run analysis ``kind`` (``alpha``, ``norm`` or ``features``); ``values`` overrides what is swept.
+
+    An existing ``out`` is refused unless ``force``.
+    """
+    from mckd.io import claim_output
+
+    if kind not in ANALYSES:
+        raise ConfigError(f"unknown analysis {kind!r}; known: {', '.join(ANALYSES)}")
+    if kind == "alpha" and values:
+        alphas = []
+        for value in values:
+            try:
+                alphas.append(float(value))
+            except ValueError:
+                raise ConfigError(f"--values: {value!r} is not a number; alpha values are numbers >= 0, "
+                                  "e.g. --values 0 0.1 1") from None
+            if not np.isfinite(alphas[-1]) or alphas[-1] < 0:
+                raise ConfigError(f"--values: alpha {value} must be a finite number >= 0")
+    if kind == "norm" and values:
+        unknown = [v for v in values if v not in NORMALISATIONS]
+        if unknown:
+            raise ConfigError(f"--values: {unknown} are not weight normalisations; choose among {list(NORMALISATIONS)}")
+    with claim_output(out, replace=force, kind="dir", what="analysis folder"):
+        if kind == "alpha":
+            return analyse_alpha(config_path, out, seeds, overrides, alphas if values else DEFAULT_ALPHAS)
+        if kind == "norm":
+            return analyse_norm(config_path, out, seeds, overrides, list(values) if values else NORMALISATIONS)
         return analyse_features(config_path, out, seeds, overrides, list(values) if values else ("mckd", "baseline"))
-    raise ConfigError(f"unknown analysis {kind!r}; known: {', '.join(ANALYSES)}")

@@ -28,9 +28,12 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load ``(tensors, metadata)``; a file that is not a safetensors checkpoint is refused."""
+    from mckd.io import file_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {str(path)!r} {problem}")
     kind = _pickle_kind(path)
     if kind:
         raise CheckpointError(

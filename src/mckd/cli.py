@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
-from mckd.errors import MckdError
+from mckd.errors import Interrupted, MckdError, Stopped
+
+# A name that becomes part of a file name (--names of mckd compare): no folders, no hidden files.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*$")
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -22,37 +29,93 @@ def _default_out(config: str) -> Path:
     return Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _distinct(values: Sequence[Any], option: str) -> None:
+    """``--seeds 0 0`` or ``--methods mckd mckd``: each value once."""
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise MckdError(f"{option}: {', '.join(repeated)} given more than once; each must appear once")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def _evaluation_of(run: Path) -> Iterator[None]:
+    """A signal during the evaluation after training: the trained run is complete, say how to evaluate it."""
+    try:
+        yield
+    except Interrupted as stopped:
+        raise Stopped(f"{stopped.signal_name} stopped the evaluation of {str(run)!r}; its training is complete "
+                      f"and saved: write the tables with `mckd evaluate {run}`") from None
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from mckd import distributed
-    from mckd.config import apply_overrides, config_from_dict, load_raw
+    from mckd.config import load_raw
     from mckd.experiment import train_seeds
-    from mckd.report import markdown_table
-    from mckd.runs import RunDir, evaluate_run
-    from mckd.train import train
 
-    if args.resume:
-        if args.config or args.seeds:
-            raise MckdError("--resume RUN_DIR continues one run with its own config.yaml: give no CONFIG and no --seeds")
-        out = Path(args.resume)
-        saved = RunDir(out).config
-        if not saved.is_file():
-            raise MckdError(f"cannot resume {str(out)!r}: it has no config.yaml (not a run directory of mckd train)")
-        raw = load_raw(saved)
-    elif not args.config:
+    if args.resume and (args.config or args.seeds):
+        raise MckdError("--resume RUN_DIR continues one run with its own config.yaml: give no CONFIG and no --seeds")
+    if args.resume and args.force:
+        raise MckdError("--resume continues a run and --force replaces it: give one of them")
+    if not args.resume and not args.config:
         raise MckdError("mckd train needs a CONFIG file, or --resume RUN_DIR")
-    else:
-        raw = load_raw(args.config)
-        out = Path(args.out) if args.out else _default_out(args.config)
+    out = Path(args.resume) if args.resume else Path(args.out) if args.out else _default_out(args.config)
     if args.seeds:
-        rows = train_seeds(raw, args.overrides, args.seeds, out)
+        _distinct(args.seeds, "--seeds")
+        rows = train_seeds(load_raw(args.config), args.overrides, args.seeds, out, force=args.force)
         if distributed.is_main():
+            from mckd.report import markdown_table
+
             print(markdown_table(rows))
     else:
-        config = config_from_dict(apply_overrides(raw, args.overrides))
-        train(config, out, resume=bool(args.resume))
-        _print_evaluation(evaluate_run(out, config.train.device))
+        from mckd.train import claim_run_directory
+
+        # A new run's config is checked before its directory is claimed; a resumed run's is read under the claim.
+        config = None if args.resume else _config_of(args, out)
+        with claim_run_directory(out, bool(args.resume), args.force):  # held through the evaluation
+            _print_evaluation(_train_one(args, out, config or _config_of(args, out)))
     if distributed.is_main():
         print(f"run directory: {out}")
+
+
+def _config_of(args: argparse.Namespace, out: Path) -> Any:
+    """The config of ``mckd train``: CONFIG with --set, or the run's own config.yaml with --set (--resume)."""
+    from mckd.config import ConfigError, apply_overrides, config_from_dict, load_raw
+    from mckd.runs import RunDir
+
+    if args.resume:
+        saved = RunDir(out).config
+        if not saved.is_file():
+            checkpoint = "" if RunDir(out).checkpoint.is_file() else " and no checkpoint"
+            raise MckdError(f"cannot resume {str(out)!r}: it has no config.yaml{checkpoint} (not a run directory of "
+                            "mckd train)")
+        raw = load_raw(saved)
+    else:
+        raw = load_raw(args.config)
+    try:
+        return config_from_dict(apply_overrides(raw, args.overrides))
+    except ConfigError as error:
+        if not args.resume:
+            raise
+        raise ConfigError(f"the config of run {str(out)!r} ({RunDir(out).config}) is not valid: {error}") from None
+
+
+def _train_one(args: argparse.Namespace, out: Path, config: Any) -> Any:
+    """``mckd train`` of one run (new or resumed), then its evaluation."""
+    from mckd.runs import evaluate_run
+    from mckd.train import train
+
+    train(config, out, resume=bool(args.resume), force=args.force)
+    with _evaluation_of(out):
+        return evaluate_run(out, config.train.device)
 
 
 def _print_evaluation(result, samples: str = "test samples") -> None:
@@ -93,6 +156,15 @@ def _split_names(text: str | None) -> list[str] | None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mckd.io import claim_output
+
+    with claim_output(Path(args.run_dir), replace=True, kind="dir", what="run directory"):  # not while it trains
+        if not Path(args.run_dir).is_dir():
+            raise MckdError(f"run directory {str(args.run_dir)!r} does not exist")
+        _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     from mckd.experiment import aggregate_run_seeds, run_seeds
     from mckd.report import markdown_table
     from mckd.runs import RunDir, evaluate_run
@@ -127,25 +199,33 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    from mckd.experiment import test_sentence
+    from mckd.io import claim_output
     from mckd.report import compare_tables, plot_subset_comparison, read_table, write_table
     from mckd.runs import RunDir
 
     a, b = Path(args.run_a), Path(args.run_b)
-    name_a, name_b = args.names or (a.name, b.name)
+    for name in args.names or ():
+        if not PLAIN_NAME.match(name):
+            raise MckdError(f"--names: {name!r} is not a plain name (letters, digits, _ - + .; no '/', no leading "
+                            "dot): it becomes part of file names")
+    table_a, table_b = RunDir(a).results_table(args.table), RunDir(b).results_table(args.table)
+    if table_a.resolve() == table_b.resolve():
+        raise MckdError(f"{str(a)!r} and {str(b)!r} are the same run ({table_a}); compare two different runs")
+    name_a, name_b = args.names or (a.resolve().name, b.resolve().name)
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
-    rows_a, rows_b = (read_table(RunDir(run).results_table(args.table)) for run in (a, b))
+    rows_a, rows_b = read_table(table_a), read_table(table_b)
     metric = args.metric or RunDir(a).primary_metric() or next(
         k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples"))
     if metric not in rows_a[0]:
         raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
     rows, summary = compare_tables(rows_a, rows_b, metric, name_a, name_b)
     out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
-    from mckd.experiment import _test_sentence
-
-    sentence = _test_sentence(summary, name_a, name_b)
-    write_table(rows, out / "comparison", title=f"{metric}: {name_a} vs {name_b}", notes=sentence)
-    plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
+    sentence = test_sentence(summary, name_a, name_b)
+    with claim_output(out, replace=True, kind="dir", what="comparison folder"):
+        write_table(rows, out / "comparison", title=f"{metric}: {name_a} vs {name_b}", notes=sentence)
+        plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
     print(sentence)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
 
@@ -153,8 +233,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from mckd.experiment import benchmark
 
+    _distinct(args.methods, "--methods")
+    _distinct(args.seeds, "--seeds")
     out = Path(args.out) if args.out else _default_out(args.config)
-    benchmark(args.config, args.methods, args.seeds, out, args.overrides, reuse=args.reuse)
+    benchmark(args.config, args.methods, args.seeds, out, args.overrides, reuse=args.reuse, force=args.force)
     print((out / "summary.md").read_text())
     print(f"written: {out}")
 
@@ -163,8 +245,11 @@ def cmd_analyse(args: argparse.Namespace) -> None:
     from mckd.analyses import analyse
     from mckd.report import markdown_table
 
+    _distinct(args.seeds, "--seeds")
+    if args.values:
+        _distinct(args.values, "--values")
     out = Path(args.out) if args.out else Path("runs") / f"analyse_{args.kind}_{Path(args.config).stem}"
-    rows = analyse(args.kind, args.config, out, args.seeds, args.overrides, args.values)
+    rows = analyse(args.kind, args.config, out, args.seeds, args.overrides, args.values, force=args.force)
     print(markdown_table(rows))
     print(f"written: {out / args.kind}.md, {out / args.kind}.csv, {out / args.kind}.png")
 
@@ -193,15 +278,27 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if name in inputs:
             raise MckdError(f"sequence {name!r} is given twice")
         inputs[name] = path
-    out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
-                        convention=args.labels, force=args.force, options=_segment_options(args))
+    from mckd.io import claim_output, file_problem
+
+    for name, path in [*inputs.items(), *([("mask", args.mask)] if args.mask else [])]:
+        problem = file_problem(path)
+        if problem:  # before the output is claimed: a wrong argument is not a busy output
+            raise MckdError(f"{path} ({name}) {problem}")
+    with claim_output(args.out, replace=args.force, kind="file", what="output"):
+        out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
+                            convention=args.labels, force=args.force, options=_segment_options(args))
     print(f"written: {out}")
 
 
 def cmd_plot_seg(args: argparse.Namespace) -> None:
     from mckd.plot_seg import plot_case
 
-    out = plot_case(args.run_dir, args.case, args.subset.split("+"), args.out, args.slice, args.device)
+    from mckd.io import claim_output
+
+    subset = args.subset.split("+")
+    _distinct(subset, "--subset")
+    with claim_output(args.out, replace=True, kind="file", what="figure"):
+        out = plot_case(args.run_dir, args.case, subset, args.out, args.slice, args.device)
     print(f"written: {out}")
 
 
@@ -234,11 +331,21 @@ def cmd_list(args: argparse.Namespace) -> None:
 PREPARE_MODULES: list[str] = ["mckd.data.brats", "mckd.data.avmnist"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong argument reported as every other error: one ``mckd: error:`` line, exit 2."""
+
+    def error(self, message: str) -> Any:
+        command = self.prog if self.prog != "mckd" else "mckd"
+        self.exit(2, f"mckd: error: {command}: {' '.join(message.split())} (see {command} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mckd",
         description="Multi-modal learning that stays accurate when modalities are missing (MCKD).",
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print mckd's version, git commit, Python and torch versions, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a config (one seed, or several with --seeds) and evaluate it",
@@ -249,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="train once per seed into OUT/seed_<s> and aggregate")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped run from RUN_DIR/checkpoint.safetensors, exactly where it stopped")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run in OUT (the old one stays until the new one has written its "
+                        "first checkpoint)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="evaluate a trained run over every subset of modalities",
@@ -294,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/<config>-<time>)")
     p.add_argument("--reuse", action="store_true",
                    help="keep runs in OUT already trained and evaluated with the same resolved config")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT (each run once its successor "
+                                                        "has written its first checkpoint)")
     _add_set(p)
     p.set_defaults(func=cmd_benchmark)
 
@@ -309,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values", nargs="+", help="what to sweep: alphas (default 0 0.01 0.1 0.3 1), "
                                                "normalisations, or methods for features (default mckd baseline)")
     p.add_argument("--out", help="output folder (default: runs/analyse_<kind>_<config>)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     _add_set(p)
     p.set_defaults(func=cmd_analyse)
 
@@ -371,33 +484,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from mckd import distributed
-    from mckd.train import TrainingInterrupted
+class _VersionAction(argparse.Action):
+    """``mckd --version``: computed when asked (it reads the git commit)."""
 
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        from mckd.provenance import version_line
+
+        print(version_line())
+        parser.exit()
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _format_warning(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
+    """Warnings as one line, ``mckd: warning: ...``, without the file and source line Python adds."""
+    return f"mckd: warning: {' '.join(str(message).split())}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM outside the training loop (start-up, set-up, evaluation, prepare, predict) unwinds like Ctrl-C:
+    # temporary files and staging folders are removed on the way out and one line says what happened.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _in_main_thread() else None
     try:
-        args.func(args)
+        from mckd.provenance import set_command
+
+        set_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        from mckd import distributed
+        from mckd.threads import apply_threads
+    except (KeyboardInterrupt, Interrupted) as stopped:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        print(f"mckd: {getattr(stopped, 'signal_name', 'SIGINT')} stopped mckd as it started; nothing was written",
+              file=sys.stderr)
+        return 130
+    except BaseException:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        raise
+    try:
+        apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
+        format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
+        try:
+            args.func(args)
+        finally:
+            warnings.formatwarning = format_warning
         distributed.shutdown()  # under torchrun: barrier, then leave the process group
-    except TrainingInterrupted as stopped:
+    except Stopped as stopped:
         main_rank = distributed.is_main()
         distributed.shutdown()
         if main_rank:
             print(f"mckd: {stopped}", file=sys.stderr)
         return 130
     except MckdError as error:
-        print(f"mckd: error: {error}", file=sys.stderr)
+        print(f"mckd: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mckd: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as stopped:
+        name = getattr(stopped, "signal_name", "SIGINT")
+        print(f"mckd: {name} stopped mckd {args.command}; files are written atomically, so nothing was "
+              "half-written (what was being written was removed)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of a pipe went away (`mckd predict ... | head`): stop quietly
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

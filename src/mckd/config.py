@@ -15,8 +15,10 @@ names the key. ``--set key=value`` overrides use dotted keys and YAML values.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -27,7 +29,18 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from mckd.errors import ConfigError
-from mckd.io import atomic_write_text
+from mckd.io import atomic_write_text, file_problem
+
+# Marks an option that names a file or folder (``field(default="", metadata=PATH)``): a run stores it
+# resolved to an absolute path, so the run can be evaluated from any folder (:func:`resolve_paths`).
+PATH = {"path": True}
+# The same for a folder whose empty value means the current folder (the ``files`` dataset's ``root``): a run
+# stores that folder, so the paths relative to it still resolve from elsewhere.
+FOLDER_OR_CWD = {"path": True, "empty": "cwd"}
+
+INT64 = (-(2**63), 2**63 - 1)  # what torch and NumPy can hold; a larger integer in a config is a mistake
+MAX_SEED = 2**32 - 1  # NumPy's legacy seed range (torch's is wider)
+MAX_YAML_VALUES = 100_000  # a config has a few hundred; an alias bomb expands to billions
 
 
 @dataclass
@@ -71,6 +84,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast: auto is bf16 on CUDA, fp32 on CPU
     checkpoint_every: int = 0  # iterations between checkpoints (resumable); 0: only at the end and on SIGTERM/Ctrl-C
     deterministic: bool = False  # deterministic algorithms only (slower on CUDA); off: cuDNN autotuning
+    threads: int = 0  # CPU threads of torch; 0: auto (1 on the CPU, or what OMP_NUM_THREADS / torch.set_num_threads set)
+    eval_every: int = 500  # iterations between validation scores (meta-validation split); 0: none
+    save_best: bool = False  # also keep checkpoint_best.safetensors, the model best on validation
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # beside metrics.jsonl: csv, tensorboard
 
     def validate(self, path: str) -> None:
         _check(self.epochs >= 1 or self.iterations >= 1, f"{path}: set epochs >= 1 or iterations >= 1")
@@ -83,6 +100,21 @@ class TrainConfig:
         _check(self.num_workers >= 0, f"{path}.num_workers must be >= 0")
         _check(self.log_every >= 1, f"{path}.log_every must be >= 1, got {self.log_every}")
         _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        _check(self.threads >= 0, f"{path}.threads must be >= 0 (0: auto), got {self.threads}")
+        _check(self.eval_every >= 0, f"{path}.eval_every must be >= 0 (0: no validation), got {self.eval_every}")
+        _check(not self.save_best or self.eval_every > 0,
+               f"{path}.save_best needs validation scores: set {path}.eval_every > 0")
+        for logger in self.loggers:
+            _check(logger in LOGGERS, f"{path}.loggers: {logger!r} is not one of {list(LOGGERS)}")
+        _check(len(set(self.loggers)) == len(self.loggers), f"{path}.loggers names a logger twice: {self.loggers}")
+        if "tensorboard" in self.loggers:
+            import importlib.util
+
+            _check(importlib.util.find_spec("tensorboard") is not None,
+                   f"{path}.loggers: tensorboard needs the tensorboard package: pip install 'mckd[tensorboard]'")
+
+
+LOGGERS = ("csv", "tensorboard")  # metrics.jsonl is always written
 
 
 @dataclass
@@ -139,6 +171,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def validate(self, path: str) -> None:
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {_show(self.seed)}")
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, every default filled in, as plain YAML-able data."""
         out: dict[str, Any] = {}
@@ -156,6 +191,14 @@ class Config:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error names the value, it does not print a huge one."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _type_name(tp: Any) -> str:
@@ -188,16 +231,16 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}{hint}")
+            raise ConfigError(f"{path} must be one of {list(args)}, got {_show(value)}{hint}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path} must be a list, got {type(value).__name__} {_show(value)}")
         item = args[0] if args else Any
         return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path} must be a mapping, got {type(value).__name__} {_show(value)}")
         key_tp, value_tp = args if args else (Any, Any)
         return {_convert(k, key_tp, f"{path}"): _convert(v, value_tp, f"{path}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Section):
@@ -206,21 +249,29 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return build_dataclass(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
+            raise ConfigError(f"{path} must be true or false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
+            raise ConfigError(f"{path} must be an integer, got {_show(value)}")
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConfigError(f"{path} must be an integer of at most 64 bits, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _YAML11_EXPONENT.match(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; people mean the number
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; people mean the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{path} must be a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise ConfigError(f"{path} must be a finite number, got {_show(value)}") from None
+        if not math.isfinite(number):  # .inf and .nan pass every range check; training would diverge
+            raise ConfigError(f"{path} must be a finite number, got {number}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
+            raise ConfigError(f"{path} must be a string, got {_show(value)}")
         return value
     raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
 
@@ -235,7 +286,7 @@ def unknown_key_error(key: str, known: list[str], path: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
     where = f"{path}.{key}" if path else key
-    return ConfigError(f"unknown config key {where!r}{hint}")
+    return ConfigError(f"unknown config key {_show(where)}{hint}")
 
 
 def build_dataclass(cls: type, values: Any, path: str) -> Any:
@@ -243,7 +294,7 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(values).__name__} {values!r}")
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(values).__name__} {_show(values)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -270,7 +321,7 @@ def _build_section(kind: str, values: Any) -> Section:
     values = dict(values)
     name = values.pop("name")
     if not isinstance(name, str):
-        raise ConfigError(f"{kind}.name must be a string, got {name!r}")
+        raise ConfigError(f"{kind}.name must be a string, got {_show(name)}")
     entry = registry.lookup(kind, name)
     section_type = _SECTION_TYPES.get(kind, Section)
     shared = {f.name: f for f in dataclasses.fields(section_type) if f.name not in ("name", "options")}
@@ -283,10 +334,88 @@ def _build_section(kind: str, values: Any) -> Section:
     return section_type(name=name, options=build_dataclass(entry.options, values, kind), **common)
 
 
+OPEN_SECTIONS = ("task", "data", "model", "method")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key; the base class says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {_show(key, 40)} appears twice in one mapping (first on line "
+                    f"{seen[key] + 1}); the second would silently win: keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_values(value: Any, limit: int) -> int:
+    """Values in ``value`` with YAML aliases expanded, counted up to just past ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text safely (no Python tags); ``source`` names it in errors ("config file 'x.yaml'").
+
+    A key given twice in one mapping and a document that expands, through its
+    aliases, to more than :data:`MAX_YAML_VALUES` values (an alias bomb) are
+    :class:`ConfigError` s, as is anything PyYAML cannot read.
+    """
+    try:
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        what = "value " + _show(text, 60) + " " if source.startswith("--set") else ""
+        raise ConfigError(f"{source}: {what}is not valid YAML ({_one_line(error)})") from None
+    if _count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ConfigError(f"{source} expands to more than {MAX_YAML_VALUES:,} values through its YAML aliases "
+                          "(an alias bomb?); a config needs a few hundred")
+    return value
+
+
+def resolve_paths(config: "Config", base: str | Path | None = None) -> "Config":
+    """``config`` with every file or folder option (marked :data:`PATH`) made absolute against ``base`` (the cwd).
+
+    A run directory stores its config this way, so that ``mckd evaluate RUN`` works
+    from any folder and after the run is moved. Empty paths (a dataset's default) stay empty, except a
+    :data:`FOLDER_OR_CWD` folder, which becomes the current folder it stands for.
+    """
+    base = Path(base) if base is not None else Path.cwd()
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        options = getattr(section, "options", None)
+        if not dataclasses.is_dataclass(options):
+            continue
+        for option in dataclasses.fields(options):
+            value = getattr(options, option.name)
+            if not (option.metadata.get("path") and isinstance(value, str)):
+                continue
+            if value and not Path(value).expanduser().is_absolute():
+                setattr(options, option.name, str((base / Path(value).expanduser()).resolve()))
+            elif not value and option.metadata.get("empty") == "cwd":
+                setattr(options, option.name, str(base.resolve()))
+    return config
+
+
 def split_override(item: str) -> tuple[str, str]:
     """``"train.lr=0.01"`` -> ``("train.lr", "0.01")``; a malformed item is a :class:`ConfigError`."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
+        raise ConfigError(f"--set expects key=value, got {_show(item)}")
     key, text = item.split("=", 1)
     key = key.strip()
     if not all(key.split(".")):
@@ -307,14 +436,17 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of a raw config mapping."""
-    raw = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False)) or {}  # keep the order: modalities follow it
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of a raw config mapping.
+
+    A section given a bare name (``--set method=lckd``, ``--set task=segmentation``) becomes that
+    registered entry with its defaults, as ``{name: ...}``.
+    """
+    raw = copy.deepcopy(raw) or {}
     for item in overrides:
         key, text = split_override(item)
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({_one_line(error)})") from None
+        value = parse_yaml(text, f"--set {key}")
+        if "." not in key and key in OPEN_SECTIONS and isinstance(value, str):
+            value = {"name": value}
         set_key(raw, key, value)
     return raw
 
@@ -323,22 +455,22 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and check a :class:`Config` from plain data (an older layout is upgraded first)."""
     from mckd.config_upgrade import upgrade_raw_config
 
-    return build_dataclass(Config, upgrade_raw_config(raw), "")
+    return resolve_paths(build_dataclass(Config, upgrade_raw_config(raw), ""))
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file as plain data."""
+    """Read a YAML config file as plain data (duplicate keys and alias bombs refused)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise ConfigError(f"config file {str(path)!r} {problem}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not a text (UTF-8) YAML file: {error.reason} at byte {error.start}") from None
     except OSError as error:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_one_line(error)}") from None
+    raw = parse_yaml(text, f"config file {str(path)!r}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
     return raw

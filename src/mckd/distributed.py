@@ -205,6 +205,23 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The maximum of ``tensor`` over ranks (a new tensor; the input without a group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (every rank must call; the flag itself without a group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    return bool(all_reduce_max(torch.tensor([int(flag)], device=device)).item())
+
+
 def average_gradients(parameters: list[torch.Tensor]) -> None:
     """Replace each parameter's gradient by its mean over ranks (no-op without a group).
 

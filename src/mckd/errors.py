@@ -30,3 +30,30 @@ class MissingModalityError(DataError, ValueError):
 
 class CheckpointError(MckdError):
     """A checkpoint is missing, unsafe, or does not match the model."""
+
+
+class OutputInUse(MckdError):
+    """Another process is writing the output (run directory, cache, prediction); the message names it."""
+
+
+class Stopped(MckdError):
+    """Not a fault: a signal (SIGTERM, Ctrl-C) stopped the command; the message says what was kept and what next.
+
+    The CLI prints it as ``mckd: <message>`` and exits with status 130.
+    """
+
+
+class TrainingDiverged(MckdError):
+    """A loss, a parameter or an importance weight of a training run became NaN or infinite."""
+
+
+class Interrupted(BaseException):
+    """Raised by mckd's handler of SIGTERM (and, like KeyboardInterrupt, of Ctrl-C) outside the training loop.
+
+    A ``BaseException``, so that ``except Exception`` blocks let it through and
+    every ``finally`` and atomic write cleans up on the way out.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,8 +20,8 @@ import numpy as np
 from mckd import registry
 from mckd.config import apply_overrides, config_from_dict, load_raw, set_key, split_override
 from mckd.config_upgrade import upgrade_raw_config
-from mckd.errors import ConfigError
-from mckd.io import atomic_write_text
+from mckd.errors import ConfigError, MckdError
+from mckd.io import atomic_write_json, atomic_write_text, claim_output
 from mckd.report import (
     Row,
     aggregate_seeds,
@@ -98,30 +99,36 @@ def check_overrides_fit_some_method(methods: Sequence[str], overrides: Sequence[
 
 
 def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[int], out: str | Path,
-                reuse: bool = False, method: str | None = None) -> list[Row]:
+                reuse: bool = False, method: str | None = None, force: bool = False) -> list[Row]:
     """Train and evaluate one config per seed into ``out/seed_<s>``; aggregate into ``out/subsets``.
 
     ``method``: train that method or preset (:func:`method_config`) instead of
     the config's own. With ``reuse``, a seed whose run directory was trained
     and evaluated with the same resolved config is read instead of trained
     again (an interrupted benchmark continues; copies of one benchmark with
-    other methods share runs).
+    other methods share runs), and the others are trained again in place.
+    An existing ``out`` is refused unless ``force`` or ``reuse``.
 
     Returns the per-subset mean and standard deviation over seeds.
     """
     out = RunDir(out)
     if not seeds:
         raise ConfigError("at least one seed is needed")
-    for seed in seeds:
-        seeded = [*overrides, f"seed={seed}"]
-        config = config_from_dict(method_config(raw, method, seeded) if method else apply_overrides(raw, seeded))
-        run = out.seed(seed)
-        if not (reuse and finished_run(run.path, config)):
-            train(config, run.path)
-            evaluate_run(run.path, config.train.device)
-    rows = aggregate_run_seeds(out, seeds)
-    atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
-                                                    "overrides": list(overrides)}, indent=2))
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {repeated} are given more than once: each seed must appear once")
+    with claim_output(out.path, replace=force or reuse, kind="dir", what="multi-seed folder"):
+        for seed in seeds:
+            seeded = [*overrides, f"seed={seed}"]
+            config = config_from_dict(method_config(raw, method, seeded) if method else apply_overrides(raw, seeded))
+            run = out.seed(seed)
+            if not (reuse and finished_run(run.path, config)):
+                with claim_output(run.path, replace=True, kind="dir", what="run directory"):
+                    train(config, run.path, force=force or reuse)
+                    evaluate_run(run.path, config.train.device)
+        rows = aggregate_run_seeds(out, seeds)
+        atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
+                                                        "overrides": list(overrides)}, indent=2))
     return rows
 
 
@@ -144,8 +151,49 @@ def aggregate_run_seeds(out: RunDir, seeds: Sequence[int]) -> list[Row]:
     title = f"{out.path.name}: mean and standard deviation over seeds {list(seeds)}"
     write_table(rows, out.aggregate, title=title)
     write_table(aggregate_seeds(observed, metric_names), out.aggregate_observed, title=f"{title}, as observed")
-    plot_weights([out.seed(s).metrics for s in seeds], out.weights_plot, title=f"Importance weights, {out.path.name}")
+    if not plot_weights([out.seed(s).metrics for s in seeds], out.weights_plot,
+                        title=f"Importance weights, {out.path.name}"):
+        out.weights_plot.unlink(missing_ok=True)  # no meta step: no plot, and none left from an earlier run
     return rows
+
+
+def seed_tables(folder: str | Path) -> dict[int, list[Row]]:
+    """The per-seed evaluation tables of a multi-seed folder (its ``seeds.json``); empty for a single run."""
+    folder = RunDir(folder)
+    try:
+        seeds = json.loads(folder.seeds_record.read_text(encoding="utf-8"))["seeds"]
+        return {int(s): read_table(folder.seed(int(s)).subsets.with_suffix(".csv")) for s in seeds}
+    except (OSError, ValueError, KeyError, TypeError, MckdError):
+        return {}
+
+
+def paired_difference_spread(folder_a: str | Path, folder_b: str | Path, metric: str) -> dict[str, float]:
+    """Per subset, the standard deviation over seeds of ``a - b``, seed by seed (folders with common seeds).
+
+    The spread a reader needs to judge a per-subset difference: the runs of
+    one seed share a data split and a random start, so the paired spread is
+    the honest one. Empty when the folders share fewer than two seeds.
+    """
+    tables_a, tables_b = seed_tables(folder_a), seed_tables(folder_b)
+    common = sorted(set(tables_a) & set(tables_b))
+    if len(common) < 2:
+        return {}
+    spread = {}
+    for row in tables_a[common[0]]:
+        subset = row["subset"]
+        try:
+            diffs = [float(next(r for r in tables_a[s] if r["subset"] == subset)[metric])
+                     - float(next(r for r in tables_b[s] if r["subset"] == subset)[metric]) for s in common]
+        except (StopIteration, KeyError, TypeError, ValueError):
+            continue  # a subset undefined in some seed (no sample has it): no spread for it
+        spread[subset] = float(np.std(diffs, ddof=1))
+    return spread
+
+
+def seed_means(folder: str | Path, metric: str) -> list[float]:
+    """The mean of ``metric`` over all subsets, one value per seed of a multi-seed folder."""
+    return [float(np.mean([float(r[metric]) for r in table if defined(r.get(metric))]))
+            for _, table in sorted(seed_tables(folder).items())]
 
 
 def finished_run(run_dir: Path, config: Any) -> bool:
@@ -174,10 +222,12 @@ def benchmark(
     out: str | Path,
     overrides: Sequence[str] = (),
     reuse: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train every method over every seed, compare each with the first, and write a summary.
 
-    ``reuse``: keep finished runs of the same resolved config (see :func:`train_seeds`).
+    ``reuse``: keep finished runs of the same resolved config (see :func:`train_seeds`);
+    ``force``: replace an existing ``out`` (refused otherwise).
 
     Writes ``out/<method>/...`` (see :func:`train_seeds`), ``out/compare_<a>_vs_<b>.{csv,md,png}``
     and ``out/summary.md``. Returns the comparison summaries.
@@ -186,28 +236,36 @@ def benchmark(
     raw = load_raw(config_path)
     if len(methods) < 1:
         raise ConfigError("benchmark needs at least one method")
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+        raise ConfigError(f"methods {repeated} are given more than once: a method compared with itself tells nothing")
     check_overrides_fit_some_method(methods, overrides)
     configs = {name: config_from_dict(method_config(raw, name, overrides)) for name in methods}  # fail early
-    tables = {name: train_seeds(raw, overrides, seeds, out / name, reuse, method=name) for name in methods}
-    reference = methods[0]
-    metric = configs[reference].task.options.primary_metric
-    summaries = {}
-    for other in methods[1:]:
-        rows, summary = compare_tables(tables[reference], tables[other], metric, reference, other)
-        stem = out / f"compare_{reference}_vs_{other}"
-        write_table(rows, stem, title=f"{metric}: {reference} vs {other}, mean over seeds {list(seeds)}",
-                    notes=_test_sentence(summary, reference, other))
-        plot_subset_comparison(rows, reference, other, metric, stem.with_suffix(".png"))
-        summaries[other] = summary
-    weights = final_weights([out / reference / f"seed_{s}" for s in seeds])
-    summary_text = write_summary(out, config_path, methods, seeds, tables, summaries, weights, metric)
-    observed_text, observed = observed_comparison(out, methods, seeds, metric)
-    summary_text += observed_text
-    if len(methods) > 1:
-        summary_text += write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
-    atomic_write_text(out / "summary.md", summary_text)
-    atomic_write_text(out / "summary.json", json.dumps({"metric": metric, "comparisons": summaries,
-                                                        "observed": observed, "final_weights": weights}, indent=2))
+    with claim_output(out, replace=force or reuse, kind="dir", what="benchmark folder"):
+        tables = {name: train_seeds(raw, overrides, seeds, out / name, reuse, method=name, force=force)
+                  for name in methods}
+        reference = methods[0]
+        metric = configs[reference].task.options.primary_metric
+        summaries = {}
+        for other in methods[1:]:
+            rows, summary = compare_tables(tables[reference], tables[other], metric, reference, other)
+            stem = out / f"compare_{reference}_vs_{other}"
+            write_table(rows, stem, title=f"{metric}: {reference} vs {other}, mean over seeds {list(seeds)}",
+                        notes=test_sentence(summary, reference, other))
+            plot_subset_comparison(rows, reference, other, metric, stem.with_suffix(".png"),
+                                   difference_std=paired_difference_spread(out / reference, out / other, metric),
+                                   seeds=len(seeds))
+            summaries[other] = summary
+        weights = final_weights([out / reference / f"seed_{s}" for s in seeds])
+        spreads = {name: seed_means(out / name, metric) for name in methods}
+        summary_text = write_summary(out, config_path, methods, seeds, tables, summaries, weights, metric, spreads)
+        observed_text, observed = observed_comparison(out, methods, seeds, metric)
+        summary_text += observed_text
+        if len(methods) > 1:
+            summary_text += "\n" + write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
+        atomic_write_text(out / "summary.md", summary_text)
+        atomic_write_json(out / "summary.json", {"metric": metric, "comparisons": summaries, "observed": observed,
+                                                 "final_weights": weights})
     return summaries
 
 
@@ -283,14 +341,22 @@ def write_methods_table(
     return text
 
 
-def _test_sentence(summary: Row, a: str, b: str) -> str:
-    test = (f"t = {summary['t']:.3f}, p = {summary['p_one_tailed']:.4f}" if summary["t"] is not None
-            else "undefined (the differences do not vary)")
-    return (
-        f"Mean over {summary['subsets']} subsets: {a} {summary[a]:.4f}, {b} {summary[b]:.4f} "
-        f"(difference {summary['difference']:+.4f}); {a} better on {summary['wins']}, worse on "
-        f"{summary['losses']}; one-tailed paired t-test across subsets ({a} > {b}): {test}."
-    )
+def format_p(p: float | None) -> str:
+    """A p-value with two significant digits (``4.1e-06``), so a small one never prints as 0.0000."""
+    return "undefined" if p is None or math.isnan(p) else f"{p:.2g}"
+
+
+def test_sentence(summary: Row, a: str, b: str) -> str:
+    """One sentence: the means, the difference, wins and losses, and the one-tailed paired t-test."""
+    head = (f"Mean over {summary['subsets']} subsets: {a} {summary[a]:.4f}, {b} {summary[b]:.4f} "
+            f"(difference {summary['difference']:+.4f}); {a} better on {summary['wins']}, worse on "
+            f"{summary['losses']}; ")
+    if summary["t"] is None or math.isnan(summary["t"]):
+        why = ("the two are equal on every subset" if summary["wins"] == summary["losses"] == 0
+               else "the differences do not vary, or too few subsets")
+        return head + f"no t-test ({why})."
+    return head + (f"one-tailed paired t-test across subsets ({a} > {b}): t = {summary['t']:.2f}, "
+                   f"p = {format_p(summary['p_one_tailed'])}.")
 
 
 def write_summary(
@@ -302,16 +368,27 @@ def write_summary(
     summaries: dict[str, Row],
     weights: dict[str, float],
     metric: str,
+    seed_spreads: dict[str, Sequence[float]] | None = None,
 ) -> str:
-    """A short, readable account: weight ranking, single-modality ranking, where the reference gains or loses."""
+    """A short, readable account: weight ranking, single-modality ranking, where the reference gains or loses.
+
+    ``seed_spreads``: per method, the mean over subsets of each seed; its
+    standard deviation over seeds is the one spread the summary gives.
+    """
     reference = methods[0]
     tables = rows_defined_in_all(tables, metric)  # subsets no test sample has are not summarised
     ranked = sorted(weights, key=weights.get, reverse=True)
     singles = sorted((r for r in tables[reference] if int(r["size"]) == 1), key=lambda r: r[metric], reverse=True)
+
+    def spread(name: str) -> Any:
+        values = (seed_spreads or {}).get(name) or []
+        return float(np.std(values, ddof=1)) if len(values) > 1 else "n/a (one seed)"
+
     lines = [
         f"# Benchmark: {', '.join(methods)} on `{config_path}`",
         "",
-        f"Seeds {list(seeds)}; {metric} on the test split, every subset of modalities; mean over seeds.",
+        f"Seeds {list(seeds)}; {metric} on the test split, every subset of modalities; mean over seeds. "
+        "Each run's final checkpoint (nothing is selected on the test split).",
         "",
         "## Learned importance weights",
         "",
@@ -326,19 +403,24 @@ def write_summary(
         "",
         markdown_table([
             {"method": name, f"mean {metric}": float(np.mean([r[metric] for r in tables[name]])),
-             "mean std over seeds": float(np.mean([r.get(f"{metric}_std", 0.0) for r in tables[name]]))}
+             "std over seeds": spread(name)}
             for name in methods
         ]),
+        f"std over seeds: the sample standard deviation, over the seeds, of each seed's mean {metric} over "
+        "all subsets.",
+        "",
     ]
     top_two = set(ranked[:2])
     for other, summary in summaries.items():
         lacking = [r for r in tables[reference] if top_two and not top_two & set(str(r["subset"]).split("+"))]
         others = {r["subset"]: r for r in tables[other]}
         diffs = sorted(((r[metric] - others[r["subset"]][metric]), r["subset"]) for r in tables[reference])
+        gains = [(d, s) for d, s in reversed(diffs) if d > 0][:3]
+        losses = [(d, s) for d, s in diffs if d < 0][:3]
         lines += [
             f"## `{reference}` against `{other}`",
             "",
-            _test_sentence(summary, reference, other),
+            test_sentence(summary, reference, other),
             "",
         ]
         if lacking:
@@ -349,9 +431,11 @@ def write_summary(
                 "",
             ]
         lines += [
-            "Largest gains: " + ", ".join(f"{s} {d:+.4f}" for d, s in reversed(diffs[-3:])) + ".",
+            "Largest gains: " + (", ".join(f"{s} {d:+.4f}" for d, s in gains) if gains
+                                 else f"none (`{reference}` is better on no subset)") + ".",
             "",
-            "Largest losses: " + ", ".join(f"{s} {d:+.4f}" for d, s in diffs[:3]) + ".",
+            "Largest losses: " + (", ".join(f"{s} {d:+.4f}" for d, s in losses) if losses
+                                  else f"none (`{reference}` is worse on no subset)") + ".",
             "",
             f"Table: `compare_{reference}_vs_{other}.md`; plot: `compare_{reference}_vs_{other}.png`.",
             "",

@@ -1,24 +1,53 @@
-"""Writing files safely: every file mckd writes goes through :func:`atomic_write`.
+"""Writing files safely: the one atomic writer, the one output guard, and append-only logs.
 
-The content is written to a hidden temporary file in the target's folder,
-flushed to disk, then renamed over the target, so a crash, a full disk or a
-SIGKILL mid-write leaves the previous version intact (at worst a hidden
-``.<name>.*.tmp`` file beside it). Under ``torchrun`` only rank 0 writes.
+Every file mckd writes goes through :func:`atomic_write`: the content is
+written to a hidden temporary file in the target's folder
+(``.<name>.<pid>.<random>.tmp``), flushed to disk, then renamed over the
+target, so a crash, a full disk or a SIGKILL mid-write leaves the previous
+version intact. A failure of the machine rather than of the program (a full
+disk, a read-only file system, no permission), whoever raises it (Python,
+safetensors, nibabel, matplotlib), is one :class:`~mckd.errors.MckdError`
+naming the file.
+
+Every command that writes an output claims it first with :func:`claim_output`
+(the output guard): an existing output is refused unless the command was told
+to replace it (``--force``), and a lock file beside the output,
+``.<name>.lock``, holds the claim for as long as the command runs, so a second
+command on the same output is refused with the first one's process id,
+command line and start time. The lock is an ``flock``: the kernel releases it
+when its process ends, however it ends, so a killed command never leaves a
+stale claim. Claiming an output also removes the hidden temporary files and
+staging folders that a dead process left beside it.
+
+Under ``torchrun`` only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import json
 import os
+import re
+import secrets
+import shutil
+import socket
+import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from mckd import distributed
-from mckd.errors import MckdError
+from mckd.errors import MckdError, OutputInUse
 
 # Errors of the machine, not of the program: a full disk, a read-only or over-quota file system, no permission.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EISDIR}
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EISDIR,
+                      errno.ENOTDIR, errno.EFBIG, errno.EIO}
+# How libraries written in other languages report an OS error in their message (safetensors:
+# "I/O error: No space left on device (os error 28)").
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
 
 
 def current_umask() -> int:
@@ -26,6 +55,32 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def environment_errno(error: BaseException) -> int | None:
+    """The errno of a full disk, read-only file system or permission failure behind ``error``; else None.
+
+    Python raises :class:`OSError`; libraries written in Rust or C (safetensors'
+    ``SafetensorError``) put the OS error's number in their message instead.
+    """
+    if isinstance(error, OSError):
+        return error.errno if error.errno in ENVIRONMENT_ERRNOS else None
+    match = _OS_ERROR_CODE.search(str(error))
+    if match:
+        code = int(match.group(1) or match.group(2))
+        return code if code in ENVIRONMENT_ERRNOS else None
+    return None
+
+
+def write_failure(path: str | Path, code: int, keeps_previous: bool = True) -> MckdError:
+    """The one-line error of a write that the machine refused."""
+    tail = "; the previous version, if any, is intact" if keeps_previous else ""
+    return MckdError(f"cannot write {str(path)!r}: {os.strerror(code)}{tail}")
+
+
+def temporary_name(path: Path, tag: str = "") -> Path:
+    """A hidden sibling of ``path`` that names this process: ``.<name>.<pid>.<tag><random>.tmp``."""
+    return path.parent / f".{path.name}.{os.getpid()}.{tag}{secrets.token_hex(4)}.tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str = ".tmp",
@@ -40,6 +95,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
         every_rank: write on every rank (each rank's own files, e.g. the cases
             ``mckd predict`` shares out under torchrun).
 
+    Raises:
+        MckdError: the folder cannot be made or written, or the disk is full
+            (whatever library ``write`` uses); the previous ``path`` is intact.
+
     On other ranks than 0 under torchrun this does nothing, unless ``every_rank``.
     """
     if not (every_rank or distributed.is_main()):
@@ -47,7 +106,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
     except OSError as error:  # the folder is a file, not writable, ...
         raise MckdError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
     os.close(handle)
@@ -59,12 +118,237 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-            raise MckdError(f"cannot write {str(path)!r}: {error.strerror}; the previous version, if any, "
-                            "is intact") from None
+        code = environment_errno(error)
+        if code is not None:
+            raise write_failure(path, code) from None
         raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, value: Any) -> None:
+    """Write JSON atomically; NaN and infinities become ``null`` (JSON has no such numbers)."""
+    atomic_write_text(path, json.dumps(finite_json(value), indent=2) + "\n")
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, so that ``json.dumps`` writes valid JSON."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
+class AppendLog:
+    """An append-only text file (``metrics.jsonl``, the CSV logs): each line written and flushed whole.
+
+    A full disk or read-only file system is one :class:`MckdError` naming the
+    file; what was written before stays (a line cut by the failure is the last
+    one, and a resumed run drops it with everything after its checkpoint).
+    """
+
+    def __init__(self, path: str | Path, mode: str = "a") -> None:
+        self.path = Path(path)
+        try:
+            self._stream = self.path.open(mode, encoding="utf-8")
+        except OSError as error:
+            raise write_failure(self.path, error.errno or errno.EIO, keeps_previous=False) from None
+
+    def write_line(self, line: str) -> None:
+        try:
+            self._stream.write(line.rstrip("\n") + "\n")
+            self._stream.flush()
+        except OSError as error:
+            raise write_failure(self.path, error.errno or errno.EIO, keeps_previous=False) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+
+# --- reading: a path that must be a regular file ----------------------------------------------------
+
+
+def file_problem(path: str | Path) -> str:
+    """Why ``path`` cannot be read as a regular file ("" when it can): missing, a folder, a FIFO, a device."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file"
+    return "is not a regular file"
+
+
+# --- the output guard ---------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]*\.tmp(\.[A-Za-z.]+)?$")
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the hidden temporary files and staging folders of ``path`` whose process has ended.
+
+    They are the ``.<name>.<pid>.<...>.tmp`` siblings that :func:`atomic_write`,
+    :func:`temporary_name` and the staging folders of ``mckd train`` and
+    ``mckd prepare`` make; a SIGKILL (or a power cut) can leave them behind.
+    Those of a live process are left alone. Returns what was removed.
+    """
+    path = Path(path)
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            match = _TEMPORARY.match(entry.name)
+            if not match or match["name"] != path.name or _pid_alive(int(match["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+_HELD: dict[str, list[Any]] = {}  # resolved output path -> [lock file descriptor, count]: claims are reentrant
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of an output: ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, from what the holder wrote into it."""
+    try:
+        info = json.loads(lock.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    where = f" on {info['host']}" if info.get("host") and info["host"] != socket.gethostname() else ""
+    return f"process {info['pid']}{where} (`{info.get('command', '?')}`, since {info.get('started', '?')})"
+
+
+def _acquire(path: Path) -> int:
+    lock = lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MckdError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
+        except OSError as error:  # a read-only or full file system, no permission: nothing can be written here
+            raise MckdError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputInUse(f"{str(path)!r} is in use by {_holder(lock)}; wait for it to end or stop it, "
+                              "then run this again") from None
+        # The holder before us may have removed the lock file after we opened it: lock the file that is there.
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    from mckd.provenance import command_line
+
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+    return fd
+
+
+def _release(path: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(lock_path(path))  # while still holding it: a waiting process re-checks the inode
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def claim_output(path: str | Path, replace: bool = False, kind: str = "file", what: str = "output",
+                 hint: str = "pass --force to replace it") -> Iterator[Path]:
+    """Claim ``path`` for writing, for the duration of the ``with`` block (the output guard).
+
+    Args:
+        path: the output file or folder.
+        replace: whether an existing output may be replaced (``--force``);
+            an empty folder is never in the way.
+        kind: ``"file"`` or ``"dir"``: an existing output of the other kind is refused.
+        what: what the output is, for the messages ("run directory", "cache").
+        hint: what the refusal of an existing output tells the user to do.
+
+    Raises:
+        OutputInUse: another process holds the claim (the message names it).
+        MckdError: the output exists (without ``replace``), is of the wrong
+            kind, or its folder cannot be written (read-only, full, no permission).
+
+    Reentrant within one process; a no-op on other ranks than 0 under torchrun.
+    """
+    path = Path(path)
+    if not distributed.is_main():
+        yield path
+        return
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
+    if path.exists() or path.is_symlink():
+        if kind == "dir" and not path.is_dir():
+            raise MckdError(f"{what} {str(path)!r} is a file, not a folder; choose another path")
+        if kind == "file" and path.is_dir():
+            raise MckdError(f"{what} {str(path)!r} is a folder, not a file; choose another path")
+        empty_folder = path.is_dir() and not any(path.iterdir())
+        if not replace and not empty_folder:
+            raise MckdError(f"{what} {str(path)!r} exists; {hint}")
+    fd = _acquire(path)
+    _HELD[key] = [fd, 1]
+    try:
+        remove_stale_temporaries(path)
+        yield path
+    finally:
+        del _HELD[key]
+        _release(path, fd)
+
+
+def holds_claim(path: str | Path) -> bool:
+    """Whether this process holds the claim on ``path``."""
+    return str(Path(path).resolve()) in _HELD

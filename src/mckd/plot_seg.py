@@ -66,7 +66,8 @@ def overlay_figure(
     plt = _pyplot()
     colours, names_of = class_colours(scheme)
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
+    # Constrained layout keeps each panel's caption clear of the panel above and the legend below the panels.
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 6.2), squeeze=False, layout="constrained")
     for col, (image, name, has) in enumerate(zip(images, names, present)):
         for row, labels in enumerate((truth, prediction)):
             ax = axes[row][col]
@@ -79,10 +80,10 @@ def overlay_figure(
         axes[0][0].set_ylabel("ground truth")
         axes[1][0].set_ylabel("prediction")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[v]) for v in colours]
-    fig.legend(handles, [names_of[v] for v in colours], loc="lower center", ncol=min(4, len(colours)), fontsize=8)
+    fig.legend(handles, [names_of[v] for v in colours], loc="outside lower center", ncol=min(4, len(colours)),
+               fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     _save_figure(fig, out)
     return Path(out)
 
@@ -95,6 +96,17 @@ def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str
     from mckd.data.brats_cache import read_dataset_record
     from mckd.runs import load_run
 
+    from mckd.runs import RunDir, checkpoint_config, read_checkpoint
+
+    checkpoint = RunDir(run_dir).checkpoint
+    if Path(run_dir).is_dir() and checkpoint.is_file():
+        _, metadata = read_checkpoint(checkpoint)
+        config = checkpoint_config(metadata, checkpoint)
+        if config.task.name != "segmentation" or config.data.name != "brats":
+            raise MckdError(f"run {str(run_dir)!r} is a {config.task.name} run on {config.data.name!r}; "
+                            "plot-seg draws BraTS segmentation runs")
+    if len(set(subset)) != len(subset):
+        raise MckdError(f"subset {list(subset)} names a sequence twice; give each once (e.g. flair+t1ce)")
     experiment = load_run(run_dir, device)
     options = experiment.config.data.options
     modalities = experiment.model.modalities

@@ -7,7 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -61,7 +61,6 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) ->
 def write_table(rows: Sequence[Row], stem: str | Path, title: str = "", notes: str = "") -> None:
     """Write ``stem.csv`` and ``stem.md`` atomically."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()))
@@ -211,7 +210,7 @@ def read_weight_history(metrics_path: str | Path) -> tuple[list[int], dict[str, 
                 continue
             iterations.append(int(entry["iteration"]))
             for name, value in entry["weights"].items():
-                history.setdefault(name, []).append(float(value))
+                history.setdefault(name, []).append(float("nan") if value is None else float(value))
     return iterations, history
 
 
@@ -251,26 +250,51 @@ def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: st
     return True
 
 
-def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path) -> None:
-    """Per-subset scores of two runs (bars) with their standard deviations, mean row excluded."""
+def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path,
+                           difference_std: Mapping[str, float] | None = None, seeds: int | None = None) -> None:
+    """Two panels sharing one row per subset, sorted by the difference (the ``mean`` row is left out).
+
+    Left: each run's ``metric`` per subset (points; bars: the standard deviation
+    over seeds when the rows carry one). Right: the difference ``a - b`` per
+    subset (bars; whiskers: the standard deviation over seeds of the paired,
+    seed-by-seed difference, ``difference_std``), with zero marked, so a
+    difference of a fraction of a point is as visible as a large one.
+    """
     plt = _pyplot()
     key = row_key(rows)
-    rows = [r for r in rows if r[key] != "mean" and r.get("difference") is not None]  # compared rows only
-    x = np.arange(len(rows))
-    width = 0.4
-    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(rows) + 2), 4.5))
-    for offset, name in ((-width / 2, name_a), (width / 2, name_b)):
-        values = [r[name] for r in rows]
-        errors = [r.get(f"{name}_std", 0.0) for r in rows]
-        ax.bar(x + offset, values, width, yerr=errors, label=name, capsize=1.5)
-    low = min(min(r[name_a], r[name_b]) for r in rows)
-    ax.set_ylim(max(0.0, low - 0.05), None)
-    ax.set_xticks(x)
-    ax.set_xticklabels([r[key] for r in rows], rotation=90, fontsize=6 if len(rows) > 20 else 8)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per subset of modalities: {name_a} vs {name_b}")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    rows = sorted((r for r in rows if r[key] != "mean" and r.get("difference") is not None),  # compared rows only
+                  key=lambda r: float(r["difference"]))
+    n = len(rows)
+    y = np.arange(n)
+    labels = [str(r[key]) for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(11, max(3.0, 0.2 * n + 1.6)),
+                                      gridspec_kw={"width_ratios": [1, 1]})
+    for offset, name, colour in ((-0.15, name_a, "tab:blue"), (0.15, name_b, "tab:orange")):
+        values = [float(r[name]) for r in rows]
+        errors = [float(r.get(f"{name}_std", 0.0) or 0.0) for r in rows]
+        left.errorbar(values, y + offset, xerr=errors if any(errors) else None, fmt="o", markersize=3.5,
+                      capsize=2, elinewidth=0.8, color=colour, label=name)
+    left.set_xlabel(metric + (f", mean over {seeds} seeds\n(bars: std over seeds)" if seeds and seeds > 1 else ""))
+    left.set_ylabel("subset of modalities present")
+    left.set_yticks(y)
+    left.set_yticklabels(labels, fontsize=8 if n <= 40 else 7)
+    left.set_ylim(-0.7, n - 0.3)
+    left.grid(axis="x", alpha=0.3)
+    left.legend(loc="best", fontsize=8)
+    differences = np.array([float(r["difference"]) for r in rows])
+    spread = [float((difference_std or {}).get(r[key], 0.0)) for r in rows]
+    colours = ["tab:green" if d > 0 else "tab:red" if d < 0 else "grey" for d in differences]
+    right.barh(y, differences, xerr=spread if any(spread) else None, color=colours, alpha=0.8,
+               error_kw={"elinewidth": 0.8, "capsize": 2})
+    right.axvline(0.0, color="black", linewidth=0.8)
+    right.set_xlabel(f"difference {name_a} − {name_b}"
+                     + ("\n(whiskers: std over seeds of the seed-by-seed difference)" if any(spread) else ""))
+    right.grid(axis="x", alpha=0.3)
+    mean = float(differences.mean()) if n else 0.0
+    right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"mean {mean:+.4f}")
+    right.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{metric} per subset: {name_a} vs {name_b} ({int((differences > 0).sum())} better, "
+                 f"{int((differences < 0).sum())} worse), sorted by the difference", fontsize=10)
     fig.tight_layout()
     _save_figure(fig, out)
 
@@ -283,8 +307,8 @@ def _save_figure(fig: Any, out: str | Path) -> None:
 
 
 def _p_value(p: float | None) -> str:
-    """A p-value for a table: two significant digits, so small ones do not print as 0.0000."""
-    return UNDEFINED if p is None else f"{p:.2g}"
+    """A p-value for a table: two significant digits (``4.1e-06``), so small ones do not print as 0.0000."""
+    return UNDEFINED if p is None or math.isnan(p) else f"{p:.2g}"
 
 
 def rows_defined_in_all(tables: dict[str, Sequence[Row]], metric: str) -> dict[str, list[Row]]:

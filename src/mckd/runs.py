@@ -6,6 +6,10 @@ A run directory (``mckd train --out RUN``) holds::
     RUN/data.json                the dataset's modalities, classes, splits and facts
     RUN/metrics.jsonl            one JSON record per line (losses, weights, teachers)
     RUN/checkpoint.safetensors   tensors only: the model, the method's and the loop's state
+    RUN/checkpoint_best.safetensors  the model best on validation (train.save_best), model only
+    RUN/run.json                 mckd version, git commit, command, libraries, device; start and end times
+    RUN/metrics_<kind>.csv       train, weights, val records as CSV (train.loggers: csv)
+    RUN/tensorboard/             TensorBoard event files (train.loggers: tensorboard)
     RUN/eval/subsets.{csv,md}    the metrics of every subset of modalities (mckd evaluate), with the
                                  number of test samples that have each subset
     RUN/eval/observed.{csv,md}   the test split as observed: every sample with its own modalities,
@@ -40,7 +44,9 @@ from mckd.config import Config, config_from_dict
 from mckd.errors import CheckpointError, ConfigError, MckdError
 from mckd.evaluation import Evaluation, evaluate, missingness_patterns
 from mckd.report import write_table, write_task_tables
+from mckd.progress import with_progress
 from mckd.tasks import Task, build_task
+from mckd.threads import apply_threads
 
 CHECKPOINT_FORMAT = 3  # 1: model and weights; 2: the training state of mckd 0.1; 3: methods as components
 
@@ -69,6 +75,25 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.safetensors"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The model best on the validation split (``train.save_best``); the tables use :attr:`checkpoint`."""
+        return self.path / "checkpoint_best.safetensors"
+
+    @property
+    def record(self) -> Path:
+        """``run.json``: versions, commit, command line, device, and the start and end of each session."""
+        return self.path / "run.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (``train.loggers: [tensorboard]``)."""
+        return self.path / "tensorboard"
+
+    def csv_log(self, kind: str) -> Path:
+        """``metrics_<kind>.csv`` (``train.loggers: [csv]``): one row per record of that kind."""
+        return self.path / f"metrics_{kind}.csv"
 
     @property
     def eval_dir(self) -> Path:
@@ -179,6 +204,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Experiment:
     tensors, metadata = read_checkpoint(run.checkpoint)
     config = checkpoint_config(metadata, run.checkpoint)
     config.train.device = device
+    apply_threads(config.train.threads)
     experiment = build_experiment(config)
     load_state_into(experiment.model, tensors, "model.", str(run.checkpoint))
     experiment.model.to(distributed.resolve_device(device))
@@ -217,6 +243,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
         path = RunDir(path).checkpoint
     tensors, metadata = read_checkpoint(path)
     config = checkpoint_config(metadata, path)
+    apply_threads(config.train.threads)
     modalities, input_shapes, facts = _stored_shapes(config, metadata)
     task = build_task(config.task, facts)
     method = build_method(config, modalities)
@@ -247,6 +274,7 @@ def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.devic
     split = experiment.config.eval.split
     bundle = experiment.bundle
     dataset = bundle.test if split == "test" else bundle.val
+    dataset = with_progress(dataset, f"evaluate {run.path.name}", distributed.is_main())  # bar or plain lines
     result = evaluate(experiment.model, experiment.task, dataset, experiment.config.eval.batch_size, device)
     patterns = missingness_patterns({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.modalities)
     if distributed.is_main():

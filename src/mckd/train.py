@@ -22,16 +22,18 @@ writes files. ``train.precision`` turns on bf16 autocast.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from mckd import distributed
 from mckd.build import Experiment, build_experiment, seed_everything
@@ -48,24 +50,37 @@ from mckd.checkpoint import (
 from mckd.config import Config, TrainConfig, save_config
 from mckd.data.bundle import complete_samples, move_batch
 from mckd.data.missing import TrainingDrops, subset_mask
-from mckd.errors import CheckpointError, MckdError
+from mckd.errors import CheckpointError, MckdError, Stopped, TrainingDiverged
 from mckd.evaluation import evaluate_subsets
-from mckd.io import atomic_write_text
+from mckd.io import atomic_write_json, atomic_write_text, claim_output, temporary_name
+from mckd.loggers import Logger, open_loggers
+from mckd.progress import Progress
 from mckd.method.base import MethodServices, TrainingMethod, combine
 from mckd.runs import CHECKPOINT_FORMAT, RunDir
 from mckd.tasks import Task
 
 
-class TrainingInterrupted(MckdError):
-    """SIGTERM or Ctrl-C stopped training; a checkpoint was saved at ``iteration``."""
+class TrainingInterrupted(Stopped):
+    """SIGTERM or Ctrl-C stopped training; a checkpoint was saved at ``iteration``.
 
-    def __init__(self, run_dir: Path, iteration: int, signal_name: str) -> None:
-        super().__init__(
-            f"{signal_name or 'a signal'} stopped training at iteration {iteration}; checkpoint saved in "
-            f"{str(run_dir)!r}: continue with `mckd train --resume {run_dir}`"
-        )
+    ``when``: ``"training"`` (mid-run), ``"setup"`` (before the first
+    iteration) or ``"end"`` (after the last one: the final checkpoint is
+    saved, the evaluation was not run).
+    """
+
+    def __init__(self, run_dir: Path, iteration: int, signal_name: str, when: str = "training") -> None:
+        signal_name = signal_name or "a signal"
+        if when == "end":
+            message = (f"{signal_name} arrived as training finished (iteration {iteration}); the final checkpoint is "
+                       f"saved in {str(run_dir)!r}: write its tables with `mckd evaluate {run_dir}`")
+        else:
+            moment = "before the first iteration" if when == "setup" else f"at iteration {iteration}"
+            message = (f"{signal_name} stopped training {moment}; checkpoint saved in {str(run_dir)!r}: "
+                       f"continue with `mckd train --resume {run_dir}`")
+        super().__init__(message)
         self.run_dir = run_dir
         self.iteration = iteration
+        self.when = when
 
 
 def make_optimizer(params: Any, train: TrainConfig) -> torch.optim.Optimizer:
@@ -217,46 +232,48 @@ def train_step(
 
 
 class MetricsLog:
-    """``metrics.jsonl``, and the running sums of the losses between two of its records.
+    """The run's training records (:mod:`mckd.loggers`), and the running sums of the losses between two of them.
 
-    Records are one JSON object per line with a ``kind``: ``train`` (the mean
-    of each loss since the last record, ``<name>_loss``, the learning rate,
-    seconds), ``weights`` (the normalised importance weights after a meta
-    step) and whatever a method records (LCKD's ``teacher``). The sums stay on
-    the device; the log reads it once per record.
+    Records are one mapping each with a ``kind``: ``train`` (the mean of each
+    loss since the last record, ``<name>_loss``, the learning rate, seconds,
+    iterations per second), ``weights`` (the normalised importance weights
+    after a meta step), ``val`` (validation scores) and whatever a method
+    records (LCKD's ``teacher``). ``metrics.jsonl`` gets every record; the
+    loggers of ``train.loggers`` (CSV, TensorBoard) too. The sums stay on the
+    device; the log reads it once per record.
 
     Args:
-        path: the file (None on ranks other than 0: nothing is written there).
+        run_path: the run directory, or a function giving where it is now (it moves from its staging
+            folder at the first checkpoint); None on ranks other than 0: nothing is written there.
         loss_names: the losses :func:`train_step` returns, in order.
         device: where the sums live.
         start_iteration: on resume, the checkpoint's iteration: later records
             (written after it by the stopped run) are dropped.
         pending_weights: iterations of weights records that the checkpoint
             still holds as pending (a stopped run may have written them).
+        loggers: ``train.loggers``.
+        resume: whether the run continues from a checkpoint.
     """
 
-    def __init__(self, path: Path | None, loss_names: Sequence[str], device: torch.device,
-                 start_iteration: int = 0, pending_weights: Sequence[int] = ()) -> None:
+    def __init__(self, run_path: Path | Callable[[], Path] | None, loss_names: Sequence[str], device: torch.device,
+                 start_iteration: int = 0, pending_weights: Sequence[int] = (), loggers: Sequence[str] = (),
+                 resume: bool = False) -> None:
         self.loss_names = tuple(loss_names)
         self.sums = torch.zeros(len(self.loss_names), device=device)
         self.count = 0
         self.weight_history: list[tuple[int, torch.Tensor]] = []  # meta steps not yet written
-        self._file = self._open(path, start_iteration, set(pending_weights)) if path is not None else None
-
-    @staticmethod
-    def _open(path: Path, start_iteration: int, pending: set[int]) -> Any:
-        if start_iteration == 0 or not path.is_file():
-            return path.open("w")
-        rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line, row in rows if row.get("iteration", 0) <= start_iteration
-                and not (row.get("kind") == "weights" and row.get("iteration") in pending)]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-        return path.open("a")
+        self.best_score: float | None = None  # the best validation score so far, and its iteration
+        self.best_iteration = 0
+        self.loggers: list[Logger] = []
+        if run_path is not None:
+            now = run_path() if callable(run_path) else run_path
+            kept = kept_records(RunDir(now).metrics, start_iteration, set(pending_weights)) if resume else None
+            self.loggers = open_loggers(run_path, loggers, kept, start_iteration)
 
     def record(self, entry: dict[str, Any]) -> None:
         """Write one record (rank 0)."""
-        if self._file is not None:
-            self._file.write(json.dumps(entry) + "\n")
+        for logger in self.loggers:
+            logger.write(entry)
 
     def add(self, losses: Mapping[str, torch.Tensor]) -> None:
         """Add one iteration's losses to the running sums (no device synchronisation)."""
@@ -271,35 +288,41 @@ class MetricsLog:
         if weights is not None:
             self.weight_history.append((iteration, weights.detach()))
 
-    def write_train_record(self, iteration: int, epoch: float, lr: float, seconds: float,
-                           modalities: Sequence[str]) -> dict[str, float]:
-        """Write the pending weights and a ``train`` record of the means since the last one; reset the sums."""
+    def mean_losses(self) -> dict[str, float]:
+        """The mean of each loss since the last record, over ranks (reads the device)."""
         means = distributed.all_reduce_mean(self.sums / max(self.count, 1))
-        for step, values in self.weight_history:
-            self.record({"iteration": step, "kind": "weights", "weights": dict(zip(modalities, values.tolist()))})
+        return dict(zip(self.loss_names, means.tolist()))
+
+    def write_train_record(self, iteration: int, epoch: float, lr: float, seconds: float,
+                           modalities: Sequence[str], rate: float | None = None) -> dict[str, float]:
+        """Write the pending weights and a ``train`` record of the means since the last one; reset the sums."""
+        values = self.mean_losses()  # the one read of the device per record
+        for step, weights in self.weight_history:
+            self.record({"iteration": step, "kind": "weights", "weights": dict(zip(modalities, weights.tolist()))})
         self.weight_history.clear()
-        values = dict(zip(self.loss_names, means.tolist()))  # the one read of the device per record
-        self.record({"iteration": iteration, "epoch": epoch, "kind": "train",
-                     **{f"{name}_loss": value for name, value in values.items()}, "lr": lr, "seconds": seconds})
-        self.flush()
+        entry = {"iteration": iteration, "epoch": epoch, "kind": "train",
+                 **{f"{name}_loss": value for name, value in values.items()}, "lr": lr, "seconds": seconds}
+        if rate is not None:
+            entry["iterations_per_s"] = rate
+        self.record(entry)
         self.sums.zero_()
         self.count = 0
         return values
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        """Records are flushed as they are written (kept for callers of earlier versions)."""
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (this rank's sums are gathered separately, per rank)."""
         return {"names": list(self.loss_names), "count": self.count,
                 "pending": [step for step, _ in self.weight_history],
-                "pending_weights": [values for _, values in self.weight_history]}
+                "pending_weights": [values for _, values in self.weight_history],
+                "best_score": self.best_score, "best_iteration": self.best_iteration}
 
     def load_state_dict(self, state: Mapping[str, Any], sums: torch.Tensor) -> None:
         if list(state["names"]) != list(self.loss_names):
@@ -308,6 +331,43 @@ class MetricsLog:
         self.sums.copy_(sums)
         self.weight_history[:] = [(int(step), values.to(self.sums.device))
                                   for step, values in zip(state["pending"], state["pending_weights"])]
+        self.best_score = state.get("best_score")
+        self.best_iteration = int(state.get("best_iteration", 0))
+
+
+def kept_records(path: Path, start_iteration: int, pending: set[int]) -> list[str]:
+    """The lines of a stopped run's ``metrics.jsonl`` that its checkpoint (at ``start_iteration``) had seen.
+
+    A last line cut short (the process was killed while writing it) is dropped;
+    any other line that is not a JSON record means the log was damaged, which
+    is a :class:`~mckd.errors.CheckpointError` naming the line.
+    """
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{str(path)!r} is not a text log (byte {error.start} is not UTF-8); it is damaged: "
+                              "restore it, or train the run again with --force") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
+    lines = text.split("\n")[:-1]  # the last piece: "" after a final newline, or a record a kill cut short
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("iteration", 0), int):
+            shown = line if len(line) <= 60 else line[:60] + "..."
+            raise CheckpointError(f"{str(path)!r} line {number} is not a JSON record with an integer iteration "
+                                  f"({shown!r}); the log is damaged: restore it, or train the run again with --force")
+        if row.get("iteration", 0) <= start_iteration and not (row.get("kind") == "weights"
+                                                                and row.get("iteration") in pending):
+            kept.append(line)
+    return kept
 
 
 # --- callbacks ----------------------------------------------------------------------------------------
@@ -479,10 +539,6 @@ def _method_services(experiment: Experiment, device: torch.device, log: MetricsL
 
 
 def _prepare_run_dir(run: RunDir, config: Config, experiment: Experiment) -> None:
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # --out names a file, or a folder that cannot be made
-        raise MckdError(f"cannot make the run directory {str(run.path)!r}: {error.strerror or error}") from None
     save_config(config, run.config)
     bundle = experiment.bundle
     atomic_write_text(run.data, json.dumps({"modalities": list(bundle.modalities), "num_classes": bundle.num_classes,
@@ -499,31 +555,246 @@ def _set_determinism(settings: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = not settings.deterministic
 
 
+# --- the run directory: claimed, staged until its first checkpoint, recorded ---------------------------------
+
+
+def claim_run_directory(target: str | Path, resume: bool = False, force: bool = False) -> Any:
+    """The claim (:func:`mckd.io.claim_output`) of a run directory: an existing run only with ``force`` or ``resume``."""
+    return claim_output(target, replace=force or resume, kind="dir", what="run directory",
+                        hint=f"pass --force to replace it (the old run stays until the new one has written its "
+                             f"first checkpoint), or continue it with `mckd train --resume {target}`")
+
+
+class RunStaging:
+    """Where a run is being written, held for the whole run (``with``): the one writer of its directory.
+
+    The run directory is claimed (:func:`mckd.io.claim_output`): a second
+    process on it is refused with this one's process id, and an existing run
+    is refused unless ``force`` (replace it) or ``resume`` (continue it). A new
+    run is written into a hidden staging folder beside the target,
+    ``.<name>.<pid>.new-<random>.tmp``, and moved into place when it has written
+    its first checkpoint (:meth:`promote`): only then does it replace an older
+    run, and a run that fails or is killed before that leaves nothing at the
+    target (a killed one's staging folder is removed by the next command on it).
+
+    On ranks other than 0 nothing is written and :attr:`path` is the target.
+    """
+
+    def __init__(self, target: Path, resume: bool, force: bool, is_main: bool) -> None:
+        self.target, self.resume, self.force, self.is_main = Path(target), resume, force, is_main
+        self.path = self.target
+        self.promoted = True
+        self._claim: Any = None
+
+    @property
+    def run(self) -> RunDir:
+        """The run's files where they are now (the staging folder until :meth:`promote`)."""
+        return RunDir(self.path)
+
+    def __enter__(self) -> "RunStaging":
+        self._claim = claim_run_directory(self.target, self.resume, self.force)
+        self._claim.__enter__()
+        if self.is_main and not self.resume:
+            self.path, self.promoted = temporary_name(self.target, "new-"), False
+            try:
+                self.path.mkdir()
+            except OSError as error:
+                self._claim.__exit__(None, None, None)
+                raise MckdError(f"cannot make the run directory {str(self.target)!r}: {error.strerror or error}") from None
+        return self
+
+    def promote(self) -> None:
+        """Move the staged run into place (replacing an older run there); a no-op once done."""
+        if self.promoted:
+            return
+        old = temporary_name(self.target, "old-") if self.target.exists() else None
+        try:
+            if old is not None:
+                os.rename(self.target, old)
+            try:
+                os.rename(self.path, self.target)
+            except OSError:
+                if old is not None:
+                    os.rename(old, self.target)  # put the old run back
+                raise
+        except OSError as error:
+            raise MckdError(f"cannot move the new run into {str(self.target)!r}: {error.strerror or error}; "
+                            "the previous run, if any, is intact") from None
+        self.path, self.promoted = self.target, True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if not self.promoted:  # failed or stopped before its first checkpoint: nothing worth keeping
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self._claim.__exit__(exc_type, exc, tb)
+
+
+class RunRecord:
+    """``run.json``: what made the run (versions, commit, command, device) and when, session by session.
+
+    A resumed run adds a session. Each session has ``started``, ``ended``,
+    ``status`` (``running``, ``trained``, ``stopped``, ``diverged``,
+    ``failed``) and the iteration it reached.
+    """
+
+    def __init__(self, staging: RunStaging, device: torch.device, resume: bool) -> None:
+        self.staging = staging
+        self.sessions: list[dict[str, Any]] = []
+        if resume:
+            with contextlib.suppress(OSError, ValueError):
+                earlier = json.loads(staging.run.record.read_text(encoding="utf-8"))
+                if isinstance(earlier, dict) and isinstance(earlier.get("sessions"), list):
+                    self.sessions = earlier["sessions"]
+        from mckd.provenance import environment, now
+
+        self.sessions.append({"started": now(), "ended": None, "status": "running", "iteration": 0,
+                              **environment(device)})
+        self.write()
+
+    def write(self) -> None:
+        current = self.sessions[-1]
+        atomic_write_json(self.staging.run.record, {
+            "status": current["status"], "iteration": current["iteration"],
+            "started": self.sessions[0]["started"], "ended": current["ended"], "sessions": self.sessions})
+
+    def end(self, status: str, iteration: int) -> None:
+        from mckd.provenance import now
+
+        self.sessions[-1].update(ended=now(), status=status, iteration=iteration)
+        if self.staging.promoted:  # a staged run that never checkpointed is removed anyway
+            with contextlib.suppress(MckdError):  # a full disk must not hide the error that ended the run
+                self.write()
+
+
+# --- divergence --------------------------------------------------------------------------------------------
+
+
+class DivergenceGuard:
+    """Notes, on the device and without waiting for it, the first iteration whose losses or weights are not finite.
+
+    The loop reads it (one synchronisation) where it would act on a diverged
+    state: before a loss record, a validation, a checkpoint. Parameters are
+    checked before every checkpoint too, so a checkpoint never holds a NaN.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+
+    def note(self, iteration: int, values: Sequence[torch.Tensor]) -> None:
+        finite = torch.stack([v.detach().float().isfinite().all() for v in values]).all()
+        first = torch.full_like(self.first_bad, iteration)
+        self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad, first)
+
+    def first_nonfinite(self) -> int:
+        """The first iteration (1-based) with a non-finite loss or weight on any rank; 0 when none."""
+        return int(distributed.all_reduce_max(self.first_bad).item())
+
+
+def _finite_parameters(model: torch.nn.Module) -> bool:
+    params = [p.detach() for p in model.parameters()]
+    finite = bool(torch.stack([p.isfinite().all() for p in params]).all()) if params else True
+    return not distributed.any_rank(not finite)
+
+
+# --- validation while training -------------------------------------------------------------------------
+
+
+def validation_scores(experiment: Experiment, device: torch.device, batch_size: int) -> dict[str, float]:
+    """The task's primary metric on the meta-validation split: every modality present (``all``) and each alone.
+
+    The training's random streams are saved and restored around it, so a run
+    with validation follows the same path as one without. Keys:
+    ``<metric>_all``, ``<metric>_<modality>`` and ``score`` (their mean, what
+    ``train.save_best`` selects on).
+    """
+    model, task, bundle = experiment.model, experiment.task, experiment.bundle
+    modalities = tuple(bundle.modalities)
+    subsets = [modalities, *((m,) for m in modalities)] if len(modalities) > 1 else [modalities]
+    rng = rng_state_tensors(device)
+    was_training = model.training
+    try:
+        rows = evaluate_subsets(model, task, bundle.val, batch_size, device, subsets=subsets)
+    finally:
+        model.train(was_training)
+        set_rng_state_tensors(rng, device)
+    metric = task.primary_metric
+    scores = {f"{metric}_{'all' if len(s) == len(modalities) else s[0]}": float(row[metric])
+              for s, row in zip(subsets, rows) if row.get(metric) is not None}  # None: no sample has the subset
+    values = list(scores.values())
+    scores["score"] = sum(values) / len(values) if values else float("nan")
+    return scores
+
+
+def _save_best(path: Path, experiment: Experiment, iteration: int, scores: Mapping[str, float]) -> None:
+    """``checkpoint_best.safetensors``: the model only, with its config, selected on the validation split."""
+    metadata = {**_checkpoint_metadata(experiment, complete=True), "format": CHECKPOINT_FORMAT,
+                "iteration": iteration, "selected_on": "validation", "validation": dict(scores)}
+    save_checkpoint(path, {f"model.{key}": value for key, value in experiment.model.state_dict().items()}, metadata)
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+
 def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: Sequence[Callback] = (),
-          experiment: Experiment | None = None) -> Experiment:
+          force: bool = False, experiment: Experiment | None = None) -> Experiment:
     """Train one run into ``run_dir``; return the trained experiment.
 
     With ``resume``, continue from ``run_dir``'s checkpoint (same config):
-    the result is the one an uninterrupted run would have reached. Under
-    ``torchrun`` every process calls this; rank 0 writes the files.
-    ``callbacks`` run after every iteration (:class:`Callback`).
-    ``experiment``: data and model built by the caller (:mod:`mckd.api`)
-    instead of from ``config``'s registered components.
+    the result is the one an uninterrupted run would have reached. An existing
+    run in ``run_dir`` is refused unless ``force`` (it is replaced once the new
+    run has written its first checkpoint) or ``resume``. Under ``torchrun``
+    every process calls this; rank 0 writes the files. ``callbacks`` run after
+    every iteration (:class:`Callback`). ``experiment``: data and model built
+    by the caller (:mod:`mckd.api`) instead of from ``config``'s registered
+    components.
 
     Raises:
         TrainingInterrupted: SIGTERM or Ctrl-C stopped the run; its checkpoint is saved.
+        TrainingDiverged: a loss, weight or parameter became NaN or infinite;
+            the last finite checkpoint (if one was written) is kept.
+        OutputInUse: another process is writing ``run_dir``.
     """
-    run, settings = RunDir(run_dir), config.train
+    from mckd.threads import apply_threads
+
+    settings = config.train
+    apply_threads(settings.threads)
     context = distributed.setup(settings.device)
-    device = context.device
-    _set_determinism(settings, device)
-    if resume and not run.checkpoint.is_file():
-        raise CheckpointError(f"cannot resume: {str(run.checkpoint)!r} does not exist")
-    saved = read_training_state(run.checkpoint) if resume else None
+    _set_determinism(settings, context.device)
+    target = Path(run_dir)
+    if resume and not RunDir(target).checkpoint.is_file():
+        raise CheckpointError(f"cannot resume: {str(RunDir(target).checkpoint)!r} does not exist")
+    # Signals from here on stop the run cleanly: during set-up, after it (an iteration-0 checkpoint), mid-run.
+    with distributed.StopRequest() as stop:
+        staging = RunStaging(target, resume, force, context.is_main)
+        failure: BaseException | None = None
+        try:
+            staging.__enter__()
+        except BaseException as error:  # noqa: BLE001 - every rank must hear that rank 0 could not start
+            failure = error
+        if distributed.any_rank(failure is not None):
+            if failure is not None:
+                raise failure
+            raise MckdError(f"rank 0 could not claim the run directory {str(target)!r}; see its error")
+        try:
+            return _train(config, staging, resume, callbacks, context, stop, experiment)
+        finally:
+            staging.__exit__(*sys.exc_info())
+
+
+def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequence[Callback],
+           context: distributed.Context, stop: distributed.StopRequest,
+           experiment: Experiment | None = None) -> Experiment:
+    settings, device = config.train, context.device
+    saved = read_training_state(staging.run.checkpoint) if resume else None
     experiment = experiment or build_experiment(config)
     bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task
+    record = None
     if context.is_main:
-        _prepare_run_dir(run, config, experiment)
+        _prepare_run_dir(staging.run, config, experiment)
+        record = RunRecord(staging, device, resume)
     model.to(device)
     method.to(device)
 
@@ -544,74 +815,163 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, callbacks: 
     keep = subset_mask(bundle.modalities, config.missing.subset).to(device) if config.missing.policy == "fixed" else None
     drops = TrainingDrops(config.missing.policy, keep, drop_generator)
     pending = [int(step) for step in saved["log"]["pending"]] if saved else []  # logged again at the next record
-    log = MetricsLog(run.metrics if context.is_main else None, ("task", *method.loss_term_names()), device,
-                     saved["iteration"] if saved else 0, pending)
+    log = MetricsLog((lambda: staging.path) if context.is_main else None, ("task", *method.loss_term_names()), device,
+                     saved["iteration"] if saved else 0, pending, settings.loggers, resume=saved is not None)
     state = TrainingState(model, method, optimizer, scheduler, streams, {"missing": drop_generator}, log, callbacks,
                           context, config.seed)
-    if saved is not None:
-        try:
-            state.load_state_dict(saved)  # last: nothing draws a random number before the loop
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {str(run.checkpoint)!r} does not match this run: {error}") from None
-    else:
-        for meta_optimizer in method.meta_optimizers():  # rank 0's random start (equal anyway: same seed)
-            for group in meta_optimizer.param_groups:
-                for param in group["params"]:
-                    distributed.broadcast_(param)
-        if method.importance() is not None:
-            log.record({"iteration": 0, "kind": "weights",
-                        "weights": dict(zip(bundle.modalities, method.importance().detach().cpu().tolist()))})
+    guard = DivergenceGuard(device)
+    try:
+        if saved is not None:
+            try:
+                state.load_state_dict(saved)  # last: nothing draws a random number before the loop
+            except (KeyError, RuntimeError, ValueError, TypeError) as error:
+                raise CheckpointError(f"checkpoint {str(staging.run.checkpoint)!r} does not match this run: "
+                                      f"{error}") from None
+        else:
+            for meta_optimizer in method.meta_optimizers():  # rank 0's random start (equal anyway: same seed)
+                for group in meta_optimizer.param_groups:
+                    for param in group["params"]:
+                        distributed.broadcast_(param)
+            if method.importance() is not None:
+                log.record({"iteration": 0, "kind": "weights",
+                            "weights": dict(zip(bundle.modalities, method.importance().detach().cpu().tolist()))})
+        _loop(experiment, state, staging, stop, guard, streams, optimizer, scheduler, drops, total, per_epoch)
+    except BaseException as error:
+        if record is not None:
+            status = {TrainingInterrupted: "stopped", TrainingDiverged: "diverged"}.get(type(error), "failed")
+            record.end(status, state.iteration)
+        raise
+    finally:
+        log.close()
+    if record is not None:
+        record.end("trained", state.iteration)
+    return experiment
+
+
+def _loop(experiment: Experiment, state: TrainingState, staging: RunStaging, stop: distributed.StopRequest,
+          guard: DivergenceGuard, streams: dict[str, BatchStream], optimizer: torch.optim.Optimizer,
+          scheduler: Any, drops: TrainingDrops, total: int, per_epoch: int) -> None:
+    """Algorithm 1: inner steps, meta steps, records, validation, checkpoints; from ``state.iteration`` to ``total``."""
+    config, bundle, model, method, task = (experiment.config, experiment.bundle, experiment.model,
+                                           experiment.method, experiment.task)
+    settings, context, device, log = config.train, state.context, state.context.device, state.log
     # An encoder whose modality no sample of this rank's batch has takes no part in the backward pass.
     forward_model = distributed.wrap_model(model, context, find_unused_parameters=getattr(model, "encoders", None) is not None)
     autocast = autocast_context(settings.precision, device)
     model.train()
     method.setup(_method_services(experiment, device, log, optimizer))
+    higher_is_better = task.higher_is_better[task.primary_metric]
 
-    start = time.perf_counter()
-    progress = tqdm(range(state.iteration, total), desc=f"train seed {config.seed}", initial=state.iteration,
-                    total=total, disable=not (settings.progress and context.is_main), dynamic_ncols=True)
+    def check_finite(where: str) -> None:
+        first = guard.first_nonfinite()
+        if first == 0 and where == "checkpoint" and not _finite_parameters(model):
+            first = state.iteration
+        if first:
+            _diverged(first, where)
+
+    def _diverged(first: int, where: str) -> None:
+        losses = log.mean_losses()
+        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        what = (f"the {' and '.join(bad)} loss{'es' if len(bad) > 1 else ''}" if bad
+                else "the importance weights or the model's parameters")
+        kept = (f"{str(staging.target / RunDir(staging.target).checkpoint.name)!r} holds the last finite state: "
+                f"continue from it with `mckd train --resume {staging.target} --set train.lr=...`"
+                if staging.promoted and RunDir(staging.target).checkpoint.is_file()
+                else "no checkpoint had been written, so nothing was kept")
+        raise TrainingDiverged(
+            f"training diverged: {what} became NaN or infinite by iteration {first} of {total} (train.lr "
+            f"{settings.lr:g}, method options {_short_options(config)}); {kept}; lower train.lr (or "
+            "method.meta_lr) and train again")
 
     def save(complete: bool) -> None:
-        log.flush()
-        save_training_state(run.checkpoint, state, _checkpoint_metadata(experiment, complete))
+        check_finite("checkpoint")  # never write a checkpoint that holds NaN
+        save_training_state(staging.run.checkpoint, state, _checkpoint_metadata(experiment, complete))
+        if context.is_main:
+            staging.promote()  # the first checkpoint is on disk: the run takes its place (an older one goes)
+        distributed.barrier()
 
-    with distributed.StopRequest() as stop:
-        for iteration in progress:
-            batch = move_batch(next(streams["train"]), device)
-            present = drops(batch["present"])  # the modalities each sample keeps this iteration
-            losses = train_step(forward_model, method, task, optimizer, batch, present, autocast)  # inner step
-            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
-            scheduler.step()
-            log.add(losses)
-            if method.meta_due(iteration + 1):  # outer step (Eq. 4) on the meta-validation split
-                for _ in range(method.meta_batches):
-                    val = move_batch(next(streams["val"]), device)
-                    with autocast():  # the meta loss is float32 (task.loss); w and its gradient are float32
-                        method.meta_step(model, val, batch, present, optimizer.param_groups[0]["lr"])
-                log.note_weights(iteration + 1, method.importance())
-            method.after_iteration(iteration + 1)
-            for callback in state.callbacks:
-                callback.on_iteration_end(iteration + 1, experiment)
-            state.iteration = iteration + 1
+    def validate() -> dict[str, float]:
+        check_finite("validation")
+        scores = validation_scores(experiment, device, config.eval.batch_size)
+        improved = math.isfinite(scores["score"]) and (
+            log.best_score is None or (scores["score"] > log.best_score if higher_is_better
+                                       else scores["score"] < log.best_score))
+        if improved:
+            log.best_score, log.best_iteration = scores["score"], state.iteration
+            if settings.save_best and context.is_main:
+                _save_best(staging.run.best_checkpoint, experiment, state.iteration, scores)
+        log.record({"iteration": state.iteration, "kind": "val", **scores, "best": bool(improved)})
+        return scores
 
-            if state.iteration % settings.log_every == 0 or state.iteration == total:
-                means = log.write_train_record(state.iteration, state.iteration / per_epoch, step_lr,
-                                               time.perf_counter() - start, bundle.modalities)
-                progress.set_postfix({name: f"{value:.4f}" for name, value in means.items()})
+    start = time.perf_counter()
+    progress = Progress(total, f"train seed {config.seed}", initial=state.iteration,
+                        enabled=settings.progress and context.is_main)
+    if stop.requested and not context.distributed and state.iteration < total:  # a signal during set-up
+        save(complete=False)
+        raise TrainingInterrupted(staging.target, state.iteration, stop.signal_name, when="setup")
+    last_record_time, last_record_iteration = start, state.iteration
+    shown: dict[str, Any] = {}
+    for iteration in range(state.iteration, total):
+        batch = move_batch(next(streams["train"]), device)
+        present = drops(batch["present"])  # the modalities each sample keeps this iteration
+        losses = train_step(forward_model, method, task, optimizer, batch, present, autocast)  # inner step
+        step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
+        scheduler.step()
+        log.add(losses)
+        watched = list(losses.values())
+        if method.meta_due(iteration + 1):  # outer step (Eq. 4) on the meta-validation split
+            for _ in range(method.meta_batches):
+                val = move_batch(next(streams["val"]), device)
+                with autocast():  # the meta loss is float32 (task.loss); w and its gradient are float32
+                    method.meta_step(model, val, batch, present, optimizer.param_groups[0]["lr"])
+            importance = method.importance()
+            log.note_weights(iteration + 1, importance)
+            if importance is not None:
+                watched.append(importance)
+        guard.note(iteration + 1, watched)
+        method.after_iteration(iteration + 1)
+        for callback in state.callbacks:
+            callback.on_iteration_end(iteration + 1, experiment)
+        state.iteration = iteration + 1
+        progress.update()
 
-            stopping = stop.should_stop() and state.iteration < total  # SIGTERM / Ctrl-C, agreed by every rank
-            periodic = settings.checkpoint_every and state.iteration % settings.checkpoint_every == 0
-            if (stopping or periodic) and state.iteration < total:
-                save(complete=False)
-            if stopping:
-                log.close()
-                distributed.barrier()
-                raise TrainingInterrupted(run.path, state.iteration, stop.signal_name)
+        if state.iteration % settings.log_every == 0 or state.iteration == total:
+            check_finite("record")
+            now = time.perf_counter()
+            rate = (state.iteration - last_record_iteration) / max(now - last_record_time, 1e-9)
+            last_record_time, last_record_iteration = now, state.iteration
+            means = log.write_train_record(state.iteration, state.iteration / per_epoch, step_lr, now - start,
+                                           bundle.modalities, rate)
+            shown.update({f"{name}_loss": value for name, value in means.items()})
+            progress.set_postfix(shown)
+        if settings.eval_every and (state.iteration % settings.eval_every == 0 or state.iteration == total):
+            scores = validate()
+            if f"{task.primary_metric}_all" in scores:
+                shown[f"val_{task.primary_metric}"] = scores[f"{task.primary_metric}_all"]
+            progress.set_postfix(shown)
+
+        stopping = stop.should_stop() and state.iteration < total  # SIGTERM / Ctrl-C, agreed by every rank
+        periodic = settings.checkpoint_every and state.iteration % settings.checkpoint_every == 0
+        if (stopping or periodic) and state.iteration < total:
+            save(complete=False)
+        if stopping:
+            progress.close()
+            raise TrainingInterrupted(staging.target, state.iteration, stop.signal_name)
     progress.close()
     save(complete=True)
-    log.close()
-    distributed.barrier()  # the checkpoint is on disk before any rank reads it
-    return experiment
+    if distributed.any_rank(stop.requested):  # a signal during the last iteration or the final checkpoint
+        raise TrainingInterrupted(staging.target, state.iteration, stop.signal_name, when="end")
 
 
-__all__ = ["Callback", "MetricsLog", "TrainingInterrupted", "TrainingState", "train", "train_step"]
+def _short_options(config: Config) -> str:
+    """The method's numeric options, for a divergence message (``meta_lr 0.01, alpha 0.1``)."""
+    options = getattr(config.method, "options", None)
+    if options is None or not dataclasses.is_dataclass(options):
+        return "none"
+    numbers = [f"{f.name} {getattr(options, f.name):g}" for f in dataclasses.fields(options)
+               if isinstance(getattr(options, f.name), float)]
+    return ", ".join(numbers) or "none"
+
+
+__all__ = ["Callback", "MetricsLog", "RunStaging", "TrainingDiverged", "TrainingInterrupted", "TrainingState",
+           "train", "train_step", "validation_scores"]

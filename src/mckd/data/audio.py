@@ -73,6 +73,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise DataError(f"WAV file {str(path)!r} is not a readable PCM WAV file ({reason}); it may be truncated or corrupt") from None
     if frames == 0 or len(raw) < channels * width:
         raise DataError(f"WAV file {str(path)!r} holds no samples")
+    if rate <= 0:
+        raise DataError(f"WAV file {str(path)!r} declares a sample rate of {rate} Hz; expected a positive rate "
+                        "(8000 for the Free Spoken Digit recordings)")
     raw = raw[: (len(raw) // (channels * width)) * channels * width]  # a truncated last frame is dropped
     if width == 1:  # unsigned 8-bit, centred on 128
         samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0

@@ -40,6 +40,7 @@ from mckd.io import atomic_write
 from mckd.data.audio import FSDD_SPEAKERS, N_FRAMES, N_MFCC, RECIPES, list_fsdd, mfcc, read_wav
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
 from mckd.data.idx import read_mnist
+from mckd.config import PATH
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 
@@ -208,7 +209,7 @@ def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
 class AVMNISTOptions:
     """Options of the ``avmnist`` dataset."""
 
-    path: str = "cache/avmnist_smil.safetensors"  # the file `mckd prepare avmnist` wrote
+    path: str = field(default="cache/avmnist_smil.safetensors", metadata=PATH)  # the file `mckd prepare avmnist` wrote
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # [image, audio]; one alone: LowerB
     standardise_audio: bool = True  # MFCC coefficient c: (x - mean_c) / std_c over the training split
     image_range: Literal["unit", "symmetric"] = "unit"  # pixels in [0, 1], or in [-1, 1] as SMIL's code

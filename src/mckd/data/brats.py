@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from mckd.data.brats_cache import CachedCase, cache_plan, cache_scheme, read_dataset_record
 from mckd.data.bundle import DataBundle
+from mckd.config import PATH
 from mckd.data.labels import LabelScheme
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
@@ -38,7 +39,7 @@ from mckd.registry import register_dataset
 class BratsOptions:
     """Options of the ``seg`` (``brats``) dataset (the segmentation head and inference settings are the task's)."""
 
-    cache: str = ""  # folder written by `mckd prepare seg SRC OUT`
+    cache: str = field(default="", metadata=PATH)  # folder written by `mckd prepare seg SRC OUT`
     modalities: list[str] = field(default_factory=list)  # sequences used, in order; empty: all in the cache
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train / meta-validation / test cases
     split_seed: int = 0  # fixed across training seeds: runs are paired on one test set
@@ -317,12 +318,23 @@ def add_prepare_parser(datasets: Any) -> None:
                        help="target voxel size: auto (default: the median over the cases) or three sizes in mm")
         p.add_argument("--orientation", default="RAS", help="target axis codes (default RAS), or none to keep each file's")
         p.add_argument("--channels", help="sequence names in channel order, for a folder without a dataset.json")
-        p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
+        p.add_argument("--workers", type=_workers, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
         p.add_argument("--allow-missing", action="store_true",
                        help="treat absent or empty (all one value) sequences as missing instead of failing")
         p.add_argument("--force", action="store_true", help="replace an existing cache at OUT")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=_cmd_prepare)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -45,10 +44,6 @@ FORMAT_NAME = "mckd-seg-cache"
 READABLE = {("mckd-brats-cache", 1), (FORMAT_NAME, FORMAT_VERSION)}  # version 1: BraTS labels, each file's own grid
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 DATASET_FILE = "dataset.json"
 LABEL_FILE = "label.npy"
 META_FILE = "meta.json"
@@ -189,6 +184,30 @@ def _summary(meta: dict[str, Any]) -> str:
     return f"{'+'.join(meta['present'])}{missing}; {shape} voxels in the brain's box{grid}"
 
 
+def _worker_init() -> None:
+    """A prepare worker: dies with its parent (even a SIGKILLed one), leaves Ctrl-C and SIGTERM to it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool and removes the staging folder
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what has not started, end the workers, wait for them."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own (shutdown clears it)
+    for process in processes:
+        with contextlib.suppress(OSError, AttributeError):
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError, AttributeError, AssertionError):
+            process.join(timeout=10)
+
+
 def prepare_cache(
     source: str | Path,
     out: str | Path,
@@ -216,12 +235,21 @@ def prepare_cache(
         cases: the cases to read (default: every case the layout finds).
         extra: more entries for the record (the source format, how the labels were chosen).
 
+    The cache is built in a hidden staging folder beside ``out``
+    (``.<name>.<pid>.stage-<random>.tmp``) and renamed into place when
+    complete; an error, a full disk, SIGTERM or Ctrl-C stops the workers and
+    removes it, and a staging folder left by a killed process is removed by
+    the next prepare of the same ``out``.
+
     Returns:
         The dataset record written to ``out/dataset.json``.
     """
+    from mckd.io import claim_output, environment_errno, temporary_name, write_failure
     from mckd.progress import CaseProgress
 
     source, out = Path(source), Path(out)
+    if workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file, not a cache folder; choose another OUT")
     if out.exists() and any(out.iterdir()):
@@ -251,54 +279,68 @@ def prepare_cache(
             raise DataError(f"case {lacking[0].case_id}: no {lacking[0].absent[0]!r} sequence file; pass "
                             "--allow-missing to treat absent sequences as missing")
     reader = CaseReader(tuple(modalities), scheme if has_labels else None, plan)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the cache is an ordinary folder
-    metas: dict[str, dict[str, Any]] = {}
-    try:
-        bar = CaseProgress(len(cases), "prepare seg", enabled=progress)
-        if workers <= 1:
-            for case in cases:
-                metas[case.case_id] = _prepare_one(case, reader, str(staging), allow_missing)
-                bar.update(case.case_id, _summary(metas[case.case_id]))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+    with claim_output(out, replace=True, kind="dir", what="cache"):
+        staging = temporary_name(out, "stage-")
+        try:
+            staging.mkdir(parents=False)
+        except OSError as error:
+            raise DataError(f"cannot write the cache {out}: {error.strerror or error}") from None
+        metas: dict[str, dict[str, Any]] = {}
+        pool: ProcessPoolExecutor | None = None
+        try:
+            bar = CaseProgress(len(cases), "prepare seg", enabled=progress)
+            if workers <= 1:
+                for case in cases:
+                    metas[case.case_id] = _prepare_one(case, reader, str(staging), allow_missing)
+                    bar.update(case.case_id, _summary(metas[case.case_id]))
+            else:
+                pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
                 futures = {pool.submit(_prepare_one, c, reader, str(staging), allow_missing): c for c in cases}
                 for future in as_completed(futures):
                     case_id = futures[future].case_id
                     metas[case_id] = future.result()
                     bar.update(case_id, _summary(metas[case_id]))
-        bar.close()
-        for meta in metas.values():
-            for warning in meta["warnings"]:
-                print(f"mckd: warning: {warning}")
-        labels_of = scheme or convention("brats2018")
-        record = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "modalities": list(modalities),
-            "cases": sorted(metas),
-            "has_labels": has_labels,
-            "layout": layout_name,
-            "source_label_convention": labels_of.name,
-            "labels": {str(k): name for k, name in enumerate(labels_of.classes)},
-            "label_scheme": labels_of.to_json(),
-            "plan": (plan or GridPlan("", ())).to_json(),
-            "source": str(source.resolve()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **(extra or {}),
-        }
-        (staging / DATASET_FILE).write_text(json.dumps(record, indent=2))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                pool.shutdown(wait=True)
+                pool = None
+            bar.close()
+            for meta in metas.values():
+                for warning in meta["warnings"]:
+                    print(f"mckd: warning: {warning}")
+            labels_of = scheme or convention("brats2018")
+            record = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "modalities": list(modalities),
+                "cases": sorted(metas),
+                "has_labels": has_labels,
+                "layout": layout_name,
+                "source_label_convention": labels_of.name,
+                "labels": {str(k): name for k, name in enumerate(labels_of.classes)},
+                "label_scheme": labels_of.to_json(),
+                "plan": (plan or GridPlan("", ())).to_json(),
+                "source": str(source.resolve()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **(extra or {}),
+            }
+            (staging / DATASET_FILE).write_text(json.dumps(record, indent=2))
+            old = None
+            if out.exists():
+                old = temporary_name(out, "old-")
+                os.replace(out, old)
+            os.replace(staging, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException as error:
+            if pool is not None:
+                _stop_pool(pool)  # SIGTERM, Ctrl-C or an error: no worker is left behind
+            shutil.rmtree(staging, ignore_errors=True)
+            code = environment_errno(error)
+            if code is not None:
+                raise write_failure(out, code, keeps_previous=True) from None
+            if type(error).__name__ == "BrokenProcessPool":
+                raise DataError(f"a worker process of mckd prepare died ({error}); nothing was written to {out}: "
+                                "try again with --workers 1") from None
+            raise
     return record
 
 
@@ -438,9 +480,13 @@ def cache_plan(record: dict[str, Any]) -> GridPlan:
 def write_nifti_like(array: np.ndarray, reference_path: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write ``array`` (on the reference's grid) as NIfTI with the reference's affine and header, atomically.
 
-    The data type is the array's (uint8 for label maps); the header's scaling is reset.
+    The data type is the array's (uint8 for label maps); the header's scaling
+    is reset. Written through :func:`mckd.io.atomic_write` (a full disk or a
+    read-only folder is one error naming ``out``; an earlier ``out`` stays).
     """
     import nibabel as nib
+
+    from mckd.io import atomic_write
 
     out = Path(out)
     if out.exists() and not force:
@@ -453,15 +499,6 @@ def write_nifti_like(array: np.ndarray, reference_path: str | Path, out: str | P
     header.set_data_dtype(array.dtype)
     image = nib.Nifti1Image(array, reference.affine, header)
     image.header.set_slope_inter(1.0, 0.0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else out.suffix
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
-    os.close(handle)
-    try:
-        nib.save(image, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the output is an ordinary file
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    suffix = ".tmp.nii.gz" if out.name.endswith(".nii.gz") else f".tmp{out.suffix}"  # nibabel reads the name
+    atomic_write(out, lambda tmp: nib.save(image, tmp), suffix=suffix)
     return out

@@ -209,12 +209,25 @@ def read_nifti(path: Path, what: str = "image") -> Volume:
     """Read a 3D NIfTI file; an unreadable or truncated file or a non-3D one is a :class:`DataError`."""
     import nibabel as nib
 
+    import warnings
+
+    from mckd.io import file_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} ({what}) does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path} ({what}) {problem}")
     try:
-        image = nib.load(str(path))
-        array = np.asanyarray(image.dataobj)
+        with warnings.catch_warnings():  # a damaged header makes NumPy warn before nibabel fails or we check it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            image = nib.load(str(path))
+            if 0 in tuple(image.shape):
+                raise DataError(f"{path} ({what}) has shape {tuple(image.shape)}: an empty volume; expected a 3D "
+                                "volume with voxels")
+            affine = np.asarray(image.affine, dtype=np.float64)
+            array = np.asanyarray(image.dataobj)
+    except DataError:
+        raise
     except Exception as error:  # nibabel raises many types for bad files (EOFError, zlib.error, ImageFileError...)
         raise DataError(
             f"{path} ({what}) is not a readable NIfTI file ({type(error).__name__}: {error}); "
@@ -224,7 +237,10 @@ def read_nifti(path: Path, what: str = "image") -> Volume:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataError(f"{path} ({what}) has shape {array.shape}; expected a 3D volume")
-    return Volume(path, array, np.asarray(image.affine, dtype=np.float64), image.header,
+    if not np.isfinite(affine).all():
+        raise DataError(f"{path} ({what}) has NaN or Inf in its affine (voxel-to-world matrix) "
+                        f"{affine.round(3).tolist()}; its header is damaged: fix or re-export the file")
+    return Volume(path, array, affine, image.header,
                   tuple(float(z) for z in image.header.get_zooms()[:3]))
 
 
@@ -430,6 +446,9 @@ def read_case_files(files: CaseFiles, modalities: Sequence[str], scheme: LabelSc
         check_same_grid(reference, mask_volume)
         brain = np.asarray(mask_volume.array) > 0.5
         paths["mask"] = files.mask
+        if not brain.any():
+            raise DataError(f"{files.mask} (brain mask) is empty: no voxel above 0.5; give the case's brain mask, or "
+                            "leave the mask out to use the voxels that differ from the background")
     else:
         brain = brain_mask(list(images.values()))
     if not brain.any():

