@@ -427,6 +427,10 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             Case("prepare-brats/bad-layout", prepare(source, prepared, "--layout", str(layout)),
                  ["layout.yaml", "labels 'brats2099' is not one of"], [prepared]),
         ]
+        for case in cases:  # each prepare case its own output (the cases run two at a time; an output in use is refused)
+            if case.outputs == [prepared]:
+                own = root / f"prepared_{case.name.split('/')[-1]}"
+                case.argv[3], case.outputs = str(own), [own]
 
     if want("train"):
         two_cases = root / "brats_two"

@@ -260,7 +260,7 @@ def benchmark(
         spreads = {name: seed_means(out / name, metric) for name in methods}
         summary_text = write_summary(out, config_path, methods, seeds, tables, summaries, weights, metric, spreads)
         observed_text, observed = observed_comparison(out, methods, seeds, metric)
-        summary_text += observed_text
+        summary_text += "\n" + observed_text
         if len(methods) > 1:
             summary_text += "\n" + write_methods_table(out, config_path, methods, seeds, tables, metric, overrides)
         atomic_write_text(out / "summary.md", summary_text)
