@@ -247,7 +247,7 @@ def test_prepare_refuses_to_overwrite_without_force(cache2013: Path, tmp_path: P
     layout = load_layout(LAYOUT_2013)
     with pytest.raises(DataError, match="not empty; pass --force"):
         prepare_cache(shared_path("brats2013"), out, layout, progress=False)
-    with pytest.raises(DataError, match="not an mckd BraTS cache"):
+    with pytest.raises(DataError, match="not an mckd cache"):
         prepare_cache(shared_path("brats2013"), out, layout, force=True, progress=False)
     assert main(["prepare", "brats", str(shared_path("brats2013")), str(cache2013), "--layout", LAYOUT_2013,
                  "--no-progress"]) == 2

@@ -238,7 +238,7 @@ def test_prepare_refuses_an_existing_output_unless_forced_and_never_a_foreign_fo
     foreign = tmp_path / "my_documents"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(DataError, match="not an mckd BraTS cache .* refusing to replace it even with --force"):
+    with pytest.raises(DataError, match="not an mckd cache .* refusing to replace it even with --force"):
         prepare_cache(tmp_path / "src", foreign, LAYOUT, force=True, progress=False)
     assert (foreign / "thesis.tex").read_text() == "precious"
 

@@ -358,3 +358,54 @@ def test_nan_in_the_missing_entries_of_a_dataset_is_never_read_in_training_the_m
     rows = [json.loads(line) for line in RunDir(tmp_path / "run").metrics.read_text().splitlines()]
     assert all(np.isfinite(r["task_loss"]) and np.isfinite(r["ckd_loss"]) for r in rows if r["kind"] == "train")
     assert all(row["accuracy"] is not None and np.isfinite(row["accuracy"]) for row in result.observed)
+
+
+def _two_view_bundle(digits_csv_dir, val_lacks_fou: bool = False):
+    from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+    from mckd.data.multiview import read_view
+
+    (pix, labels), (fou, _) = read_view(digits_csv_dir, "pix"), read_view(digits_csv_dir, "fou")
+    pix, fou = (torch.from_numpy((x - x.mean(0)) / (x.std(0) + 1e-6)).float() for x in (pix, fou))
+    present = torch.ones(len(labels), 2, dtype=torch.bool)
+    if val_lacks_fou:
+        present[1200:1400, 1] = False  # no meta-validation sample has fou
+        fou[1200:1400] = 0.0
+
+    def part(rows: slice) -> MultiModalTensorDataset:
+        return MultiModalTensorDataset([pix[rows], fou[rows]], torch.from_numpy(labels[rows]), present[rows])
+
+    bundle = DataBundle(("pix", "fou"), part(slice(0, 1200)), part(slice(1200, 1400)), part(slice(1400, 2000)), 10,
+                        {"pix": (240,), "fou": (76,)})
+    encoders = {"pix": torch.nn.Sequential(torch.nn.Linear(240, 16), torch.nn.ReLU()),
+                "fou": torch.nn.Sequential(torch.nn.Linear(76, 16), torch.nn.ReLU())}
+    return bundle, encoders
+
+
+def test_lckd_never_elects_a_modality_that_no_validation_sample_has_and_validation_skips_it(digits_csv_dir, tmp_path):
+    from mckd.api import fit
+
+    bundle, encoders = _two_view_bundle(digits_csv_dir, val_lacks_fou=True)
+    fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", method="lckd",
+        settings={"train.iterations": 12, "train.progress": False, "method.teacher_every": 4, "train.eval_every": 6})
+    records = [json.loads(line) for line in RunDir(tmp_path / "run").metrics.read_text().splitlines()]
+    teachers = [r for r in records if r["kind"] == "teacher"]
+    assert teachers and all(r["teacher"] == "pix" for r in teachers), teachers
+    validations = [r for r in records if r["kind"] == "val"]
+    assert validations and all("accuracy_fou" not in r and "accuracy_all" not in r and r["score"] == r["accuracy_pix"]
+                               for r in validations)
+
+
+def test_fit_refuses_an_existing_run_unless_forced(digits_csv_dir, tmp_path):
+    from mckd.api import fit
+    from mckd.errors import MckdError
+
+    bundle, encoders = _two_view_bundle(digits_csv_dir)
+    settings = {"train.iterations": 4, "train.progress": False, "method.meta_every": 2}
+    fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", settings=settings)
+    before = RunDir(tmp_path / "run").checkpoint.read_bytes()
+    with pytest.raises(MckdError, match="exists; pass force=True to fit"):
+        fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", settings=settings)
+    assert RunDir(tmp_path / "run").checkpoint.read_bytes() == before
+    fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", settings={**settings, "train.iterations": 6},
+        force=True)
+    assert json.loads(RunDir(tmp_path / "run").record.read_text())["iteration"] == 6

@@ -138,6 +138,21 @@ def test_a_second_process_on_one_run_directory_is_refused_naming_the_first(digit
     assert run_cli(["train", digits_yaml, "--out", run], capsys)[0] == 0  # the kernel released the dead holder's lock
 
 
+def test_prepare_avmnist_onto_an_output_in_use_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "avmnist.safetensors"
+    holder = subprocess.Popen(
+        [PYTHON, "-c", "import sys, time\nfrom mckd.io import claim_output\n"
+                       "with claim_output(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = run_cli(["prepare", "avmnist", "--out", out, "--no-progress"], capsys)
+        assert code == 2 and f"in use by process {holder.pid}" in one_error_line(err) and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_trainings_started_together_on_one_directory_leave_one_consistent_run(digits_yaml, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

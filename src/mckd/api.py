@@ -29,6 +29,7 @@ from mckd.data.bundle import DataBundle
 from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
 from mckd.errors import ConfigError, DataError
 from mckd.evaluation import Evaluation
+from mckd.io import claim_output
 from mckd.method.model import MultiModalModel
 from mckd.runs import RunDir, evaluate_experiment
 from mckd.tasks import build_task
@@ -124,6 +125,7 @@ def fit(
     fill: str = "mean",
     fusion: str = "concat",
     settings: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> FitResult:
     """Train MCKD (or another registered method) on ``bundle`` with your modules, evaluate, write ``out``.
 
@@ -136,6 +138,8 @@ def fit(
         method: a registered training method (``mckd list``).
         fill, fusion: as ``model.fill`` and ``model.fusion`` (Eq. 2, Eq. 3).
         settings: dotted config keys with their values, e.g. ``{"train.iterations": 300, "method.alpha": 0.3}``.
+        force: replace a run already in ``out`` (once the new one has written its first checkpoint);
+            without it an existing run is refused, as by ``mckd train``.
 
     Returns:
         The trained experiment, its evaluation on the test split, and the run directory.
@@ -148,6 +152,8 @@ def fit(
     model = training_method.wrap_model(model, bundle.input_shapes)
     experiment = Experiment(config=config, bundle=bundle, model=model, method=training_method, task=task)
     run = RunDir(out)
-    train(config, run.path, experiment=experiment)
-    evaluation = evaluate_experiment(experiment, run, distributed.resolve_device(config.train.device))
+    hint = "pass force=True to fit() to replace it (the old run stays until the new one's first checkpoint)"
+    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint):  # through the evaluation
+        train(config, run.path, experiment=experiment, force=force)
+        evaluation = evaluate_experiment(experiment, run, distributed.resolve_device(config.train.device))
     return FitResult(experiment, evaluation, run.path)

@@ -158,9 +158,16 @@ def _split_names(text: str | None) -> list[str] | None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mckd.io import claim_output
 
-    with claim_output(Path(args.run_dir), replace=True, kind="dir", what="run directory"):  # not while it trains
-        if not Path(args.run_dir).is_dir():
-            raise MckdError(f"run directory {str(args.run_dir)!r} does not exist")
+    run = Path(args.run_dir)
+    if not run.is_dir() and not run.parent.is_dir():  # nothing to claim there (and no folder made for a lock)
+        raise MckdError(f"run directory {str(run)!r} does not exist")
+    out = Path(args.out) if args.data is not None and args.out else None
+    outside = out is not None and not out.resolve().is_relative_to(run.resolve())
+    # The run is claimed (not while it trains), or, for --data --out elsewhere, that output: a read-only run evaluates.
+    target, what = (out, "evaluation folder") if outside else (run, "run directory")
+    with claim_output(target, replace=True, kind="dir", what=what):
+        if not run.is_dir():
+            raise MckdError(f"run directory {str(run)!r} does not exist")
         _evaluate(args)
 
 
@@ -270,6 +277,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     if not args.inputs or not args.out:
         raise MckdError("give --input DIR --output DIR (a folder of cases), or MODALITY=FILE ... --out FILE (one case)")
+    if getattr(args, "probabilities", False):
+        raise MckdError("--probabilities is written by folder prediction (--input DIR --output DIR); one case "
+                        "(--out FILE) writes the labels only")
     inputs = {}
     for item in args.inputs:
         if "=" not in item:

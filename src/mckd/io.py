@@ -237,6 +237,19 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def remove_stale_temporaries_inside(folder: str | Path) -> list[Path]:
+    """The same inside ``folder``: the temporary files of its outputs (``mckd predict``'s cases) whose process ended."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            match = _TEMPORARY.match(entry.name)
+            if match and not _pid_alive(int(match["pid"])) and not entry.is_dir():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
 _HELD: dict[str, list[Any]] = {}  # resolved output path -> [lock file descriptor, count]: claims are reentrant
 
 

@@ -94,17 +94,16 @@ def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str
     """Segment cached case ``case_id`` with a trained run using only ``subset``, and draw the figure."""
     from mckd.data.brats import BratsCases
     from mckd.data.brats_cache import read_dataset_record
-    from mckd.runs import load_run
-
-    from mckd.runs import RunDir, checkpoint_config, read_checkpoint
+    from mckd.predict import SEGMENTATION_DATASETS
+    from mckd.runs import RunDir, checkpoint_config, load_run, read_checkpoint
 
     checkpoint = RunDir(run_dir).checkpoint
     if Path(run_dir).is_dir() and checkpoint.is_file():
         _, metadata = read_checkpoint(checkpoint)
         config = checkpoint_config(metadata, checkpoint)
-        if config.task.name != "segmentation" or config.data.name != "brats":
+        if config.task.name != "segmentation" or config.data.name not in SEGMENTATION_DATASETS:
             raise MckdError(f"run {str(run_dir)!r} is a {config.task.name} run on {config.data.name!r}; "
-                            "plot-seg draws BraTS segmentation runs")
+                            "plot-seg draws segmentation runs")
     if len(set(subset)) != len(subset):
         raise MckdError(f"subset {list(subset)} names a sequence twice; give each once (e.g. flair+t1ce)")
     experiment = load_run(run_dir, device)

@@ -34,7 +34,7 @@ from mckd.data.brats_layout import CaseFiles, ImageFile, read_case_files
 from mckd.data.formats import SourceFormat, detect_format
 from mckd.data.labels import CONVENTIONS, LabelScheme, class_map, resolve_declaration
 from mckd.errors import DataError, MckdError
-from mckd.io import atomic_write
+from mckd.io import atomic_write, claim_output, remove_stale_temporaries_inside
 from mckd.progress import CaseProgress
 from mckd.segment import SegmentOptions, file_grid_task, prepare_case, run_plan, segment_prepared
 
@@ -162,66 +162,78 @@ def predict_folder(
     out_root = Path(output_dir)
     if out_root.exists() and not out_root.is_dir():
         raise DataError(f"--output {out_root} is a file; expected a folder")
-    challenge = naming == "challenge"
-    names = {c.case_id: found.output_name(c.case_id, challenge) for c in cases}
-    if len(set(names.values())) != len(names):
-        raise DataError(f"two cases of {input_dir} would be written to the same file; their names repeat")
-    existing = [n for n in names.values() if (out_root / n).exists()]
-    if existing and not (force or resume):
-        raise DataError(f"{out_root / existing[0]} exists ({len(existing)} of {len(names)} outputs do); pass --force "
-                        "to overwrite them or --continue to keep them and predict the rest")
-    distributed.barrier()  # every rank has looked at the outputs before any writes one
-    scheme, why = output_labels(task.scheme, found, labels)
-    lookup = class_map(task.scheme, scheme)
-    record: dict[str, Any] = {
-        "run": str(Path(checkpoint).resolve()),
-        "input": str(Path(input_dir).resolve()),
-        "format": {"kind": found.kind, "found": found.title, "sequences": found.channels},
-        "model": {"sequences": list(model.modalities), "plan": plan_record or run_plan(loaded.facts).to_json(),
-                  "head": task.head, "targets": list(task.targets)},
-        "options": {"sequences": list(sequences) if sequences else "every sequence each case has",
-                    "naming": naming, "mask": "the case's mask file" if any(c.mask for c in cases) else
-                    "voxels where a sequence differs from its background (corner) value",
-                    **options.to_json(), "device": str(context.device)},
-        "postprocessing": {"et_min_voxels": task.et_min_voxels if options.et_min_voxels is None else options.et_min_voxels,
-                           "et_min_voxels_from": "the run's task.et_min_voxels" if options.et_min_voxels is None
-                           else "--et-min-voxels", "order": "mask, then connected components, then small ET"},
-        "labels": {"written_as": scheme.name, "values": scheme.describe(), "why": why,
-                   "probabilities": (list(task.targets) if task.head == "regions" else list(task.scheme.classes))
-                   if options.probabilities else None},
-        "processes": size,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if rank == 0:
-        say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
-        say(f"labels written {why}: {scheme.describe()}")
-    mine = list(cases)[rank::size]
-    bar = CaseProgress(len(mine), "predict", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
-    done: list[dict[str, Any]] = []
-    for files in mine:
-        target = out_root / names[files.case_id]
-        if resume and target.exists() and not force:
-            done.append({"case": files.case_id, "output": names[files.case_id], "skipped": "its output existed"})
-            bar.update(files.case_id, "kept (its output existed)")
-            continue
-        started = time.perf_counter()
-        entry = _predict_case(loaded, task, files, found, usable, out_root, target, scheme, lookup, options,
-                              context.device)
-        entry["seconds"] = round(time.perf_counter() - started, 2)
-        entry["rank"] = rank
-        entry["output"] = names[files.case_id]
-        done.append(entry)
-        bar.update(files.case_id, f"{'+'.join(entry['sequences'])} -> {target} ({entry['seconds']:.1f} s)")
-    bar.close()
-    everyone = [case for part in distributed.gather_json(done) for case in part]
-    order = {c.case_id: i for i, c in enumerate(cases)}
-    everyone.sort(key=lambda c: order[c["case"]])
-    record["cases"] = everyone
-    if rank == 0:
-        atomic_write(out_root / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
-        seconds = sum(c.get("seconds", 0.0) for c in everyone)
-        say(f"written {len(everyone)} cases into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
-    return FolderPrediction(record, everyone)
+    with claim_output(out_root, replace=True, kind="dir", what="prediction folder"):  # one writer; rank 0 holds it
+        if rank == 0:
+            remove_stale_temporaries_inside(out_root)  # the cases of a killed predict
+        challenge = naming == "challenge"
+        names = {c.case_id: found.output_name(c.case_id, challenge) for c in cases}
+        if len(set(names.values())) != len(names):
+            raise DataError(f"two cases of {input_dir} would be written to the same file; their names repeat")
+        existing = [n for n in names.values() if (out_root / n).exists()]
+        if existing and not (force or resume):
+            raise DataError(f"{out_root / existing[0]} exists ({len(existing)} of {len(names)} outputs do); pass --force "
+                            "to overwrite them or --continue to keep them and predict the rest")
+        distributed.barrier()  # every rank has looked at the outputs before any writes one
+        scheme, why = output_labels(task.scheme, found, labels)
+        lookup = class_map(task.scheme, scheme)
+        record: dict[str, Any] = {
+            "run": str(Path(checkpoint).resolve()),
+            "input": str(Path(input_dir).resolve()),
+            "format": {"kind": found.kind, "found": found.title, "sequences": found.channels},
+            "model": {"sequences": list(model.modalities), "plan": plan_record or run_plan(loaded.facts).to_json(),
+                      "head": task.head, "targets": list(task.targets)},
+            "options": {"sequences": list(sequences) if sequences else "every sequence each case has",
+                        "naming": naming, "mask": "the case's mask file" if any(c.mask for c in cases) else
+                        "voxels where a sequence differs from its background (corner) value",
+                        **options.to_json(), "device": str(context.device)},
+            "postprocessing": {"et_min_voxels": task.et_min_voxels if options.et_min_voxels is None else options.et_min_voxels,
+                               "et_min_voxels_from": "the run's task.et_min_voxels" if options.et_min_voxels is None
+                               else "--et-min-voxels", "order": "mask, then connected components, then small ET"},
+            "labels": {"written_as": scheme.name, "values": scheme.describe(), "why": why,
+                       "probabilities": (list(task.targets) if task.head == "regions" else list(task.scheme.classes))
+                       if options.probabilities else None},
+            "processes": size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if rank == 0:
+            say(f"found {found.title} in {input_dir}: {len(cases)} cases; sequences used: {', '.join(usable)}")
+            say(f"labels written {why}: {scheme.describe()}")
+        mine = list(cases)[rank::size]
+        bar = CaseProgress(len(mine), "predict", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
+        done: list[dict[str, Any]] = []
+        failure: MckdError | None = None
+        try:
+            for files in mine:
+                target = out_root / names[files.case_id]
+                if resume and target.exists() and not force:
+                    done.append({"case": files.case_id, "output": names[files.case_id], "skipped": "its output existed"})
+                    bar.update(files.case_id, "kept (its output existed)")
+                    continue
+                started = time.perf_counter()
+                entry = _predict_case(loaded, task, files, found, usable, out_root, target, scheme, lookup, options,
+                                      context.device)
+                entry["seconds"] = round(time.perf_counter() - started, 2)
+                entry["rank"] = rank
+                entry["output"] = names[files.case_id]
+                done.append(entry)
+                bar.update(files.case_id, f"{'+'.join(entry['sequences'])} -> {target} ({entry['seconds']:.1f} s)")
+        except MckdError as error:  # every rank must hear of it before gathering the records
+            failure = error
+        if distributed.any_rank(failure is not None):
+            bar.close()
+            if failure is not None:
+                raise failure
+            raise MckdError("another process of mckd predict failed; see its error")
+        bar.close()
+        everyone = [case for part in distributed.gather_json(done) for case in part]
+        order = {c.case_id: i for i, c in enumerate(cases)}
+        everyone.sort(key=lambda c: order[c["case"]])
+        record["cases"] = everyone
+        if rank == 0:
+            atomic_write(out_root / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+            seconds = sum(c.get("seconds", 0.0) for c in everyone)
+            say(f"written {len(everyone)} cases into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
+        return FolderPrediction(record, everyone)
 
 
 def _predict_case(loaded: Any, task: Any, files: CaseFiles, found: SourceFormat, usable: Sequence[str],

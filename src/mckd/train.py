@@ -531,7 +531,9 @@ def _method_services(experiment: Experiment, device: torch.device, log: MetricsL
         rows = evaluate_subsets(model, task, bundle.val, experiment.config.eval.batch_size, device,
                                 subsets=[(m,) for m in bundle.modalities])
         model.train(was_training)
-        return [float(row[task.primary_metric]) for row in rows]
+        worst = float("-inf") if task.higher_is_better[task.primary_metric] else float("inf")
+        # None: no validation sample has the modality (or the metric is undefined there): it cannot be elected
+        return [worst if row.get(task.primary_metric) is None else float(row[task.primary_metric]) for row in rows]
 
     return MethodServices(task_loss=task.loss, score_each_modality=score_each_modality,
                           higher_is_better=task.higher_is_better[task.primary_metric], record=log.record,
@@ -708,7 +710,8 @@ def validation_scores(experiment: Experiment, device: torch.device, batch_size: 
     The training's random streams are saved and restored around it, so a run
     with validation follows the same path as one without. Keys:
     ``<metric>_all``, ``<metric>_<modality>`` and ``score`` (their mean, what
-    ``train.save_best`` selects on).
+    ``train.save_best`` selects on); a subset that no validation sample has
+    (real missingness) has no key and is left out of ``score``.
     """
     model, task, bundle = experiment.model, experiment.task, experiment.bundle
     modalities = tuple(bundle.modalities)

@@ -126,42 +126,45 @@ def prepare_avmnist(
         raise DataError(f"MFCC recipe must be one of {list(RECIPES)}, got {recipe!r}")
     if out.exists() and not force:
         raise DataError(f"{str(out)!r} exists; pass --force to replace it")
-    if val_per_digit < 0:
-        raise DataError(f"--val-per-digit must be >= 0, got {val_per_digit}")
-    mnist_images, mnist_labels = read_mnist(images, labels)
-    clips = list_fsdd(recordings, speakers)
-    digits = np.array([c.digit for c in clips], dtype=np.int64)
-    indices = np.array([c.index for c in clips], dtype=np.int64)
-    image_index = pair_by_label(digits, mnist_labels, seed)
-    split = smil_split(digits, indices, val_per_digit, seed)
-    audio = np.zeros((len(clips), N_MFCC, N_FRAMES), dtype=np.float32)
-    for i, clip in enumerate(tqdm(clips, desc=f"MFCC ({recipe})", disable=not progress, dynamic_ncols=True)):
-        samples, rate = read_wav(clip.path)
-        audio[i] = mfcc(samples, rate, recipe)  # (20, 20)
-    if not np.isfinite(audio).all():
-        raise DataError("prepare avmnist: an MFCC holds NaN or Inf values")
-    arrays = {
-        "image": np.ascontiguousarray(mnist_images[image_index]),  # (S, 28, 28) uint8
-        "audio": audio,
-        "label": digits,
-        "split": split,
-        "image_index": image_index,
-        "recording_index": indices,
-        "speaker": np.array([list(speakers).index(c.speaker) for c in clips], dtype=np.int64),
-    }
-    metadata = {
-        "format": FORMAT,
-        "recipe": recipe,
-        "seed": seed,
-        "val_per_digit": val_per_digit,
-        "test_index_below": TEST_INDEX_BELOW,
-        "speakers": list(speakers),
-        "recordings": [c.path.name for c in clips],
-        "sources": {"images": str(images), "labels": str(labels), "recordings": str(recordings)},
-        "sizes": {name: int((split == code).sum()) for code, name in enumerate(SPLITS)},
-    }
-    atomic_write(out, lambda tmp: save_file(arrays, tmp, metadata={"avmnist": json.dumps(metadata)}))
-    return metadata
+    from mckd.io import claim_output
+
+    with claim_output(out, replace=True, kind="file", what="prepared AV-MNIST file"):  # one writer; a read-only place fails now
+        if val_per_digit < 0:
+            raise DataError(f"--val-per-digit must be >= 0, got {val_per_digit}")
+        mnist_images, mnist_labels = read_mnist(images, labels)
+        clips = list_fsdd(recordings, speakers)
+        digits = np.array([c.digit for c in clips], dtype=np.int64)
+        indices = np.array([c.index for c in clips], dtype=np.int64)
+        image_index = pair_by_label(digits, mnist_labels, seed)
+        split = smil_split(digits, indices, val_per_digit, seed)
+        audio = np.zeros((len(clips), N_MFCC, N_FRAMES), dtype=np.float32)
+        for i, clip in enumerate(tqdm(clips, desc=f"MFCC ({recipe})", disable=not progress, dynamic_ncols=True)):
+            samples, rate = read_wav(clip.path)
+            audio[i] = mfcc(samples, rate, recipe)  # (20, 20)
+        if not np.isfinite(audio).all():
+            raise DataError("prepare avmnist: an MFCC holds NaN or Inf values")
+        arrays = {
+            "image": np.ascontiguousarray(mnist_images[image_index]),  # (S, 28, 28) uint8
+            "audio": audio,
+            "label": digits,
+            "split": split,
+            "image_index": image_index,
+            "recording_index": indices,
+            "speaker": np.array([list(speakers).index(c.speaker) for c in clips], dtype=np.int64),
+        }
+        metadata = {
+            "format": FORMAT,
+            "recipe": recipe,
+            "seed": seed,
+            "val_per_digit": val_per_digit,
+            "test_index_below": TEST_INDEX_BELOW,
+            "speakers": list(speakers),
+            "recordings": [c.path.name for c in clips],
+            "sources": {"images": str(images), "labels": str(labels), "recordings": str(recordings)},
+            "sizes": {name: int((split == code).sum()) for code, name in enumerate(SPLITS)},
+        }
+        atomic_write(out, lambda tmp: save_file(arrays, tmp, metadata={"avmnist": json.dumps(metadata)}))
+        return metadata
 
 
 def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

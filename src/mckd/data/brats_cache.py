@@ -184,7 +184,7 @@ def _summary(meta: dict[str, Any]) -> str:
     return f"{'+'.join(meta['present'])}{missing}; {shape} voxels in the brain's box{grid}"
 
 
-def _worker_init() -> None:
+def worker_init() -> None:
     """A prepare worker: dies with its parent (even a SIGKILLed one), leaves Ctrl-C and SIGTERM to it."""
     import signal
 
@@ -196,7 +196,7 @@ def _worker_init() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
 
 
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
+def stop_pool(pool: ProcessPoolExecutor) -> None:
     """Stop a pool now: cancel what has not started, end the workers, wait for them."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own (shutdown clears it)
     for process in processes:
@@ -206,6 +206,17 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
     for process in processes:
         with contextlib.suppress(OSError, AttributeError, AssertionError):
             process.join(timeout=10)
+
+
+def check_cache_output(out: Path, force: bool) -> None:
+    """Refuse ``out`` as a cache's place: a file, a non-empty folder without ``force``, a folder mckd did not write."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a cache folder; choose another OUT")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise DataError(f"{out} exists and is not empty; pass --force to replace it")
+        if not (out / DATASET_FILE).is_file():
+            raise DataError(f"{out} is not an mckd cache (no {DATASET_FILE}); refusing to replace it even with --force")
 
 
 def prepare_cache(
@@ -250,13 +261,7 @@ def prepare_cache(
     source, out = Path(source), Path(out)
     if workers < 1:
         raise DataError(f"workers must be >= 1, got {workers}")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} is a file, not a cache folder; choose another OUT")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise DataError(f"{out} exists and is not empty; pass --force to replace it")
-        if not (out / DATASET_FILE).is_file():
-            raise DataError(f"{out} is not an mckd BraTS cache (no {DATASET_FILE}); refusing to replace it even with --force")
+    check_cache_output(out, force)
     if isinstance(layout, Layout):
         modalities = layout.modalities
         scheme = scheme or layout.label_scheme
@@ -294,7 +299,7 @@ def prepare_cache(
                     metas[case.case_id] = _prepare_one(case, reader, str(staging), allow_missing)
                     bar.update(case.case_id, _summary(metas[case.case_id]))
             else:
-                pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+                pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init)
                 futures = {pool.submit(_prepare_one, c, reader, str(staging), allow_missing): c for c in cases}
                 for future in as_completed(futures):
                     case_id = futures[future].case_id
@@ -332,7 +337,7 @@ def prepare_cache(
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException as error:
             if pool is not None:
-                _stop_pool(pool)  # SIGTERM, Ctrl-C or an error: no worker is left behind
+                stop_pool(pool)  # SIGTERM, Ctrl-C or an error: no worker is left behind
             shutil.rmtree(staging, ignore_errors=True)
             code = environment_errno(error)
             if code is not None:

@@ -47,8 +47,16 @@ def scan_label_values(paths: Sequence[str], workers: int = 1) -> dict[str, set[i
     """The values found in each label file, read by ``workers`` processes."""
     if workers <= 1 or len(paths) < 2:
         return {path: label_values(path) for path in paths}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(label_values, paths)))
+    from mckd.data.brats_cache import stop_pool, worker_init
+
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init)  # workers die with mckd
+    try:
+        values = dict(zip(paths, pool.map(label_values, paths)))
+    except BaseException:
+        stop_pool(pool)  # SIGTERM, Ctrl-C or an error: no worker is left reading
+        raise
+    pool.shutdown(wait=True)
+    return values
 
 
 def resolve_scheme(source: SourceFormat, spec: str, cases: Sequence[CaseFiles], workers: int = 1) -> tuple[LabelScheme, str]:
@@ -105,7 +113,23 @@ def prepare_segmentation(source: str | Path, out: str | Path, format_hint: str =
                          spacing: Sequence[str] = ("auto",), orientation: str = "RAS", workers: int = 1,
                          force: bool = False, allow_missing: bool = False, progress: bool = True,
                          channels: Sequence[str] | None = None, say: Any = print) -> dict[str, Any]:
-    """Detect the format of ``source``, decide labels and grid, write the cache at ``out``; return its record."""
+    """Detect the format of ``source``, decide labels and grid, write the cache at ``out``; return its record.
+
+    ``out`` is claimed first (:func:`mckd.io.claim_output`): a busy, existing (without ``force``) or
+    unwritable output is refused before any case is read.
+    """
+    from mckd.data.brats_cache import check_cache_output
+    from mckd.io import claim_output
+
+    check_cache_output(Path(out), force)
+    with claim_output(out, replace=True, kind="dir", what="cache"):
+        return _prepare_segmentation(source, out, format_hint, labels, spacing, orientation, workers, force,
+                                     allow_missing, progress, channels, say)
+
+
+def _prepare_segmentation(source: str | Path, out: str | Path, format_hint: str, labels: str,
+                          spacing: Sequence[str], orientation: str, workers: int, force: bool, allow_missing: bool,
+                          progress: bool, channels: Sequence[str] | None, say: Any) -> dict[str, Any]:
     found = detect_format(source, format_hint, channels=channels)
     say(f"found {found.title} in {source}")
     say("sequences: " + ", ".join(f"{m} <- {found.channels.get(m, m)}" for m in found.modalities))
