@@ -410,7 +410,8 @@ def report_table(out: Path, args: argparse.Namespace, command: str) -> str:
         "is better.",
         "", markdown_table(rows), "", share_text, "", *sentences, "", *weight_lines, "", f"Command: `{command}`", ""])
     atomic_write_text(out / "table.md", text)
-    write_table([{k: v for k, v in row.items()} for row in csv_rows], out / "table_values",
+    columns = list(dict.fromkeys(key for row in csv_rows for key in row))  # cells and paired differences differ
+    write_table([{key: row.get(key) for key in columns} for row in csv_rows], out / "table_values",
                 title="every cell's statistics")
     return text
 
