@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import subprocess
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -105,3 +108,19 @@ class AtIteration(Callback):
     def on_iteration_end(self, iteration: int, experiment) -> None:
         if iteration == self.when:
             self.action()
+
+
+@contextlib.contextmanager
+def held_by_another_process(path: Path, kind: str = "file") -> Iterator[int]:
+    """Another process holds mckd's output claim on ``path`` (a file or a ``"dir"``) for the block; yields its pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom mckd.io import claim_output\n"
+                               "with claim_output(sys.argv[1], kind=sys.argv[2]):\n"
+                               "    print('held', flush=True)\n    time.sleep(60)\n", str(path), kind],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

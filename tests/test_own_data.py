@@ -334,22 +334,9 @@ def test_from_python_any_modules_train_and_evaluate_end_to_end(digits_csv_dir, t
 def test_nan_in_the_missing_entries_of_a_dataset_is_never_read_in_training_the_meta_step_or_evaluation(
         digits_csv_dir, tmp_path):
     from mckd.api import fit
-    from mckd.data.bundle import DataBundle, MultiModalTensorDataset
-    from mckd.data.multiview import read_view
 
-    (pix, labels), (fou, _) = read_view(digits_csv_dir, "pix"), read_view(digits_csv_dir, "fou")
-    pix, fou = (torch.from_numpy((x - x.mean(0)) / (x.std(0) + 1e-6)).float() for x in (pix, fou))
-    present = torch.ones(len(labels), 2, dtype=torch.bool)
-    present[::3, 0] = False  # a third of the samples lack pix: their rows hold NaN, as a careless loader leaves them
-    pix[~present[:, 0]] = float("nan")
-
-    def part(rows: slice) -> MultiModalTensorDataset:
-        return MultiModalTensorDataset([pix[rows], fou[rows]], torch.from_numpy(labels[rows]), present[rows])
-
-    bundle = DataBundle(("pix", "fou"), part(slice(0, 1200)), part(slice(1200, 1400)), part(slice(1400, 2000)), 10,
-                        {"pix": (240,), "fou": (76,)})
-    encoders = {"pix": torch.nn.Sequential(torch.nn.Linear(240, 16), torch.nn.ReLU()),
-                "fou": torch.nn.Sequential(torch.nn.Linear(76, 16), torch.nn.ReLU())}
+    # A third of the samples lack pix: their rows hold NaN, as a careless loader leaves them.
+    bundle, encoders = _two_view_bundle(digits_csv_dir, absent=(slice(None, None, 3), 0), fill=float("nan"))
     result = fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run",
                  settings={"train.iterations": 30, "train.log_every": 10, "train.progress": False,
                            "method.meta_every": 2})
@@ -360,16 +347,19 @@ def test_nan_in_the_missing_entries_of_a_dataset_is_never_read_in_training_the_m
     assert all(row["accuracy"] is not None and np.isfinite(row["accuracy"]) for row in result.observed)
 
 
-def _two_view_bundle(digits_csv_dir, val_lacks_fou: bool = False):
+def _two_view_bundle(digits_csv_dir, absent: tuple | None = None, fill: float = 0.0):
+    """Digits as ``pix`` and ``fou`` (1,200 / 200 / 600 samples) and an encoder each; ``absent``: (rows, view)
+    marked missing, their values set to ``fill``."""
     from mckd.data.bundle import DataBundle, MultiModalTensorDataset
     from mckd.data.multiview import read_view
 
     (pix, labels), (fou, _) = read_view(digits_csv_dir, "pix"), read_view(digits_csv_dir, "fou")
     pix, fou = (torch.from_numpy((x - x.mean(0)) / (x.std(0) + 1e-6)).float() for x in (pix, fou))
     present = torch.ones(len(labels), 2, dtype=torch.bool)
-    if val_lacks_fou:
-        present[1200:1400, 1] = False  # no meta-validation sample has fou
-        fou[1200:1400] = 0.0
+    if absent is not None:
+        rows, view = absent
+        present[rows, view] = False
+        (pix, fou)[view][~present[:, view]] = fill
 
     def part(rows: slice) -> MultiModalTensorDataset:
         return MultiModalTensorDataset([pix[rows], fou[rows]], torch.from_numpy(labels[rows]), present[rows])
@@ -384,7 +374,7 @@ def _two_view_bundle(digits_csv_dir, val_lacks_fou: bool = False):
 def test_lckd_never_elects_a_modality_that_no_validation_sample_has_and_validation_skips_it(digits_csv_dir, tmp_path):
     from mckd.api import fit
 
-    bundle, encoders = _two_view_bundle(digits_csv_dir, val_lacks_fou=True)
+    bundle, encoders = _two_view_bundle(digits_csv_dir, absent=(slice(1200, 1400), 1))  # no meta-validation sample has fou
     fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", method="lckd",
         settings={"train.iterations": 12, "train.progress": False, "method.teacher_every": 4, "train.eval_every": 6})
     records = [json.loads(line) for line in RunDir(tmp_path / "run").metrics.read_text().splitlines()]

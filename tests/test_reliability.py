@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import AtIteration, make_brats_case
+from helpers import AtIteration, held_by_another_process, make_brats_case
 from mckd.cli import main
 from mckd.errors import DataError, MckdError, TrainingDiverged
 
@@ -120,37 +120,21 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(digits_
 
 def test_a_second_process_on_one_run_directory_is_refused_naming_the_first(digits_yaml, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = subprocess.Popen(
-        [PYTHON, "-c", "import sys, time\nfrom mckd.io import claim_output\n"
-                       "with claim_output(sys.argv[1], kind='dir'):\n    print('held', flush=True)\n    time.sleep(60)\n",
-         str(run)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(run, "dir") as holder:
         for argv in (["train", digits_yaml, "--out", run], ["train", digits_yaml, "--out", run, "--force"],
                      ["evaluate", run]):
             code, err = run_cli(argv, capsys)
             line = one_error_line(err)
-            assert code == 2 and f"in use by process {holder.pid}" in line, line
+            assert code == 2 and f"in use by process {holder}" in line, line
         assert not run.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert run_cli(["train", digits_yaml, "--out", run], capsys)[0] == 0  # the kernel released the dead holder's lock
 
 
 def test_prepare_avmnist_onto_an_output_in_use_is_refused_before_any_work(tmp_path, capsys):
     out = tmp_path / "avmnist.safetensors"
-    holder = subprocess.Popen(
-        [PYTHON, "-c", "import sys, time\nfrom mckd.io import claim_output\n"
-                       "with claim_output(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
-         str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(out) as holder:
         code, err = run_cli(["prepare", "avmnist", "--out", out, "--no-progress"], capsys)
-        assert code == 2 and f"in use by process {holder.pid}" in one_error_line(err) and not out.exists()
-    finally:
-        holder.kill()
-        holder.wait()
+        assert code == 2 and f"in use by process {holder}" in one_error_line(err) and not out.exists()
 
 
 def test_two_trainings_started_together_on_one_directory_leave_one_consistent_run(digits_yaml, tmp_path):

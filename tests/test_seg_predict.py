@@ -264,25 +264,18 @@ def test_wrong_requests_end_in_one_line_naming_what_is_wrong(seg_run, seg_folder
     assert not (tmp_path / "o").exists()
 
 
-HOLD = ("import sys, time\nfrom mckd.io import claim_output\n"
-        "with claim_output(sys.argv[1], kind='dir'):\n    print('held', flush=True)\n    time.sleep(60)\n")
-
-
 def test_a_prediction_or_evaluation_folder_in_use_by_another_process_is_refused_naming_it(seg_run, seg_folders,
                                                                                            tmp_path, capsys):
+    from helpers import held_by_another_process
+
     busy = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(busy)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process(busy, "dir") as holder:
         for argv in (["predict", seg_run, "--input", seg_folders["held_msd"], "--output", busy],
                      ["evaluate", seg_run, "--data", seg_folders["held_msd"], "--out", busy]):
             capsys.readouterr()
             assert main([str(a) for a in (*argv, "--device", "cpu", "--no-progress")]) == 2
-            assert f"in use by process {holder.pid}" in capsys.readouterr().err
+            assert f"in use by process {holder}" in capsys.readouterr().err
         assert not busy.exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_plot_seg_draws_a_run_of_the_seg_dataset(seg_cache, tmp_path):

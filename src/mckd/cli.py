@@ -36,16 +36,6 @@ def _distinct(values: Sequence[Any], option: str) -> None:
         raise MckdError(f"{option}: {', '.join(repeated)} given more than once; each must appear once")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
 @contextlib.contextmanager
 def _evaluation_of(run: Path) -> Iterator[None]:
     """A signal during the evaluation after training: the trained run is complete, say how to evaluate it."""
