@@ -2,7 +2,9 @@
 
 Every ``import`` statement of ``src/mckd`` is read from the source (at module
 level and inside functions alike), so an import hidden in a function to break
-a cycle is still a cycle here.
+a cycle is still a cycle here. A module that loads modules by name
+(``importlib.import_module``: the registry of built-in components, the
+``mckd prepare`` commands) imports every mckd module it names in a string.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def imports_of(name: str) -> set[str]:
                 continue
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    if "import_module(" in path.read_text():  # dynamic loads: every module named in a string
+        found |= {node.value for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES}
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -70,6 +75,10 @@ def find_cycle() -> list[str]:
             if cycle:
                 return cycle
     return []
+
+
+def test_the_walk_follows_the_registry_s_dynamic_imports():
+    assert {"mckd.data.brats", "mckd.nets.unet3d", "mckd.tasks.segmentation", "mckd.method"} <= GRAPH["mckd.components"]
 
 
 def test_no_module_imports_one_that_imports_it_back():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mckd import registry
+from mckd import components
 from mckd.config import ModelSection, apply_overrides, config_from_dict, load_config, load_raw, save_config
 from mckd.config_upgrade import OldConfigLayout
 from mckd.errors import ConfigError
@@ -324,9 +324,9 @@ def test_the_segmentation_settings_of_an_old_brats_config_move_to_the_task():
 
 
 def test_every_registered_component_documents_its_options():
-    for kind in registry.KINDS:
-        for name in registry.names(kind):
-            entry = registry.lookup(kind, name)
+    for kind in components.KINDS:
+        for name in components.names(kind):
+            entry = components.lookup(kind, name)
             assert entry.description and dataclasses.is_dataclass(entry.options), (kind, name)
             clash = {f.name for f in dataclasses.fields(entry.options)} & {"name", "fill", "fusion"}
             assert not clash or kind != "model" and "name" not in clash, (kind, name, clash)

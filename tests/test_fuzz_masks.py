@@ -22,7 +22,8 @@ from mckd.data.missing import availability_mask, fixed_subset, random_subset
 from mckd.errors import MckdError
 from mckd.method.distill import cross_modal_distillation_loss
 from mckd.method.fill import fill_missing_features, zero_missing_features
-from mckd.method.model import MultiModalModel, fused_channels
+from mckd.method.fusion import fused_channels
+from mckd.method.model import MultiModalModel
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

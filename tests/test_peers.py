@@ -16,7 +16,8 @@ from mckd.evaluation import evaluate_subsets
 from mckd.experiment import method_config
 from mckd.method import MethodServices
 from mckd.method.lckd import LCKD, LCKDOptions, elect_teacher, teacher_distillation_loss
-from mckd.method.model import MultiModalModel, fused_channels, hemis_fusion
+from mckd.method.fusion import fused_channels, hemis_fusion
+from mckd.method.model import MultiModalModel, model_spec
 from mckd.method.shaspec import ShaSpecModel, domain_classification_loss, shared_alignment_loss, shared_specific_model
 from mckd.tasks.classification import ClassificationTask
 
@@ -135,7 +136,8 @@ def tiny_shaspec() -> tuple[ShaSpecModel, list[torch.Tensor]]:
     sizes = (2, 3, 4)
     encoders = {m: nn.Sequential(nn.Linear(d, 6), nn.ReLU()) for m, d in zip("abc", sizes)}
     base = MultiModalModel(list("abc"), encoders, nn.Linear(18, 5))
-    return shared_specific_model(base, {m: (d,) for m, d in zip("abc", sizes)}), [torch.randn(4, d) for d in sizes]
+    spec = model_spec(base, {m: (d,) for m, d in zip("abc", sizes)})
+    return shared_specific_model(base, spec), [torch.randn(4, d) for d in sizes]
 
 
 def test_shaspec_fills_a_missing_modality_with_the_mean_of_present_shared_features():

@@ -468,7 +468,7 @@ def test_a_seed_or_method_given_twice_and_a_run_compared_with_itself_are_refused
 
 
 def test_sigterm_during_set_up_leaves_a_run_that_resumes(digits_yaml, tmp_path, capsys, monkeypatch):
-    import mckd.train as train_module
+    import mckd.train.loop as train_module
 
     real = train_module.build_experiment
 
@@ -487,15 +487,15 @@ def test_sigterm_during_set_up_leaves_a_run_that_resumes(digits_yaml, tmp_path, 
 
 
 def test_sigterm_during_the_final_evaluation_says_how_to_evaluate(digits_yaml, tmp_path, capsys, monkeypatch):
-    import mckd.runs as runs_module
+    import mckd.experiment as experiment_module
 
-    real = runs_module.evaluate_run
+    real = experiment_module.evaluate_experiment
 
     def signal_then_evaluate(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs_module, "evaluate_run", signal_then_evaluate)
+    monkeypatch.setattr(experiment_module, "evaluate_experiment", signal_then_evaluate)
     run = tmp_path / "run"
     code, err = run_cli(["train", digits_yaml, "--out", run], capsys)
     assert code == 130 and "stopped the evaluation" in err and f"mckd evaluate {run}" in err

@@ -222,7 +222,6 @@ ALLOWED_DIRECT_WRITES = {
     ("brats_cache.py", "_prepare_one"): "writes into the staging folder that is renamed into place at the end",
     ("brats_cache.py", "prepare_cache"): "writes into the staging folder that is renamed into place at the end",
     ("brats_cache.py", "write_nifti_like"): "writes a temporary file, then os.replace",
-    ("train.py", "_open"): "metrics.jsonl is an append-only log; resume rewrites it atomically",
 }
 WRITE_CALLS = {"write_text", "write_bytes", "savefig", "save", "dump", "save_file", "to_csv", "tofile", "savez"}
 

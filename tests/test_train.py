@@ -116,7 +116,7 @@ def test_availability_rates_mask_only_the_training_split(digits_csv_dir):
 
 
 def test_a_dataset_with_an_empty_split_is_refused_before_training(monkeypatch):
-    from mckd import registry
+    from mckd import components, registry
     from mckd.data.bundle import DataBundle, MultiModalTensorDataset
     from mckd.errors import DataError
 
@@ -126,9 +126,9 @@ def test_a_dataset_with_an_empty_split_is_refused_before_training(monkeypatch):
 
         return DataBundle(("a", "b"), part(8), part(0), part(4), 2, {"a": (3,), "b": (2,)})
 
-    entry = registry.lookup("data", "multiview_digits")
-    registry.entries("data")  # the built-ins are loaded before one is replaced
-    monkeypatch.setitem(registry._ENTRIES["data"], "multiview_digits", registry.Entry(entry.name, entry.options, tiny, ""))
+    entry = components.lookup("data", "multiview_digits")
+    components.entries("data")  # the built-ins are loaded before one is replaced
+    monkeypatch.setitem(registry.ENTRIES["data"], "multiview_digits", registry.Entry(entry.name, entry.options, tiny, ""))
     with pytest.raises(DataError, match="the val split has no samples"):
         build_data(load_config(DIGITS))
 

@@ -22,18 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from mckd import distributed
-from mckd.build import Experiment, build_method, seed_everything
+from mckd.build import Experiment, assemble_model, build_method, seed_everything
 from mckd.config import Config, config_from_dict, set_key
 from mckd.data.bundle import DataBundle
 from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
 from mckd.errors import ConfigError, DataError
 from mckd.evaluation import Evaluation
+from mckd.experiment import train_and_evaluate
 from mckd.io import claim_output
-from mckd.method.model import MultiModalModel
-from mckd.runs import RunDir, evaluate_experiment
+from mckd.nets.base import NetworkParts
+from mckd.rundir import RunDir
 from mckd.tasks import build_task
-from mckd.train import train
 
 
 def arrays_bundle(
@@ -148,12 +147,11 @@ def fit(
     seed_everything(config.seed)
     training_method = build_method(config, bundle.modalities)
     task = build_task(config.task, bundle.task_facts())
-    model = MultiModalModel(bundle.modalities, encoders, head, fill=fill, fusion=fusion)
-    model = training_method.wrap_model(model, bundle.input_shapes)
+    model = assemble_model(config, NetworkParts(encoders, head), bundle.modalities, bundle.input_shapes,
+                           task.num_outputs, training_method)
     experiment = Experiment(config=config, bundle=bundle, model=model, method=training_method, task=task)
     run = RunDir(out)
     hint = "pass force=True to fit() to replace it (the old run stays until the new one's first checkpoint)"
     with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint):  # through the evaluation
-        train(config, run.path, experiment=experiment, force=force)
-        evaluation = evaluate_experiment(experiment, run, distributed.resolve_device(config.train.device))
+        evaluation = train_and_evaluate(config, run.path, force=force, experiment=experiment)
     return FitResult(experiment, evaluation, run.path)

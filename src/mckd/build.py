@@ -2,10 +2,11 @@
 
 :func:`build_experiment` is the one place where a run is assembled, in a
 fixed order (the random streams depend on it): seed, data, training method,
-task, model. :func:`build_model` is the one place where a model is made, for
-training and for loading a trained run alike: the network's encoders and
-decoder, put together with ``model.fill`` and ``model.fusion``, then wrapped
-by the training method.
+task, model. :func:`assemble_model` is the one place where a model is put
+together, for training, for loading a trained run and for modules given from
+Python (:mod:`mckd.api`) alike: the network's encoders and decoder with
+``model.fill`` and ``model.fusion``, then wrapped by the training method,
+which is told the network's :class:`~mckd.method.model.ModelSpec`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from mckd import registry
+from mckd import components
 from mckd.config import Config
 from mckd.data.bundle import DataBundle
 from mckd.data.missing import availability_mask, subset_mask
 from mckd.errors import ConfigError, DataError
 from mckd.method.base import TrainingMethod
-from mckd.method.model import MultiModalModel, fused_channels
-from mckd.nets.base import NetworkSpec
+from mckd.method.fusion import fused_channels
+from mckd.method.model import ModelSpec, MultiModalModel, encoder_feature_shapes
+from mckd.nets.base import NetworkParts, NetworkSpec
 from mckd.tasks import Task, build_task
 
 
@@ -48,7 +50,7 @@ def seed_everything(seed: int) -> None:
 
 def build_data(config: Config) -> DataBundle:
     """The dataset's splits, with the training split's availability (``missing.policy: rates``) applied."""
-    entry = registry.lookup("data", config.data.name)
+    entry = components.lookup("data", config.data.name)
     bundle: DataBundle = entry.build(config.data.options, config.seed)
     for name in ("train", "val", "test"):  # training reads train and val, evaluation test: none may be empty
         if len(getattr(bundle, name)) == 0:
@@ -68,20 +70,42 @@ def build_data(config: Config) -> DataBundle:
 
 def build_method(config: Config, modalities: Sequence[str]) -> TrainingMethod:
     """The training method of ``config.method`` (its own random start comes from the seed, not the global RNG)."""
-    cls = registry.lookup("method", config.method.name).build
+    cls = components.lookup("method", config.method.name).build
     return cls(config.method.options, modalities, config.seed)
 
 
 def build_model(config: Config, modalities: Sequence[str], input_shapes: Mapping[str, Sequence[int]],
                 num_outputs: int, method: TrainingMethod) -> MultiModalModel:
-    """The network of ``config.model`` with its fill and fusion, wrapped by ``method`` (ShaSpec's encoders)."""
+    """The network of ``config.model`` (:func:`build_network`), assembled and wrapped (:func:`assemble_model`)."""
+    parts = build_network(config, modalities, input_shapes, num_outputs)
+    return assemble_model(config, parts, modalities, input_shapes, num_outputs, method)
+
+
+def build_network(config: Config, modalities: Sequence[str], input_shapes: Mapping[str, Sequence[int]],
+                  num_outputs: int) -> NetworkParts:
+    """The encoders and decoder of the registered network ``config.model.name``."""
     n, fusion = len(modalities), config.model.fusion
     spec = NetworkSpec(tuple(modalities), dict(input_shapes), num_outputs,
                        lambda channels: fused_channels(fusion, n, channels))
-    parts = registry.lookup("model", config.model.name).build(config.model.options, spec)
-    model = MultiModalModel(modalities, parts.encoder, parts.decoder, fill=config.model.fill, fusion=fusion,
-                            distill_level=parts.distill_level)
-    return method.wrap_model(model, input_shapes)
+    return components.lookup("model", config.model.name).build(config.model.options, spec)
+
+
+def assemble_model(config: Config, parts: NetworkParts, modalities: Sequence[str],
+                   input_shapes: Mapping[str, Sequence[int]], num_outputs: int,
+                   method: TrainingMethod) -> MultiModalModel:
+    """Encoders and decoder with ``model.fill`` and ``model.fusion``, wrapped by ``method`` (told the model's spec).
+
+    The feature shape of each encoder level is measured once here (one zero
+    sample through an encoder in eval mode), so neither a fill, a fusion nor
+    a method has to run the network to size its own layers.
+    """
+    shapes = encoder_feature_shapes(parts.encoder, list(modalities), input_shapes)
+    spec = ModelSpec(tuple(modalities), {m: tuple(int(v) for v in input_shapes[m]) for m in modalities},
+                     num_outputs, shapes, parts.distill_level, config.model.fill, config.model.fusion)
+    model = MultiModalModel(modalities, parts.encoder, parts.decoder, fill=config.model.fill,
+                            fusion=config.model.fusion, distill_level=parts.distill_level,
+                            feature_channels=spec.feature_channels)
+    return method.wrap_model(model, spec)
 
 
 def build_experiment(config: Config) -> Experiment:

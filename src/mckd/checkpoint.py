@@ -18,6 +18,10 @@ from safetensors.torch import load_file, save_file
 from mckd.errors import CheckpointError
 from mckd.io import atomic_write
 
+# 1: model and weights; 2: the training state of mckd 0.1; 3: methods as components; 4: a method's own parts
+# and every optimiser by name (format 3 still resumes: its one optimiser is the model's).
+CHECKPOINT_FORMAT = 4
+
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Save named tensors and JSON-able metadata to ``path`` atomically."""

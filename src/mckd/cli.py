@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from mckd.errors import Interrupted, MckdError, Stopped
 
@@ -34,16 +33,6 @@ def _distinct(values: Sequence[Any], option: str) -> None:
     repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
     if repeated:
         raise MckdError(f"{option}: {', '.join(repeated)} given more than once; each must appear once")
-
-
-@contextlib.contextmanager
-def _evaluation_of(run: Path) -> Iterator[None]:
-    """A signal during the evaluation after training: the trained run is complete, say how to evaluate it."""
-    try:
-        yield
-    except Interrupted as stopped:
-        raise Stopped(f"{stopped.signal_name} stopped the evaluation of {str(run)!r}; its training is complete "
-                      f"and saved: write the tables with `mckd evaluate {run}`") from None
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -100,12 +89,9 @@ def _config_of(args: argparse.Namespace, out: Path) -> Any:
 
 def _train_one(args: argparse.Namespace, out: Path, config: Any) -> Any:
     """``mckd train`` of one run (new or resumed), then its evaluation."""
-    from mckd.runs import evaluate_run
-    from mckd.train import train
+    from mckd.experiment import train_and_evaluate
 
-    train(config, out, resume=bool(args.resume), force=args.force)
-    with _evaluation_of(out):
-        return evaluate_run(out, config.train.device)
+    return train_and_evaluate(config, out, resume=bool(args.resume), force=args.force)
 
 
 def _print_evaluation(result, samples: str = "test samples") -> None:
@@ -199,7 +185,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from mckd.experiment import test_sentence
     from mckd.io import claim_output
     from mckd.report import compare_tables, plot_subset_comparison, read_table, write_table
-    from mckd.runs import RunDir
+    from mckd.runs import RunDir, primary_metric
 
     a, b = Path(args.run_a), Path(args.run_b)
     for name in args.names or ():
@@ -213,7 +199,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
     rows_a, rows_b = read_table(table_a), read_table(table_b)
-    metric = args.metric or RunDir(a).primary_metric() or next(
+    metric = args.metric or primary_metric(RunDir(a)) or next(
         k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples"))
     if metric not in rows_a[0]:
         raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
@@ -303,20 +289,25 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from mckd import registry
+    from mckd import components
     from mckd.data.formats import FORMATS
     from mckd.data.labels import CONVENTIONS
 
     headings = {"data": "datasets (data.name)", "model": "networks (model.name)", "task": "tasks (task.name)",
                 "method": "training methods (method.name, mckd benchmark --methods)"}
-    for kind in registry.KINDS:
+    for kind in components.KINDS:
         print(f"{headings[kind]}:")
-        for name in registry.names(kind):
-            print(f"  {name:22s} {registry.lookup(kind, name).description}")
+        for name in components.names(kind):
+            print(f"  {name:22s} {components.lookup(kind, name).description}")
     print("presets (mckd benchmark --methods): a method with fixed settings")
-    for name, preset in sorted(registry.presets().items()):
+    for name, preset in sorted(components.presets().items()):
         settings = ", ".join(f"{key}={value}" for key, value in preset.overrides)
         print(f"  {name:22s} {preset.method} with {settings}: {preset.description}")
+    for title, registered in (("fills of missing features (model.fill)", components.fills()),
+                              ("fusions of modalities (model.fusion)", components.fusions())):
+        print(f"{title}:")
+        for name, cls in sorted(registered.items()):
+            print(f"  {name:22s} {cls.description}")
     print("segmentation formats (mckd prepare seg --format, mckd predict --format; auto recognises them):")
     for name, description in FORMATS.items():
         print(f"  {name:22s} {description}")

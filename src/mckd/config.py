@@ -31,12 +31,7 @@ import yaml
 from mckd.errors import ConfigError
 from mckd.io import atomic_write_text, file_problem
 
-# Marks an option that names a file or folder (``field(default="", metadata=PATH)``): a run stores it
-# resolved to an absolute path, so the run can be evaluated from any folder (:func:`resolve_paths`).
-PATH = {"path": True}
-# The same for a folder whose empty value means the current folder (the ``files`` dataset's ``root``): a run
-# stores that folder, so the paths relative to it still resolve from elsewhere.
-FOLDER_OR_CWD = {"path": True, "empty": "cwd"}
+from mckd.registry import FOLDER_OR_CWD, PATH  # noqa: F401  (markers of path options; used here and by datasets)
 
 INT64 = (-(2**63), 2**63 - 1)  # what torch and NumPy can hold; a larger integer in a config is a mistake
 MAX_SEED = 2**32 - 1  # NumPy's legacy seed range (torch's is wider)
@@ -143,8 +138,19 @@ class Section:
 class ModelSection(Section):
     """The ``model`` section: a registered network plus the architecture every network shares."""
 
-    fill: Literal["mean", "zero"] = "mean"  # missing features: mean of the present ones (Eq. 2) or zeros
-    fusion: Literal["concat", "hemis"] = "concat"  # concat (Eq. 3) or hemis: mean and variance over present modalities
+    fill: str = "mean"  # missing features: mean of the present ones (Eq. 2), zero, or a registered fill (mckd list)
+    fusion: str = "concat"  # concat (Eq. 3), hemis (mean and variance over present modalities), or a registered fusion
+
+    def check_names(self) -> None:
+        """``fill`` and ``fusion`` name registered components (:mod:`mckd.method.fusion`, plug-ins)."""
+        from mckd import components
+
+        for key, known in (("fill", components.fills()), ("fusion", components.fusions())):
+            value = getattr(self, key)
+            if value not in known:
+                close = difflib.get_close_matches(str(value), list(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"model.{key} must be one of {sorted(known)}, got {_show(value)}{hint}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "fill": self.fill, "fusion": self.fusion, **dataclasses.asdict(self.options)}
@@ -162,6 +168,7 @@ def _default_section(kind: str, name: str) -> Any:
 class Config:
     """A whole experiment."""
 
+    imports: list[str] = field(default_factory=list)  # Python modules that register components (methods from outside mckd)
     task: Section = field(default_factory=_default_section("task", "classification"))
     seed: int = 0
     data: Section
@@ -313,16 +320,16 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
 
 def _build_section(kind: str, values: Any) -> Section:
     """An open section: its ``name``'s registered options, plus the section's shared keys (``model``: fill, fusion)."""
-    from mckd import registry
+    from mckd import components
 
     if not isinstance(values, dict) or "name" not in values:
-        names = registry.names(kind)
+        names = components.names(kind)
         raise ConfigError(f"config section {kind!r} needs a 'name', one of: {', '.join(names)}")
     values = dict(values)
     name = values.pop("name")
     if not isinstance(name, str):
         raise ConfigError(f"{kind}.name must be a string, got {_show(name)}")
-    entry = registry.lookup(kind, name)
+    entry = components.lookup(kind, name)
     section_type = _SECTION_TYPES.get(kind, Section)
     shared = {f.name: f for f in dataclasses.fields(section_type) if f.name not in ("name", "options")}
     own = {f.name for f in dataclasses.fields(entry.options) if f.init}
@@ -331,7 +338,10 @@ def _build_section(kind: str, values: Any) -> Section:
             raise unknown_key_error(str(key), ["name", *own, *shared], kind)
     hints = typing.get_type_hints(section_type)
     common = {key: _convert(values.pop(key), hints[key], f"{kind}.{key}") for key in list(values) if key in shared}
-    return section_type(name=name, options=build_dataclass(entry.options, values, kind), **common)
+    section = section_type(name=name, options=build_dataclass(entry.options, values, kind), **common)
+    if isinstance(section, ModelSection):
+        section.check_names()
+    return section
 
 
 OPEN_SECTIONS = ("task", "data", "model", "method")
@@ -453,9 +463,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and check a :class:`Config` from plain data (an older layout is upgraded first)."""
+    from mckd import components
     from mckd.config_upgrade import upgrade_raw_config
 
-    return resolve_paths(build_dataclass(Config, upgrade_raw_config(raw), ""))
+    raw = upgrade_raw_config(raw)
+    if isinstance(raw, dict) and raw.get("imports") is not None:
+        components.import_modules(raw["imports"])  # before the sections: they may name what these register
+    return resolve_paths(build_dataclass(Config, raw, ""))
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:

@@ -17,10 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mckd import registry
+from mckd import components, distributed
+from mckd.build import Experiment
 from mckd.config import apply_overrides, config_from_dict, load_raw, set_key, split_override
 from mckd.config_upgrade import upgrade_raw_config
-from mckd.errors import ConfigError, MckdError
+from mckd.errors import ConfigError, Interrupted, MckdError, Stopped
+from mckd.evaluation import Evaluation
 from mckd.io import atomic_write_json, atomic_write_text, claim_output
 from mckd.report import (
     Row,
@@ -36,19 +38,37 @@ from mckd.report import (
     rows_defined_in_all,
     write_table,
 )
-from mckd.runs import RunDir, evaluate_run
-from mckd.train import train
+from mckd.runs import RunDir, evaluate_experiment
+from mckd.train import Callback, train
+
+
+def train_and_evaluate(config: Any, run_dir: str | Path, resume: bool = False, force: bool = False,
+                       callbacks: Sequence[Callback] = (), experiment: Experiment | None = None) -> Evaluation:
+    """Train one run into ``run_dir`` (:func:`mckd.train.train`), then evaluate the trained model and write ``eval/``.
+
+    The one place where a run is trained and evaluated: ``mckd train``,
+    ``mckd benchmark`` and :func:`mckd.api.fit` call it. The evaluation uses
+    the trained model and data in memory (what the final checkpoint holds).
+    A signal during the evaluation says that training is complete and how to
+    write the tables.
+    """
+    trained = train(config, run_dir, resume=resume, callbacks=callbacks, force=force, experiment=experiment)
+    try:
+        return evaluate_experiment(trained, RunDir(run_dir), distributed.local_device(config.train.device))
+    except Interrupted as stopped:
+        raise Stopped(f"{stopped.signal_name} stopped the evaluation of {str(run_dir)!r}; its training is complete "
+                      f"and saved: write the tables with `mckd evaluate {run_dir}`") from None
 
 
 def method_names() -> list[str]:
     """Every name ``--methods`` takes: the registered training methods, then the presets."""
-    return [*registry.names("method"), *sorted(registry.presets())]
+    return [*components.names("method"), *sorted(components.presets())]
 
 
 def describe_method(name: str) -> str:
     """One line on what method or preset ``name`` is."""
-    presets = registry.presets()
-    return presets[name].description if name in presets else registry.lookup("method", name).description
+    presets = components.presets()
+    return presets[name].description if name in presets else components.lookup("method", name).description
 
 
 def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -61,12 +81,12 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
        LCKD alone).
     3. A preset's own settings are applied last: they define it.
     """
-    presets = registry.presets()
+    presets = components.presets()
     preset = presets.get(name)
     base = preset.method if preset else name
-    if base not in registry.names("method"):
+    if base not in components.names("method"):
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(method_names())}")
-    keys = {f.name for f in dataclasses.fields(registry.lookup("method", base).options)}
+    keys = {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
     raw = upgrade_raw_config(copy.deepcopy(raw), warn=False)
     old = raw.get("method") if isinstance(raw.get("method"), dict) else {}
     raw["method"] = dict(old) if old.get("name") == base else {"name": base, **{k: v for k, v in old.items()
@@ -86,11 +106,11 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
 
 def check_overrides_fit_some_method(methods: Sequence[str], overrides: Sequence[str]) -> None:
     """A ``method.KEY`` override that none of ``methods`` has is a :class:`ConfigError` (a typo, most likely)."""
-    presets = registry.presets()
+    presets = components.presets()
     keys: set[str] = set()
     for name in methods:
         base = presets[name].method if name in presets else name
-        keys |= {f.name for f in dataclasses.fields(registry.lookup("method", base).options)}
+        keys |= {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
     for item in overrides:
         key, _ = split_override(item)
         parts = key.split(".")
@@ -124,8 +144,7 @@ def train_seeds(raw: dict[str, Any], overrides: Sequence[str], seeds: Sequence[i
             run = out.seed(seed)
             if not (reuse and finished_run(run.path, config)):
                 with claim_output(run.path, replace=True, kind="dir", what="run directory"):
-                    train(config, run.path, force=force or reuse)
-                    evaluate_run(run.path, config.train.device)
+                    train_and_evaluate(config, run.path, force=force or reuse)
         rows = aggregate_run_seeds(out, seeds)
         atomic_write_text(out.seeds_record, json.dumps({"seeds": list(seeds), "method": method,
                                                         "overrides": list(overrides)}, indent=2))

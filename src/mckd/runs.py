@@ -1,6 +1,6 @@
 """Run directories: the one place that knows their file names, and how a trained run is loaded back.
 
-A run directory (``mckd train --out RUN``) holds::
+A run directory's files are named by :class:`mckd.rundir.RunDir`; it holds::
 
     RUN/config.yaml              the resolved config, every default written down
     RUN/data.json                the dataset's modalities, classes, splits and facts
@@ -45,129 +45,22 @@ from mckd.errors import CheckpointError, ConfigError, MckdError
 from mckd.evaluation import Evaluation, evaluate, missingness_patterns
 from mckd.report import write_table, write_task_tables
 from mckd.progress import with_progress
+from mckd.rundir import RunDir
 from mckd.tasks import Task, build_task
 from mckd.threads import apply_threads
 
-CHECKPOINT_FORMAT = 3  # 1: model and weights; 2: the training state of mckd 0.1; 3: methods as components
 
 
-class RunDir:
-    """The files of one run directory (or of a multi-seed directory), by what they hold."""
+def primary_metric(run: RunDir) -> str | None:
+    """The task's primary metric from a run's (or its first seed's) ``config.yaml``; None if unreadable."""
+    import yaml
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def data(self) -> Path:
-        return self.path / "data.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / "checkpoint.safetensors"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        """The model best on the validation split (``train.save_best``); the tables use :attr:`checkpoint`."""
-        return self.path / "checkpoint_best.safetensors"
-
-    @property
-    def record(self) -> Path:
-        """``run.json``: versions, commit, command line, device, and the start and end of each session."""
-        return self.path / "run.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        """TensorBoard event files (``train.loggers: [tensorboard]``)."""
-        return self.path / "tensorboard"
-
-    def csv_log(self, kind: str) -> Path:
-        """``metrics_<kind>.csv`` (``train.loggers: [csv]``): one row per record of that kind."""
-        return self.path / f"metrics_{kind}.csv"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.path / "eval"
-
-    @property
-    def subsets(self) -> Path:
-        """Stem of the evaluation table (``.csv`` and ``.md``)."""
-        return self.eval_dir / "subsets"
-
-    @property
-    def observed(self) -> Path:
-        """Stem of the as-observed table (``.csv`` and ``.md``)."""
-        return self.eval_dir / "observed"
-
-    @property
-    def patterns(self) -> Path:
-        """Stem of the table of missingness patterns per split (``.csv`` and ``.md``)."""
-        return self.eval_dir / "patterns"
-
-    @property
-    def table1(self) -> Path:
-        """Stem of the segmentation table in the paper's Table 1 layout (``.md``)."""
-        return self.eval_dir / "table"
-
-    def data_eval_dir(self, data: str | Path) -> Path:
-        """Where ``mckd evaluate RUN --data DATA`` writes its tables: ``eval_<DATA's folder name>``."""
-        import re
-
-        name = re.sub(r"[^0-9A-Za-z._-]+", "_", Path(data).resolve().name).strip("_") or "data"
-        return self.path / f"eval_{name}"
-
-    # --- multi-seed directories ---
-
-    def seed(self, seed: int) -> "RunDir":
-        return RunDir(self.path / f"seed_{seed}")
-
-    @property
-    def aggregate(self) -> Path:
-        """Stem of the mean-over-seeds table of a multi-seed directory."""
-        return self.path / "subsets"
-
-    @property
-    def aggregate_observed(self) -> Path:
-        """Stem of the mean-over-seeds as-observed table of a multi-seed directory."""
-        return self.path / "observed"
-
-    @property
-    def seeds_record(self) -> Path:
-        return self.path / "seeds.json"
-
-    @property
-    def weights_plot(self) -> Path:
-        return self.path / "weights.png"
-
-    def primary_metric(self) -> str | None:
-        """The task's primary metric from this run's (or its first seed's) ``config.yaml``; None if unreadable."""
-        import yaml
-
-        for path in (self.config, *sorted(self.path.glob("seed_*/config.yaml"))):
-            try:
-                return config_from_dict(yaml.safe_load(path.read_text())).task.options.primary_metric
-            except Exception:  # noqa: BLE001 - any unreadable config: fall back to the table's first metric
-                continue
-        return None
-
-    def results_table(self, table: str = "subsets") -> Path:
-        """The table to compare (``subsets`` or ``observed``): a multi-seed directory's aggregate, or a run's."""
-        stems = {"subsets": (self.aggregate, self.subsets), "observed": (self.aggregate_observed, self.observed)}[table]
-        for candidate in (stem.with_suffix(".csv") for stem in stems):
-            if candidate.is_file():
-                return candidate
-        raise MckdError(f"{str(self.path)!r} has no {table}.csv or eval/{table}.csv: pass a run directory made by "
-                        "mckd train (evaluated) or a multi-seed directory")
+    for path in (run.config, *sorted(run.path.glob("seed_*/config.yaml"))):
+        try:
+            return config_from_dict(yaml.safe_load(path.read_text())).task.options.primary_metric
+        except Exception:  # noqa: BLE001 - any unreadable config: fall back to the table's first metric
+            continue
+    return None
 
 
 # --- checkpoints of trained runs -------------------------------------------------------------------
@@ -183,7 +76,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     tensors, metadata = load_checkpoint(path)
     if "config" not in metadata:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no config; it was not written by mckd train")
-    if int(metadata.get("format", 1)) < CHECKPOINT_FORMAT and "weights.raw" in tensors:
+    if int(metadata.get("format", 1)) < 3 and "weights.raw" in tensors:
         tensors["method.weights.raw"] = tensors.pop("weights.raw")
     return tensors, metadata
 

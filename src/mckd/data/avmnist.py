@@ -40,7 +40,7 @@ from mckd.io import atomic_write
 from mckd.data.audio import FSDD_SPEAKERS, N_FRAMES, N_MFCC, RECIPES, list_fsdd, mfcc, read_wav
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
 from mckd.data.idx import read_mnist
-from mckd.config import PATH
+from mckd.registry import PATH
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from mckd.data.brats_cache import CachedCase, cache_plan, cache_scheme, read_dataset_record
 from mckd.data.bundle import DataBundle
-from mckd.config import PATH
+from mckd.registry import PATH
 from mckd.data.labels import LabelScheme
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mckd.config import FOLDER_OR_CWD
+from mckd.registry import FOLDER_OR_CWD
 from mckd.data.bundle import DataBundle
 from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
 from mckd.errors import ConfigError, DataError

@@ -22,7 +22,7 @@ import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
 from mckd.data.splits import stratified_split
-from mckd.config import PATH
+from mckd.registry import PATH
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 

@@ -1,18 +1,31 @@
-"""The interface of a training method, and the registry that names them.
+"""The interface of a training method (a trainer variant), and the registry that names them.
 
-A *training method* (MCKD, LCKD, ShaSpec, ...) is everything that differs
-between methods around one shared training loop (:mod:`mckd.train`), like an
-nnU-Net trainer variant chosen by name. It can
+A *training method* (MCKD, LCKD, ShaSpec, a GAN, ...) is everything that
+differs between methods around one shared training loop (:mod:`mckd.train`),
+like an nnU-Net trainer class chosen by name or a Lightning module. In one
+file, a method can
 
-- wrap the model a network builder made (:meth:`TrainingMethod.wrap_model`;
-  ShaSpec adds shared encoders);
-- add loss terms to the inner objective (:meth:`TrainingMethod.loss_terms`):
-  the loop minimises ``l_task + sum_k weight_k * term_k`` and logs every term;
+- add loss terms to the inner objective (:meth:`TrainingMethod.loss_terms`,
+  which sees the forward pass and the batch): the default
+  :meth:`TrainingMethod.training_step` minimises ``l_task + sum_k weight_k * term_k``
+  and logs every term;
+- own modules (:attr:`TrainingMethod.parts`, an ``nn.ModuleDict``: a
+  discriminator, reconstruction decoders, a teacher), which the loop moves to
+  the device, wraps for DDP with the model, checkpoints (tensors only) and
+  restores exactly on resume;
+- return its own optimisers (:meth:`TrainingMethod.configure_optimizers`):
+  each an :class:`Optimization` with its parameters, schedule, step
+  frequency and the method's function that computes its loss;
+- replace the whole step (:meth:`TrainingMethod.training_step`, which sees the
+  whole batch and returns the loss and what to log);
+- change the model the network builder made (:meth:`TrainingMethod.wrap_model`,
+  told the network's :class:`~mckd.method.model.ModelSpec`: ShaSpec adds
+  shared encoders, a learned fill or fusion is a module set there);
 - take a meta step every so many iterations (:meth:`TrainingMethod.meta_due`,
   :meth:`TrainingMethod.meta_step`; MCKD's step on the importance weights);
-- act after each iteration (:meth:`TrainingMethod.after_iteration`; LCKD's
-  teacher election);
-- save and restore its state (:meth:`TrainingMethod.state_dict`).
+- act on hooks (:meth:`TrainingMethod.on_batch_end` with the batch and the
+  step's output, :meth:`TrainingMethod.after_iteration`; LCKD's election);
+- save and restore plain state (:meth:`TrainingMethod.state_dict`).
 
 The loop lends a method what it may need through :class:`MethodServices`
 (the task loss, a way to score each modality alone on the meta-validation
@@ -28,12 +41,15 @@ names for a method plus fixed settings, possibly of other sections (the
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
+from torch import nn
 
-from mckd.method.model import ModelOutput, MultiModalModel
+from mckd.method.model import ModelOutput, ModelSpec, MultiModalModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = Mapping[str, Any]  # "inputs": N tensors [B, *X_n], "present": bool [B, N], "target": [B, ...]
@@ -53,6 +69,42 @@ def combine(task_loss: torch.Tensor, terms: Mapping[str, Term]) -> torch.Tensor:
         weighted = term.weight * term.value
         extra = weighted if extra is None else extra + weighted
     return task_loss if extra is None else task_loss + extra
+
+
+@dataclass
+class StepOutput:
+    """What one of a method's step functions returns.
+
+    Attributes:
+        loss: the scalar its optimiser minimises (the loop calls ``backward`` on it).
+        logged: values to log by name (each a scalar; the loop detaches them), e.g.
+            ``{"task": l_task, "ckd": l_ckd}``; every name must be in :meth:`TrainingMethod.loss_names`.
+        output: the forward pass, if the step made one (for :meth:`TrainingMethod.on_batch_end`).
+    """
+
+    loss: torch.Tensor
+    logged: dict[str, torch.Tensor]
+    output: ModelOutput | None = None
+
+
+@dataclass
+class Optimization:
+    """One optimiser of a method, stepped on its own loss.
+
+    Attributes:
+        name: names it in the checkpoint (``model`` for the default one).
+        optimizer: over the parameters it steps (the model's, or a part's of :attr:`TrainingMethod.parts`).
+        schedule: learning-rate multiplier after ``k`` steps of this optimiser (``torch``'s ``LambdaLR``);
+            None keeps the rate constant.
+        every: stepped on the iterations divisible by ``every`` (1-based; 1: every iteration).
+        step: the name of the method's function ``(model, batch, present) -> StepOutput`` that computes the loss.
+    """
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int], float] | None = None
+    every: int = 1
+    step: str = "training_step"
 
 
 @dataclass
@@ -77,12 +129,18 @@ class MethodServices:
 
 
 class TrainingMethod:
-    """The base class: the no-distillation method (task loss only, no meta step).
+    """The base class: the no-distillation method (task loss only, no meta step, one optimiser).
 
     Args:
         options: the method's options dataclass (the ``method:`` section).
         modalities: the modality names, in the model's order.
         seed: the run's seed (a method draws its random start from its own generator).
+
+    Attributes:
+        parts: the method's own modules (an ``nn.ModuleDict``, empty by default), made in
+            :meth:`wrap_model`; trained with the model, saved as ``parts.<name>.*`` in the
+            training checkpoint. Parts that the model needs at test time belong in the model
+            (a learned fill or fusion), which is rebuilt by :meth:`wrap_model` when a run is loaded.
     """
 
     name: ClassVar[str] = ""
@@ -94,15 +152,32 @@ class TrainingMethod:
         self.modalities = tuple(modalities)
         self.seed = seed
         self.services: MethodServices | None = None
+        self.parts = nn.ModuleDict()
 
     # --- building --------------------------------------------------------------------------------
 
-    def wrap_model(self, model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]) -> MultiModalModel:
-        """The model this method trains, from the one the network builder made (default: unchanged)."""
+    def wrap_model(self, model: MultiModalModel, spec: ModelSpec) -> MultiModalModel:
+        """The model this method trains, from the one the network builder made (default: unchanged).
+
+        Called when a run is built and when a trained run is loaded, with the
+        network's :class:`~mckd.method.model.ModelSpec` (feature shapes per
+        level, the task's output channels). Make :attr:`parts` here too.
+        """
         return model
 
+    def configure_optimizers(self, model: MultiModalModel,
+                             default: Callable[[Iterable[torch.nn.Parameter]], Optimization]) -> list[Optimization]:
+        """The optimisers of training, in the order they step in an iteration.
+
+        ``default(params)`` is the optimiser of the config's ``train:`` section
+        (``optimizer``, ``lr``, ``weight_decay``, ..., and its ``schedule``) over
+        ``params``, named ``model``. The default: ``[default(model.parameters())]``.
+        The first optimiser's learning rate is the one logged and lent to the meta step.
+        """
+        return [default(model.parameters())]
+
     def to(self, device: torch.device) -> "TrainingMethod":
-        """Move the method's own tensors (importance weights) to ``device``."""
+        """Move the method's own tensors (importance weights) to ``device``; the loop moves :attr:`parts`."""
         return self
 
     def setup(self, services: MethodServices) -> None:
@@ -115,8 +190,12 @@ class TrainingMethod:
         """The names :meth:`loss_terms` returns, in order (the metrics log sizes its sums by them)."""
         return ()
 
+    def loss_names(self) -> tuple[str, ...]:
+        """Every name the step functions log, in order (default: ``task`` and :meth:`loss_term_names`)."""
+        return ("task", *self.loss_term_names())
+
     def loss_terms(self, output: ModelOutput, present: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+                   weights: torch.Tensor | None = None, batch: Batch | None = None) -> dict[str, Term]:
         """The terms added to the task loss of a training batch.
 
         Args:
@@ -124,8 +203,28 @@ class TrainingMethod:
             present: bool ``[B, N]``, the modalities the batch kept.
             weights: only from the bi-level look-ahead: normalised importance
                 weights ``[N]`` kept in the graph (``supports_lookahead``).
+            batch: the whole batch (``inputs``, ``target``), e.g. for a reconstruction term.
         """
         return {}
+
+    def training_step(self, model: MultiModalModel, batch: Batch, present: torch.Tensor) -> StepOutput:
+        """One forward pass and the inner objective (Eq. 4 inner): ``l_task + sum_k weight_k * term_k``.
+
+        Args:
+            model: the model (called through DDP's wrapper under torchrun).
+            batch: ``inputs`` (N tensors ``[B, *X_n]``), ``present`` (what the data has), ``target``.
+            present: bool ``[B, N]``, what each sample keeps in this iteration (the data's and the missing policy's).
+        """
+        assert self.services is not None, "setup() first"
+        output = model(batch["inputs"], present)
+        task_loss = self.services.task_loss(output.prediction, batch["target"])
+        # float32 inside, even under autocast; a method written before loss_terms took the batch gets none
+        terms = self.loss_terms(output, present, batch=batch) if _takes_batch(type(self)) else self.loss_terms(output, present)
+        logged = {"task": task_loss, **{name: term.value for name, term in terms.items()}}
+        return StepOutput(combine(task_loss, terms), logged, output)
+
+    def on_batch_end(self, iteration: int, batch: Batch, present: torch.Tensor, step: StepOutput) -> None:
+        """Called after the optimisers of an iteration stepped, with the first step's output (1-based ``iteration``)."""
 
     # --- the meta step ---------------------------------------------------------------------------
 
@@ -159,7 +258,7 @@ class TrainingMethod:
     # --- state -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain values that let a resumed run continue exactly."""
+        """Tensors and plain values that let a resumed run continue exactly (:attr:`parts` are saved apart)."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -167,6 +266,13 @@ class TrainingMethod:
         expected, found = set(self.state_dict()), set(state)
         if expected != found:
             raise KeyError(f"method {self.name!r} state has keys {sorted(found)}, expected {sorted(expected)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_batch(cls: type) -> bool:
+    """Whether ``cls.loss_terms`` accepts ``batch=`` (or ``**kwargs``)."""
+    parameters = inspect.signature(cls.loss_terms).parameters.values()
+    return any(p.name == "batch" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 # --- the registry ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from mckd.errors import ConfigError
-from mckd.method.base import Term, TrainingMethod, register_training_method
+from mckd.method.base import Batch, Term, TrainingMethod, register_training_method
 from mckd.method.distill import pairwise_feature_distance
 from mckd.method.model import ModelOutput
 
@@ -103,7 +103,7 @@ class LCKD(TrainingMethod):
         return ("ckd",) if self.options.alpha > 0 else ()
 
     def loss_terms(self, output: ModelOutput, present: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+                   weights: torch.Tensor | None = None, batch: Batch | None = None) -> dict[str, Term]:
         if self.options.alpha <= 0:
             return {}
         assert self.teacher is not None, "setup() elects the first teacher"

@@ -89,7 +89,7 @@ class MCKD(TrainingMethod):
         return ("ckd",) if self.options.alpha > 0 else ()
 
     def loss_terms(self, output: ModelOutput, present: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+                   weights: torch.Tensor | None = None, batch: Batch | None = None) -> dict[str, Term]:
         """``{"ckd": Term(alpha, sum (w_i/w_j) l_ckd)}`` (nothing when alpha is 0).
 
         With ``weights`` (the bi-level look-ahead) the ratio stays in the graph

@@ -15,57 +15,13 @@ bottleneck, or the layer before the fully connected head).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from mckd.errors import MissingModalityError
-from mckd.method.fill import fill_missing_features, zero_missing_features
-
-FILLS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mean": fill_missing_features,
-    "zero": zero_missing_features,
-}
-
-
-def concat_fusion(filled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Concatenate modalities along channels: ``[B, N, C, *S]`` -> ``[B, N*C, *S]``."""
-    return filled.flatten(start_dim=1, end_dim=2)
-
-
-def hemis_fusion(filled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """HeMIS-style fusion (Havaei et al., 2016): mean and variance over the *present* modalities.
-
-    ``[B, N, C, *S]`` -> ``[B, 2*C, *S]``: the first C channels are the mean of
-    the present modalities' features, the last C their variance (population
-    variance, zero when one modality is present). Filled entries of missing
-    modalities are ignored, so the result does not depend on the fill.
-    """
-    mask = present.reshape(present.shape + (1,) * (filled.dim() - 2)).to(filled.dtype)  # (B, N, 1, ...)
-    count = mask.sum(dim=1).clamp(min=1)  # (B, 1, ...)
-    mean = (filled * mask).sum(dim=1) / count  # (B, C, *S)
-    variance = ((filled - mean.unsqueeze(1)).pow(2) * mask).sum(dim=1) / count  # (B, C, *S)
-    return torch.cat([mean, variance], dim=1)  # (B, 2C, *S)
-
-
-FUSIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "concat": concat_fusion,
-    "hemis": hemis_fusion,
-}
-
-# Channels of the fused tensor for N modalities of C channels each, per fusion.
-_FUSED_CHANNELS: dict[str, Callable[[int, int], int]] = {
-    "concat": lambda n, c: n * c,
-    "hemis": lambda n, c: 2 * c,
-}
-
-
-def fused_channels(fusion: str, num_modalities: int, channels: int) -> int:
-    """Channels the decoder receives from ``fusion`` (networks size their decoder input with this)."""
-    if fusion not in _FUSED_CHANNELS:
-        raise ValueError(f"fusion must be one of {sorted(_FUSED_CHANNELS)}, got {fusion!r}")
-    return _FUSED_CHANNELS[fusion](num_modalities, channels)
+from mckd.method.fusion import FILLS, FUSIONS, Fill, Fusion
 
 
 @dataclass
@@ -97,10 +53,14 @@ class MultiModalModel(nn.Module):
             ``[P, *X]`` to ``[P, *F]`` or to a list of per-level tensors.
         decoder: maps the fused features (a tensor, or a list when the encoder
             returns levels) to the prediction.
-        fill: ``"mean"`` (Eq. 2) or ``"zero"``.
-        fusion: ``"concat"`` (Eq. 3), ``"hemis"`` (mean and variance over the
-            present modalities), or a key added to :data:`FUSIONS`.
+        fill: a registered fill (:data:`mckd.method.fusion.FILLS`: ``"mean"``, Eq. 2;
+            ``"zero"``) or a :class:`~mckd.method.fusion.Fill` module.
+        fusion: a registered fusion (:data:`mckd.method.fusion.FUSIONS`: ``"concat"``, Eq. 3;
+            ``"hemis"``, mean and variance over the present modalities) or a
+            :class:`~mckd.method.fusion.Fusion` module.
         distill_level: which encoder level the distillation uses (default -1, the last).
+        feature_channels: ``C_l`` of every encoder level, for a fill or fusion built
+            by name that has parameters (:func:`mckd.build.build_model` measures them).
     """
 
     def __init__(
@@ -108,15 +68,16 @@ class MultiModalModel(nn.Module):
         modalities: Sequence[str],
         encoder: nn.Module | Mapping[str, nn.Module],
         decoder: nn.Module,
-        fill: str = "mean",
-        fusion: str = "concat",
+        fill: str | Fill = "mean",
+        fusion: str | Fusion = "concat",
         distill_level: int = -1,
+        feature_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
-        if fill not in FILLS:
+        if isinstance(fill, str) and fill not in FILLS:
             raise ValueError(f"fill must be one of {sorted(FILLS)}, got {fill!r}")
-        if fusion not in FUSIONS:
+        if isinstance(fusion, str) and fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {sorted(FUSIONS)}, got {fusion!r}")
         if isinstance(encoder, Mapping):
             missing = set(self.modalities) - set(encoder)
@@ -131,8 +92,11 @@ class MultiModalModel(nn.Module):
             self.encoders = None
             self.shared_encoder = encoder
         self.decoder = decoder
-        self.fill = fill
-        self.fusion = fusion
+        n, channels = len(self.modalities), tuple(feature_channels)
+        self.fill_module = FILLS[fill](n, channels) if isinstance(fill, str) else fill
+        self.fusion_module = FUSIONS[fusion](n, channels) if isinstance(fusion, str) else fusion
+        self.fill = fill if isinstance(fill, str) else _registered_name(fill, FILLS)  # the name a config gives
+        self.fusion = fusion if isinstance(fusion, str) else _registered_name(fusion, FUSIONS)
         self.distill_level = distill_level
 
     @property
@@ -211,15 +175,13 @@ class MultiModalModel(nn.Module):
         Returns:
             One fused tensor per level, ``[B, fused_channels(fusion, N, C_l), *S_l]``.
         """
-        fill = FILLS[self.fill]
-        fuse = FUSIONS[self.fusion]
         fused = []
-        for level in levels:
-            filled = fill(level, present)  # (B, N, *F)
+        for index, level in enumerate(levels):
+            filled = self.fill_module(level, present, index)  # (B, N, *F)
             if feature_scale is not None:
                 shape = (1, self.num_modalities) + (1,) * (filled.dim() - 2)
                 filled = filled * feature_scale.reshape(shape).to(filled.dtype)
-            fused.append(fuse(filled, present))
+            fused.append(self.fusion_module(filled, present, index))  # (B, C_fused, *S)
         return fused
 
     def decode(self, fused: list[torch.Tensor]) -> torch.Tensor:
@@ -236,6 +198,65 @@ class MultiModalModel(nn.Module):
         levels = self.encode(inputs, present)
         prediction = self.decode(self.fuse(levels, present, feature_scale))
         return ModelOutput(prediction=prediction, features=levels[self.distill_level], levels=levels)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a training method is told about the network it wraps (:meth:`TrainingMethod.wrap_model`).
+
+    Attributes:
+        modalities: names, in the model's order (length N).
+        input_shapes: per modality, one sample's input shape (``(D,)``, ``(C, H, W)``, ``(1, X, Y, Z)``).
+        num_outputs: channels of the prediction (the task's classes or segmentation channels).
+        feature_shapes: per encoder level, one modality's feature shape ``(C_l, *S_l)`` at ``input_shapes``
+            (spatial sizes change with the input's for convolutional encoders).
+        distill_level: the level that distillation uses (``features`` of :class:`ModelOutput`).
+        fill, fusion: the names of the model's fill and fusion.
+    """
+
+    modalities: tuple[str, ...]
+    input_shapes: Mapping[str, tuple[int, ...]]
+    num_outputs: int
+    feature_shapes: tuple[tuple[int, ...], ...]
+    distill_level: int = -1
+    fill: str = "mean"
+    fusion: str = "concat"
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        """``C_l`` of every encoder level."""
+        return tuple(shape[0] for shape in self.feature_shapes)
+
+
+@torch.no_grad()
+def encoder_feature_shapes(encoder: nn.Module | Mapping[str, nn.Module], modalities: Sequence[str],
+                           input_shapes: Mapping[str, Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    """Per encoder level, one modality's feature shape ``(C_l, *S_l)``: one sample of zeros through the encoder.
+
+    The encoder runs in eval mode (no running statistics move, no random draws) and is put back as it was.
+    """
+    name = modalities[0]
+    module = encoder[name] if isinstance(encoder, (Mapping, nn.ModuleDict)) else encoder
+    was_training = module.training
+    module.eval()
+    try:
+        levels = _as_levels(module(torch.zeros((1,) + tuple(input_shapes[name]))))
+    finally:
+        module.train(was_training)
+    return tuple(tuple(int(size) for size in level.shape[1:]) for level in levels)
+
+
+def model_spec(model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]], num_outputs: int = 0) -> ModelSpec:
+    """The :class:`ModelSpec` of a model made by hand (its encoders measured on ``input_shapes``)."""
+    encoder = model.shared_encoder if model.shared_encoder is not None else model.encoders
+    shapes = encoder_feature_shapes(encoder, model.modalities, input_shapes)
+    return ModelSpec(model.modalities, {m: tuple(input_shapes[m]) for m in model.modalities}, num_outputs, shapes,
+                     model.distill_level, model.fill, model.fusion)
+
+
+def _registered_name(module: nn.Module, registered: Mapping[str, type]) -> str:
+    """The name ``module``'s class is registered under, or the class's own name."""
+    return next((name for name, cls in registered.items() if type(module) is cls), type(module).__name__)
 
 
 def _as_levels(encoded: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mckd.errors import ConfigError
-from mckd.method.base import Term, TrainingMethod, register_training_method
+from mckd.method.base import Batch, Term, TrainingMethod, register_training_method
 from mckd.method.fill import fill_missing_features
-from mckd.method.model import FUSIONS, ModelOutput, MultiModalModel, _as_levels
+from mckd.method.model import ModelOutput, ModelSpec, MultiModalModel, _as_levels
 
 
 class ChannelLinear(nn.Module):
@@ -91,7 +91,7 @@ class ShaSpecModel(MultiModalModel):
         decoder: as in :class:`MultiModalModel`.
         channels: the channels ``C_l`` of each encoder level's features ``[C_l, *S_l]``.
         shared_heads: with stems, the shared layers, one per level (``[P, C_l, *S] -> [P, C_l, *S]``).
-        fusion, distill_level: as in :class:`MultiModalModel`.
+        fusion, distill_level: as in :class:`MultiModalModel` (a name or a fusion module).
 
     ``forward`` returns :class:`ModelOutput` with ``features`` the fused ``f``
     (zero where missing) and ``extras``: ``shared`` and ``specific`` ``[B, N, *F]``
@@ -106,10 +106,11 @@ class ShaSpecModel(MultiModalModel):
         decoder: nn.Module,
         channels: Sequence[int],
         shared_heads: Sequence[nn.Module] | None = None,
-        fusion: str = "concat",
+        fusion: Any = "concat",
         distill_level: int = -1,
     ) -> None:
-        super().__init__(modalities, specific, decoder, fill="mean", fusion=fusion, distill_level=distill_level)
+        super().__init__(modalities, specific, decoder, fill="mean", fusion=fusion, distill_level=distill_level,
+                         feature_channels=channels)
         if isinstance(shared, Mapping):
             if shared_heads is None or len(shared_heads) != len(channels):
                 raise ValueError("shared stems per modality need shared_heads, one per encoder level")
@@ -154,7 +155,7 @@ class ShaSpecModel(MultiModalModel):
         specific = self.encode(inputs, present)  # levels of (B, N, *F), zero where missing
         shared = self.encode_shared(inputs, present)
         fused_levels, decoder_inputs = [], []
-        for residual, s, p in zip(self.residual, shared, specific):
+        for index, (residual, s, p) in enumerate(zip(self.residual, shared, specific)):
             mask = present.reshape(present.shape + (1,) * (s.dim() - 2)).to(s.dtype)  # (B, N, 1, ...)
             both = torch.cat([s, p], dim=2).flatten(0, 1)  # (B*N, 2C, *S)
             f = (s + residual(both).reshape(s.shape)) * mask  # (B, N, *F), zero where missing
@@ -162,7 +163,7 @@ class ShaSpecModel(MultiModalModel):
             if feature_scale is not None:
                 filled = filled * feature_scale.reshape((1, -1) + (1,) * (filled.dim() - 2)).to(filled.dtype)
             fused_levels.append(f)
-            decoder_inputs.append(FUSIONS[self.fusion](filled, present))
+            decoder_inputs.append(self.fusion_module(filled, present, index))
         prediction = self.decode(decoder_inputs)
         level = self.distill_level
         pooled = specific[level].flatten(start_dim=3).mean(dim=-1) if specific[level].dim() > 3 else specific[level]
@@ -180,7 +181,7 @@ def _reinitialised(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def shared_specific_model(model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]) -> ShaSpecModel:
+def shared_specific_model(model: MultiModalModel, spec: ModelSpec) -> ShaSpecModel:
     """ShaSpec over the network a builder made: its encoders, its fusion, its decoder.
 
     - one shared encoder (inputs of one shape): it stays the shared encoder;
@@ -189,17 +190,11 @@ def shared_specific_model(model: MultiModalModel, input_shapes: Mapping[str, Seq
       encoder is a fresh copy of each (a stem, since the inputs differ) followed
       by shared layers (a channel-wise linear map and ReLU per level).
 
-    Feature channels are read from one dry forward pass on a zero sample of
-    ``input_shapes`` (per modality, one sample's shape).
+    The channels of each level come from ``spec`` (the network's feature shapes).
     """
     if isinstance(model, ShaSpecModel):
         return model
-    example = [torch.zeros((1,) + tuple(input_shapes[m])) for m in model.modalities]
-    was_training = model.training
-    model.eval()
-    levels = model.encode(example, torch.ones(1, model.num_modalities, dtype=torch.bool))
-    model.train(was_training)
-    channels = [int(level.shape[2]) for level in levels]
+    channels = list(spec.feature_channels)
     if model.shared_encoder is not None:
         specific = {m: _reinitialised(model.shared_encoder) for m in model.modalities}
         shared: nn.Module | dict[str, nn.Module] = model.shared_encoder
@@ -210,7 +205,7 @@ def shared_specific_model(model: MultiModalModel, input_shapes: Mapping[str, Seq
         shared = {m: _reinitialised(model.encoders[m]) for m in model.modalities}
         heads = [nn.Sequential(ChannelLinear(c, c), nn.ReLU()) for c in channels]
     return ShaSpecModel(model.modalities, specific, shared, model.decoder, channels, heads,
-                        fusion=model.fusion, distill_level=model.distill_level)
+                        fusion=model.fusion_module, distill_level=model.distill_level)
 
 
 @dataclass
@@ -234,14 +229,14 @@ class ShaSpec(TrainingMethod):
     description = ("ShaSpec (Wang et al., 2023): shared + specific encoders, residual fusion, L1 alignment of "
                    "shared features, domain classifier on specific features")
 
-    def wrap_model(self, model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]) -> MultiModalModel:
-        return shared_specific_model(model, input_shapes)
+    def wrap_model(self, model: MultiModalModel, spec: ModelSpec) -> MultiModalModel:
+        return shared_specific_model(model, spec)
 
     def loss_term_names(self) -> tuple[str, ...]:
         return ("align", "domain")
 
     def loss_terms(self, output: ModelOutput, present: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+                   weights: torch.Tensor | None = None, batch: Batch | None = None) -> dict[str, Term]:
         return {
             "align": Term(self.options.align_weight, shared_alignment_loss(output.extras["shared"], present)),
             "domain": Term(self.options.domain_weight,

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from mckd.errors import ConfigError
-from mckd.method.base import Term, TrainingMethod, register_training_method
+from mckd.method.base import Batch, Term, TrainingMethod, register_training_method
 from mckd.method.distill import cross_modal_distillation_loss
 from mckd.method.model import ModelOutput
 
@@ -45,7 +45,7 @@ class UniformCKD(TrainingMethod):
         return ("ckd",)
 
     def loss_terms(self, output: ModelOutput, present: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> dict[str, Term]:
+                   weights: torch.Tensor | None = None, batch: Batch | None = None) -> dict[str, Term]:
         ones = torch.ones(len(self.modalities), device=output.features.device)  # (N,): every ratio is 1
         ckd = cross_modal_distillation_loss(output.features, present, ones, self.options.p, self.options.ckd_reduction)
         return {"ckd": Term(self.options.alpha, ckd)}
