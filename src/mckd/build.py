@@ -11,6 +11,7 @@ which is told the network's :class:`~mckd.method.model.ModelSpec`.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -18,7 +19,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from mckd import components
 from mckd.config import Config
 from mckd.data.bundle import DataBundle
 from mckd.data.missing import availability_mask, subset_mask
@@ -50,7 +50,7 @@ def seed_everything(seed: int) -> None:
 
 def build_data(config: Config) -> DataBundle:
     """The dataset's splits, with the training split's availability (``missing.policy: rates``) applied."""
-    entry = components.lookup("data", config.data.name)
+    entry = config.data.component("data")
     bundle: DataBundle = entry.build(config.data.options, config.seed)
     for name in ("train", "val", "test"):  # training reads train and val, evaluation test: none may be empty
         if len(getattr(bundle, name)) == 0:
@@ -70,7 +70,7 @@ def build_data(config: Config) -> DataBundle:
 
 def build_method(config: Config, modalities: Sequence[str]) -> TrainingMethod:
     """The training method of ``config.method`` (its own random start comes from the seed, not the global RNG)."""
-    cls = components.lookup("method", config.method.name).build
+    cls = config.method.component("method").build
     return cls(config.method.options, modalities, config.seed)
 
 
@@ -84,10 +84,9 @@ def build_model(config: Config, modalities: Sequence[str], input_shapes: Mapping
 def build_network(config: Config, modalities: Sequence[str], input_shapes: Mapping[str, Sequence[int]],
                   num_outputs: int) -> NetworkParts:
     """The encoders and decoder of the registered network ``config.model.name``."""
-    n, fusion = len(modalities), config.model.fusion
-    spec = NetworkSpec(tuple(modalities), dict(input_shapes), num_outputs,
-                       lambda channels: fused_channels(fusion, n, channels))
-    return components.lookup("model", config.model.name).build(config.model.options, spec)
+    fused = functools.partial(fused_channels, config.model.fusion, len(modalities))  # channels -> fused channels
+    spec = NetworkSpec(tuple(modalities), dict(input_shapes), num_outputs, fused)
+    return config.model.component("model").build(config.model.options, spec)
 
 
 def assemble_model(config: Config, parts: NetworkParts, modalities: Sequence[str],

@@ -133,6 +133,18 @@ class Section:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.options)}
 
+    def component(self, kind: str) -> Any:
+        """The registered entry of this section (``kind``: data, model, task or method).
+
+        Resolved once, when the config is read (not a config key); a section made by hand looks it up here.
+        """
+        entry = getattr(self, "_entry", None)
+        if entry is None:
+            from mckd import components
+
+            entry = self._entry = components.lookup(kind, self.name)
+        return entry
+
 
 @dataclass
 class ModelSection(Section):
@@ -339,6 +351,7 @@ def _build_section(kind: str, values: Any) -> Section:
     hints = typing.get_type_hints(section_type)
     common = {key: _convert(values.pop(key), hints[key], f"{kind}.{key}") for key in list(values) if key in shared}
     section = section_type(name=name, options=build_dataclass(entry.options, values, kind), **common)
+    section._entry = entry  # type: ignore[attr-defined]
     if isinstance(section, ModelSection):
         section.check_names()
     return section

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from mckd.io import AppendLog, atomic_write_text, finite_json
+from mckd.rundir import RunDir
 
 Record = Mapping[str, Any]
 
@@ -160,14 +161,16 @@ class TensorBoardLogger(Logger):
         self.writer.close()
 
 
-def open_loggers(run_path: Path | Callable[[], Path], names: Sequence[str], earlier_lines: Sequence[str] | None,
+def open_loggers(run_path: Path | RunDir, names: Sequence[str], earlier_lines: Sequence[str] | None,
                  start_iteration: int) -> list[Logger]:
     """The loggers of ``train.loggers`` for a run directory (``earlier_lines``: a resumed run's kept lines).
 
-    ``run_path`` may be a function giving the run directory's current place: a staged run moves when it
-    writes its first checkpoint, and a logger that opens files later must follow it (files already open do).
+    ``run_path`` may be a :class:`~mckd.rundir.RunDir` whose ``path`` is the run directory's current place: a
+    staged run moves when it writes its first checkpoint, and a logger that opens files later must follow it
+    (files already open do).
     """
-    where = run_path if callable(run_path) else (lambda: Path(run_path))
+    run = run_path if isinstance(run_path, RunDir) else RunDir(run_path)
+    where = lambda: run.path  # noqa: E731 - read at each use: the run may have moved
     run_path = Path(where())
     records = [json.loads(line) for line in earlier_lines] if earlier_lines is not None else []
     loggers: list[Logger] = [JsonlLogger(run_path / "metrics.jsonl", keep=earlier_lines)]

@@ -9,33 +9,55 @@ One file per idea of the paper:
 - :mod:`mckd.method.meta`: the meta step on the importance weights (Eq. 4 outer);
 - :mod:`mckd.method.bilevel`: the bi-level meta-gradient through a look-ahead.
 
-Then one file per training method behind the interface of
-:mod:`mckd.method.base`, each registered under its name: :mod:`mckd.method.mckd`
-(with the presets ``baseline``, ``zero_fill``, ``hemis``, ``mckd_bilevel``),
-:mod:`mckd.method.lckd`, :mod:`mckd.method.shaspec`,
-:mod:`mckd.method.uniform_ckd`. A new method is one more file and one more
-import below.
+Fills of missing features and fusions of modalities are registered modules
+(:mod:`mckd.method.fusion`). Then one file per training method behind the
+interface of :mod:`mckd.method.base`, each registered under its name:
+:mod:`mckd.method.mckd` (with the presets ``baseline``, ``zero_fill``,
+``hemis``, ``mckd_bilevel``), :mod:`mckd.method.lckd`,
+:mod:`mckd.method.shaspec`, :mod:`mckd.method.uniform_ckd`,
+:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`. A new method is one
+more file and one more import below.
 
 Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """
 
-from mckd.method import lckd, mckd, shaspec, uniform_ckd  # noqa: F401  (registers the training methods)
-from mckd.method.base import PRESETS, TRAINING_METHODS, MethodServices, Term, TrainingMethod
+from mckd.method import autoencoder, gan, lckd, mckd, shaspec, uniform_ckd  # noqa: F401  (registers the methods)
+from mckd.method.base import (
+    PRESETS,
+    TRAINING_METHODS,
+    MethodServices,
+    Optimization,
+    StepOutput,
+    Term,
+    TrainingMethod,
+    register_preset,
+    register_training_method,
+)
+from mckd.method.fusion import Fill, Fusion, register_fill, register_fusion
 from mckd.method.distill import cross_modal_distillation_loss
 from mckd.method.fill import fill_missing_features, zero_missing_features
 from mckd.method.meta import meta_step
-from mckd.method.model import ModelOutput, MultiModalModel
+from mckd.method.model import ModelOutput, ModelSpec, MultiModalModel
 from mckd.method.weights import ImportanceWeights
 
 __all__ = [
     "PRESETS",
     "TRAINING_METHODS",
+    "Fill",
+    "Fusion",
     "ImportanceWeights",
     "MethodServices",
     "ModelOutput",
+    "ModelSpec",
     "MultiModalModel",
+    "Optimization",
+    "StepOutput",
     "Term",
     "TrainingMethod",
+    "register_fill",
+    "register_fusion",
+    "register_preset",
+    "register_training_method",
     "cross_modal_distillation_loss",
     "fill_missing_features",
     "meta_step",

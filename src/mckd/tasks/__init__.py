@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from mckd import components
 from mckd.tasks.base import Facts, Task
 
 __all__ = ["Facts", "Task", "build_task"]
@@ -17,4 +16,4 @@ __all__ = ["Facts", "Task", "build_task"]
 
 def build_task(section: Any, facts: Facts) -> Task:
     """The task of ``config.task`` (a :class:`mckd.config.Section`) for data with ``facts``."""
-    return components.lookup("task", section.name).build(section.options, facts)
+    return section.component("task").build(section.options, facts)

@@ -33,6 +33,7 @@ from mckd.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from mckd.config import Config
 from mckd.errors import TrainingDiverged
 from mckd.progress import Progress
+from mckd.rundir import RunDir
 from mckd.train.metrics import MetricsLog
 from mckd.train.state import checkpoint_metadata
 from mckd.train.validation import validation_scores
@@ -179,9 +180,9 @@ class Validation(Callback):
     name = "validation"
 
     def __init__(self, experiment: Experiment, device: torch.device, log: MetricsLog, guard: DivergenceGuard,
-                 progress: ProgressCallback, total: int, best_path: Callable[[], Path], is_main: bool) -> None:
+                 progress: ProgressCallback, total: int, run: RunDir, is_main: bool) -> None:
         self.experiment, self.device, self.log, self.guard, self.progress = experiment, device, log, guard, progress
-        self.best_path, self.is_main = best_path, is_main
+        self.run, self.is_main = run, is_main  # run: where the run is now (staged until its first checkpoint)
         settings = experiment.config.train
         self.every, self.save_best, self.total = settings.eval_every, settings.save_best, total
         self.best_score: float | None = None
@@ -199,7 +200,7 @@ class Validation(Callback):
         if improved:
             self.best_score, self.best_iteration = scores["score"], iteration
             if self.save_best and self.is_main:
-                save_best_model(self.best_path(), experiment, iteration, scores)
+                save_best_model(self.run.best_checkpoint, experiment, iteration, scores)
         self.log.record({"iteration": iteration, "kind": "val", **scores, "best": bool(improved)})
         if f"{task.primary_metric}_all" in scores:
             self.progress.show({f"val_{task.primary_metric}": scores[f"{task.primary_metric}_all"]})

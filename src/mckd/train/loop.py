@@ -243,13 +243,13 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     drops = TrainingDrops(config.missing.policy, keep, drop_generator)
     start = saved["iteration"] if saved else 0
     pending = [int(step) for step in saved["log"]["pending"]] if saved else []  # logged again at the next record
-    log = MetricsLog((lambda: staging.path) if context.is_main else None, method.loss_names(), device,
+    log = MetricsLog(staging.run if context.is_main else None, method.loss_names(), device,
                      start, pending, settings.loggers, resume=saved is not None)
     guard = DivergenceGuard(device, model, log, config, total, lambda: _what_was_kept(staging))
     progress = ProgressCallback(total, config.seed, start, settings.progress and context.is_main)
     built_in = [progress,
                 LossRecords(log, guard, progress, settings.log_every, total, per_epoch, start, lambda: loop.lr),
-                Validation(experiment, device, log, guard, progress, total, lambda: staging.run.best_checkpoint,
+                Validation(experiment, device, log, guard, progress, total, staging.run,
                            context.is_main)]
     state = TrainingState(model, method, optimizations, schedulers, streams, {"missing": drop_generator}, log,
                           [*callbacks, *built_in], context, config.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -28,8 +28,9 @@ class MetricsLog:
     own steps (and left out of a record when it had none).
 
     Args:
-        run_path: the run directory, or a function giving where it is now (it moves from its staging
-            folder at the first checkpoint); None on ranks other than 0: nothing is written there.
+        run_path: the run directory, or a :class:`~mckd.rundir.RunDir` whose ``path`` is where it is now (it
+            moves from its staging folder at the first checkpoint); None on ranks other than 0: nothing is
+            written there.
         loss_names: the losses the method's steps log, in order (:meth:`TrainingMethod.loss_names`).
         device: where the sums live.
         start_iteration: on resume, the checkpoint's iteration: later records
@@ -40,7 +41,7 @@ class MetricsLog:
         resume: whether the run continues from a checkpoint.
     """
 
-    def __init__(self, run_path: Path | Callable[[], Path] | None, loss_names: Sequence[str], device: torch.device,
+    def __init__(self, run_path: Path | RunDir | None, loss_names: Sequence[str], device: torch.device,
                  start_iteration: int = 0, pending_weights: Sequence[int] = (), loggers: Sequence[str] = (),
                  resume: bool = False) -> None:
         self.loss_names = tuple(loss_names)
@@ -49,8 +50,8 @@ class MetricsLog:
         self.weight_history: list[tuple[int, torch.Tensor]] = []  # meta steps not yet written
         self.loggers: list[Logger] = []
         if run_path is not None:
-            now = run_path() if callable(run_path) else run_path
-            kept = kept_records(RunDir(now).metrics, start_iteration, set(pending_weights)) if resume else None
+            now = run_path if isinstance(run_path, RunDir) else RunDir(run_path)
+            kept = kept_records(now.metrics, start_iteration, set(pending_weights)) if resume else None
             self.loggers = open_loggers(run_path, loggers, kept, start_iteration)
 
     def record(self, entry: dict[str, Any]) -> None:

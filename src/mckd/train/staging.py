@@ -40,20 +40,20 @@ class RunStaging:
 
     def __init__(self, target: Path, resume: bool, force: bool, is_main: bool) -> None:
         self.target, self.resume, self.force, self.is_main = Path(target), resume, force, is_main
-        self.path = self.target
+        self.run = RunDir(self.target)  # the run's files where they are now (the staging folder until promote)
         self.promoted = True
         self._claim: Any = None
 
     @property
-    def run(self) -> RunDir:
-        """The run's files where they are now (the staging folder until :meth:`promote`)."""
-        return RunDir(self.path)
+    def path(self) -> Path:
+        """Where the run is now (the staging folder until :meth:`promote`)."""
+        return self.run.path
 
     def __enter__(self) -> "RunStaging":
         self._claim = claim_run_directory(self.target, self.resume, self.force)
         self._claim.__enter__()
         if self.is_main and not self.resume:
-            self.path, self.promoted = temporary_name(self.target, "new-"), False
+            self.run.path, self.promoted = temporary_name(self.target, "new-"), False
             try:
                 self.path.mkdir()
             except OSError as error:
@@ -78,7 +78,7 @@ class RunStaging:
         except OSError as error:
             raise MckdError(f"cannot move the new run into {str(self.target)!r}: {error.strerror or error}; "
                             "the previous run, if any, is intact") from None
-        self.path, self.promoted = self.target, True
+        self.run.path, self.promoted = self.target, True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
