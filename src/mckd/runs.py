@@ -1,32 +1,10 @@
-"""Run directories: the one place that knows their file names, and how a trained run is loaded back.
+"""Trained runs loaded back: to evaluate (with their dataset) or to predict (without it).
 
-A run directory's files are named by :class:`mckd.rundir.RunDir`; it holds::
-
-    RUN/config.yaml              the resolved config, every default written down
-    RUN/data.json                the dataset's modalities, classes, splits and facts
-    RUN/metrics.jsonl            one JSON record per line (losses, weights, teachers)
-    RUN/checkpoint.safetensors   tensors only: the model, the method's and the loop's state
-    RUN/checkpoint_best.safetensors  the model best on validation (train.save_best), model only
-    RUN/run.json                 mckd version, git commit, command, libraries, device; start and end times
-    RUN/metrics_<kind>.csv       train, weights, val records as CSV (train.loggers: csv)
-    RUN/tensorboard/             TensorBoard event files (train.loggers: tensorboard)
-    RUN/eval/subsets.{csv,md}    the metrics of every subset of modalities (mckd evaluate), with the
-                                 number of test samples that have each subset
-    RUN/eval/observed.{csv,md}   the test split as observed: every sample with its own modalities,
-                                 then one row per missingness pattern
-    RUN/eval/patterns.{csv,md}   how many samples of each split have each pattern of modalities
-    RUN/eval/table.md            segmentation only: the paper's Table 1 layout
-    RUN/eval_<data>/             segmentation, ``mckd evaluate RUN --data DATA``: the same tables for
-                                 other labelled cases, plus cases.{csv,md} (each case's scores) and
-                                 evaluation.json (what was evaluated, and how)
-
-and a multi-seed directory (``mckd train --seeds``, ``mckd benchmark``) holds
-``seed_<s>/`` runs beside ``subsets.{csv,md}`` (mean and std over seeds),
-``seeds.json`` and ``weights.png``.
-
-A trained model is rebuilt one way, by :func:`mckd.build.build_model` from
-the config and the shapes stored in the checkpoint: :func:`load_run` with its
-dataset (to evaluate), :func:`load_model` without it (to predict).
+A run directory's files, and those of a multi-seed directory, are named by
+:class:`mckd.rundir.RunDir` (its docstring lists them). A trained model is
+rebuilt one way, by :func:`mckd.build.build_model` from the config and the
+shapes stored in the checkpoint: :func:`load_run` with its dataset (to
+evaluate), :func:`load_model` without it (to predict).
 """
 
 from __future__ import annotations

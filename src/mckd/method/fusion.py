@@ -74,28 +74,23 @@ FILLS: dict[str, type[Fill]] = {}
 FUSIONS: dict[str, type[Fusion]] = {}
 
 
-def register_fill(name: str) -> Callable[[type[Fill]], type[Fill]]:
-    """Class decorator: a :class:`Fill` under ``model.fill: name``."""
+def _registrar(table: dict[str, type], kind: str) -> Callable[[str], Callable[[type], type]]:
+    def register(name: str) -> Callable[[type], type]:
+        def decorate(cls: type) -> type:
+            if name in table:
+                raise ValueError(f"{kind} {name!r} is registered twice")
+            table[name] = cls
+            return cls
 
-    def decorate(cls: type[Fill]) -> type[Fill]:
-        if name in FILLS:
-            raise ValueError(f"fill {name!r} is registered twice")
-        FILLS[name] = cls
-        return cls
+        return decorate
 
-    return decorate
+    return register
 
 
-def register_fusion(name: str) -> Callable[[type[Fusion]], type[Fusion]]:
-    """Class decorator: a :class:`Fusion` under ``model.fusion: name``."""
-
-    def decorate(cls: type[Fusion]) -> type[Fusion]:
-        if name in FUSIONS:
-            raise ValueError(f"fusion {name!r} is registered twice")
-        FUSIONS[name] = cls
-        return cls
-
-    return decorate
+register_fill = _registrar(FILLS, "fill")
+register_fill.__doc__ = "Class decorator: a :class:`Fill` under ``model.fill: name``."
+register_fusion = _registrar(FUSIONS, "fusion")
+register_fusion.__doc__ = "Class decorator: a :class:`Fusion` under ``model.fusion: name``."
 
 
 @register_fill("mean")
