@@ -80,6 +80,20 @@ def test_a_method_with_its_own_modules_and_optimiser_runs_under_torchrun_and_res
     assert [name for name in saved if not torch.equal(saved[name], resumed[name])] == []
 
 
+@needs_digits
+def test_the_readmes_torchrun_command_trains_and_evaluates_with_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mckd.cli",
+               "train", str(ROOT / "configs" / "multiview_digits.yaml"), "--out", "runs/ddp",
+               "--set", "train.device=cpu", "--set", "train.iterations=10", "--set", "train.progress=false"]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, metadata = load_checkpoint(tmp_path / "runs" / "ddp" / "checkpoint.safetensors")
+    assert metadata["world_size"] == 2 and metadata["complete"] is True
+    assert (tmp_path / "runs" / "ddp" / "eval" / "subsets.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]  # no staging folder or lock left
+
+
 def test_resumable_sampler_shards_an_epoch_and_restarts_mid_epoch():
     data = list(range(10))
     shares = [list(ResumableDistributedSampler(data, 2, rank, seed=3)) for rank in (0, 1)]

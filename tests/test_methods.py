@@ -120,5 +120,5 @@ def test_every_loss_term_of_a_method_is_logged(digits_csv_dir, tmp_path):
 def test_a_method_returning_a_term_it_did_not_declare_is_a_clear_error(outside_method, digits_csv_dir, tmp_path,
                                                                       monkeypatch):
     monkeypatch.setattr(FeatureNorm, "loss_term_names", lambda self: ())
-    with pytest.raises(MckdError, match=r"logged \['norm'\], which the method does not declare \(it declares \['task'\]"):
+    with pytest.raises(MckdError, match=r"training_step logged \['norm'\], which the method does not declare \(it declares \['task'\]"):
         train(digits("feature_norm"), tmp_path)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from mckd.errors import ConfigError
 from mckd.experiment import method_config
 from mckd.method.autoencoder import GeneratedFill, generated_features, regression_loss
 from mckd.method.gan import FeatureDiscriminator
+from mckd.method import Optimization, StepOutput, TrainingMethod, register_training_method
 from mckd.method.model import MultiModalModel, model_spec
 from mckd.rundir import RunDir
 from mckd.train import Callback, TrainingInterrupted, train
@@ -228,25 +230,23 @@ def plugin_dir(tmp_path, digits_csv_dir):
     return folder
 
 
-def test_a_method_and_a_fusion_from_a_users_module_train_evaluate_and_compare_from_the_command_line(plugin_dir):
-    trained = mckd_cli("train", "probe.yaml", "--out", "run", cwd=plugin_dir)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "probe_loss" in (plugin_dir / "run" / "metrics.jsonl").read_text()
-    tensors, metadata = load_checkpoint(plugin_dir / "run" / "checkpoint.safetensors")
-    assert metadata["config"]["imports"] == ["my_plugin"]
+def test_a_method_and_a_fusion_from_a_users_file_benchmark_evaluate_elsewhere_and_compare(plugin_dir, tmp_path):
+    benchmarked = mckd_cli("benchmark", "probe.yaml", "--methods", "probe", "baseline", "--seeds", "0", "--out",
+                           "bench", cwd=plugin_dir)
+    assert benchmarked.returncode == 0, benchmarked.stderr[-2000:]
+    run = plugin_dir / "bench" / "probe" / "seed_0"
+    assert "probe_loss" in (run / "metrics.jsonl").read_text()
+    tensors, metadata = load_checkpoint(run / "checkpoint.safetensors")
+    assert metadata["config"]["imports"] == [str(plugin_dir / "my_plugin.py")]  # the file, by its absolute path
     assert "model.fusion_module.gates.0" in tensors and "parts.probe.weight" in tensors
-    (plugin_dir / "run" / "eval").rename(plugin_dir / "first_eval")
-    evaluated = mckd_cli("evaluate", "run", cwd=plugin_dir)  # a fresh process rebuilds the run from its config
+    (run / "eval").rename(plugin_dir / "first_eval")
+    evaluated = mckd_cli("evaluate", run, cwd=tmp_path)  # a fresh process, in another folder, rebuilds the run
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert (plugin_dir / "run" / "eval" / "subsets.csv").read_text() == (plugin_dir / "first_eval" / "subsets.csv").read_text()
-    import shutil
-
-    shutil.copytree(plugin_dir / "run", plugin_dir / "run_copy")
-    compared = mckd_cli("compare", "run", "run_copy", "--out", "comparison", cwd=plugin_dir)
+    assert (run / "eval" / "subsets.csv").read_text() == (plugin_dir / "first_eval" / "subsets.csv").read_text()
+    compared = mckd_cli("compare", run, plugin_dir / "bench" / "baseline" / "seed_0", "--out", "comparison", cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
-    assert (plugin_dir / "comparison" / "comparison.csv").is_file()
-    listed = mckd_cli("list", cwd=plugin_dir)
-    assert "gan" in listed.stdout and "autoencoder" in listed.stdout and "gated_sum" not in listed.stdout
+    listed = mckd_cli("list", "--config", "probe.yaml", cwd=plugin_dir)
+    assert "probe" in listed.stdout and "gated_sum" in listed.stdout and "gan" in listed.stdout
 
 
 def test_an_unknown_import_is_one_line_naming_it(plugin_dir):
@@ -255,10 +255,69 @@ def test_an_unknown_import_is_one_line_naming_it(plugin_dir):
     result = mckd_cli("train", "typo.yaml", "--out", "run", cwd=plugin_dir)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "mckd: error: imports[0] 'my_plugn': no module named 'my_plugn' (is the package installed, or the file in "
-        "the current folder?)"]
-    with pytest.raises(ConfigError, match=r"imports\[0\] must be a Python module name"):
-        config_from_dict({**load_raw(plugin_dir / "probe.yaml"), "imports": ["../evil"]})
+        "mckd: error: imports[0] 'my_plugn': no module named 'my_plugn' (is the package installed? a file in the "
+        "current folder is named by its path: my_method.py)"]
+    raw = load_raw(plugin_dir / "probe.yaml")
+    with pytest.raises(ConfigError, match=r"imports\[0\] must be a Python module name .* got 'my plugin'"):
+        config_from_dict({**raw, "imports": ["my plugin"]})
+    with pytest.raises(ConfigError, match=r"imports\[0\] '\.\./evil\.py': .* is neither a Python file nor a package"):
+        config_from_dict({**raw, "imports": ["../evil.py"]})
+
+
+@dataclass
+class WrongOptions:
+    mistake: str = ""  # which mistake the method makes
+
+
+class Wrong(TrainingMethod):
+    """A method with one mistake, chosen by its option ``mistake``."""
+
+    name = "wrong"
+
+    @property
+    def mistake(self) -> str:
+        return self.options.mistake
+
+    def wrap_model(self, model, spec):
+        self.parts["disc"] = nn.Linear(spec.feature_channels[-1], 1)
+        return model
+
+    def loss_names(self):
+        return ("task", "disc")
+
+    def configure_optimizers(self, model, default):
+        params = [*self.parts.parameters(), *model.parameters()] if self.mistake == "shared" else self.parts.parameters()
+        step = "disc_stp" if self.mistake == "missing step" else "disc_step"
+        return [default(model.parameters()), Optimization("disc", torch.optim.SGD(params, lr=0.1), step=step)]
+
+    def disc_step(self, model, batch, present):
+        loss = self.parts["disc"](torch.ones(3, self.parts["disc"].in_features))[:, 0]  # (3,)
+        if self.mistake == "not a StepOutput":
+            return {"disc": loss.mean()}
+        if self.mistake == "per-sample loss":
+            return StepOutput(loss, {"disc": loss.mean()})
+        return StepOutput(loss.mean(), {"dsc" if self.mistake == "undeclared" else "disc": loss.mean()})
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("not a StepOutput", r"method 'wrong': disc_step returned dict, not a StepOutput\(loss, logged\)"),
+    ("per-sample loss", r"method 'wrong': disc_step returned a loss of shape \(3,\): a scalar tensor"),
+    ("undeclared", r"method 'wrong': disc_step logged \['dsc'\], which the method does not declare"),
+    ("missing step", r"the step functions \['disc_stp'\] are not methods of Wrong"),
+    ("shared", r"a parameter of shape .* is in the optimisers 'disc' and 'model'|is in the optimisers 'model' and 'disc'"),
+])
+def test_a_mistake_in_a_methods_code_is_one_error_naming_the_method_and_its_function(mistake, message, tmp_path):
+    from mckd.errors import MckdError
+    from mckd.method import base
+
+    register_training_method(WrongOptions)(Wrong)
+    try:
+        config = digits("wrong", f"method.mistake={mistake}")
+        with pytest.raises(MckdError, match=message):
+            train(config, tmp_path / "run")
+    finally:
+        base.TRAINING_METHODS.pop("wrong")
+        base.OPTIONS.pop("wrong")
 
 
 def test_a_method_is_told_the_networks_feature_shapes_per_level():

@@ -25,7 +25,7 @@ from mckd.data.missing import availability_mask, subset_mask
 from mckd.errors import ConfigError, DataError
 from mckd.method.base import TrainingMethod
 from mckd.method.fusion import fused_channels
-from mckd.method.model import ModelSpec, MultiModalModel, encoder_feature_shapes
+from mckd.method.model import ModelSpec, MultiModalModel, check_fusion_channels, encoder_feature_shapes
 from mckd.nets.base import NetworkParts, NetworkSpec
 from mckd.tasks import Task, build_task
 
@@ -104,6 +104,7 @@ def assemble_model(config: Config, parts: NetworkParts, modalities: Sequence[str
     model = MultiModalModel(modalities, parts.encoder, parts.decoder, fill=config.model.fill,
                             fusion=config.model.fusion, distill_level=parts.distill_level,
                             feature_channels=spec.feature_channels)
+    check_fusion_channels(model, spec)
     return method.wrap_model(model, spec)
 
 

@@ -293,6 +293,10 @@ def cmd_list(args: argparse.Namespace) -> None:
     from mckd.data.formats import FORMATS
     from mckd.data.labels import CONVENTIONS
 
+    if args.config:
+        from mckd.config import load_raw
+
+        components.import_modules(load_raw(args.config).get("imports") or [], f"{args.config}: imports")
     headings = {"data": "datasets (data.name)", "model": "networks (model.name)", "task": "tasks (task.name)",
                 "method": "training methods (method.name, mckd benchmark --methods)"}
     for kind in components.KINDS:
@@ -471,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot_seg)
 
     p = commands.add_parser("list", help="list the datasets, networks and methods a config can name")
+    p.add_argument("--config", default=None,
+                   help="also list what this config's imports: register (methods, fusions, ... from outside mckd)")
     p.set_defaults(func=cmd_list)
     return parser
 

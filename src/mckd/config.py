@@ -481,7 +481,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
     raw = upgrade_raw_config(raw)
     if isinstance(raw, dict) and raw.get("imports") is not None:
-        components.import_modules(raw["imports"])  # before the sections: they may name what these register
+        # before the sections, which may name what these register; files are kept by their absolute path
+        raw = {**raw, "imports": components.resolve_imports(raw["imports"], Path.cwd())}
+        components.import_modules(raw["imports"])
     return resolve_paths(build_dataclass(Config, raw, ""))
 
 

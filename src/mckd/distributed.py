@@ -134,8 +134,14 @@ def current() -> Context:
 
 
 def is_main() -> bool:
-    """True on rank 0, and in a process that is not part of a group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True on rank 0, and in a process that is not part of a group.
+
+    Before the group is joined, a process that torchrun started says so by its ``RANK``: only rank 0 claims
+    outputs or prints while the command starts.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return _env_int("RANK", 0) == 0
 
 
 def barrier() -> None:

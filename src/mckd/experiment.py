@@ -81,6 +81,8 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
        LCKD alone).
     3. A preset's own settings are applied last: they define it.
     """
+    if isinstance(raw.get("imports"), list):
+        components.import_modules(raw["imports"])  # the config's own methods are names too
     presets = components.presets()
     preset = presets.get(name)
     base = preset.method if preset else name
@@ -258,6 +260,7 @@ def benchmark(
     repeated = sorted({m for m in methods if list(methods).count(m) > 1})
     if repeated:
         raise ConfigError(f"methods {repeated} are given more than once: a method compared with itself tells nothing")
+    components.import_modules(apply_overrides(raw, overrides).get("imports") or [])  # methods they register
     check_overrides_fit_some_method(methods, overrides)
     configs = {name: config_from_dict(method_config(raw, name, overrides)) for name in methods}  # fail early
     with claim_output(out, replace=force or reuse, kind="dir", what="benchmark folder"):

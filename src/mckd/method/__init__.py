@@ -25,6 +25,7 @@ from mckd.method import autoencoder, gan, lckd, mckd, shaspec, uniform_ckd  # no
 from mckd.method.base import (
     PRESETS,
     TRAINING_METHODS,
+    Batch,
     MethodServices,
     Optimization,
     StepOutput,
@@ -43,6 +44,7 @@ from mckd.method.weights import ImportanceWeights
 __all__ = [
     "PRESETS",
     "TRAINING_METHODS",
+    "Batch",
     "Fill",
     "Fusion",
     "ImportanceWeights",

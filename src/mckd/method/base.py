@@ -49,6 +49,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Seque
 import torch
 from torch import nn
 
+from mckd.errors import MckdError
 from mckd.method.model import ModelOutput, ModelSpec, MultiModalModel
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -220,6 +221,9 @@ class TrainingMethod:
         task_loss = self.services.task_loss(output.prediction, batch["target"])
         # float32 inside, even under autocast; a method written before loss_terms took the batch gets none
         terms = self.loss_terms(output, present, batch=batch) if _takes_batch(type(self)) else self.loss_terms(output, present)
+        odd = [name for name, term in terms.items() if not isinstance(term, Term)]
+        if odd:
+            raise MckdError(f"method {self.name!r}: loss_terms returned {odd} as other than Term(weight, value)")
         logged = {"task": task_loss, **{name: term.value for name, term in terms.items()}}
         return StepOutput(combine(task_loss, terms), logged, output)
 

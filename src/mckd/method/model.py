@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from mckd.errors import MissingModalityError
+from mckd.errors import MckdError, MissingModalityError
 from mckd.method.fusion import FILLS, FUSIONS, Fill, Fusion
 
 
@@ -252,6 +252,29 @@ def model_spec(model: MultiModalModel, input_shapes: Mapping[str, Sequence[int]]
     shapes = encoder_feature_shapes(encoder, model.modalities, input_shapes)
     return ModelSpec(model.modalities, {m: tuple(input_shapes[m]) for m in model.modalities}, num_outputs, shapes,
                      model.distill_level, model.fill, model.fusion)
+
+
+@torch.no_grad()
+def check_fusion_channels(model: MultiModalModel, spec: ModelSpec) -> None:
+    """The fusion gives, at every level, the channels its ``output_channels`` promised (the decoder was sized by them).
+
+    Raises:
+        MckdError: naming the fusion, the level and both numbers.
+    """
+    fusion = model.fusion_module
+    n = len(spec.modalities)
+    was_training = fusion.training
+    fusion.eval()
+    try:
+        for level, shape in enumerate(spec.feature_shapes):
+            out = fusion(torch.zeros((1, n) + tuple(shape)), torch.ones(1, n, dtype=torch.bool), level)
+            promised = type(fusion).output_channels(n, shape[0])
+            if out.dim() < 2 or out.shape[1] != promised:
+                raise MckdError(f"fusion {model.fusion!r} gives {tuple(out.shape)} at encoder level {level} for "
+                                f"{n} modalities of {shape[0]} channels, but its output_channels({n}, {shape[0]}) "
+                                f"says {promised}: the decoder was sized by output_channels")
+    finally:
+        fusion.train(was_training)
 
 
 def _registered_name(module: nn.Module, registered: Mapping[str, type]) -> str:

@@ -134,7 +134,11 @@ class ProgressCallback(Callback):
     def on_iteration_end(self, iteration: int, experiment: Experiment) -> None:
         self.bar.update()
 
-    def show(self, values: Mapping[str, Any]) -> None:
+    def show(self, values: Mapping[str, Any], replace_losses: bool = False) -> None:
+        """Show ``values`` beside the bar; ``replace_losses``: the losses shown are exactly these (a loss of an
+        optimiser that did not step since the last record is not shown as if it had)."""
+        if replace_losses:
+            self.shown = {k: v for k, v in self.shown.items() if not k.endswith("_loss")}
         self.shown.update(values)
         self.bar.set_postfix(self.shown)
 
@@ -166,7 +170,7 @@ class LossRecords(Callback):
         self.last_time, self.last_iteration = now, iteration
         means = self.log.write_train_record(iteration, iteration / self.per_epoch, self.lr(), now - self.start,
                                             experiment.bundle.modalities, rate)
-        self.progress.show({f"{name}_loss": value for name, value in means.items()})
+        self.progress.show({f"{name}_loss": value for name, value in means.items()}, replace_losses=True)
 
 
 class Validation(Callback):

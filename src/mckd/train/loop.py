@@ -39,7 +39,7 @@ from mckd.data.bundle import complete_samples, move_batch
 from mckd.data.missing import TrainingDrops, subset_mask
 from mckd.errors import CheckpointError, ConfigError, MckdError, Stopped, TrainingDiverged
 from mckd.io import atomic_write_text
-from mckd.method.base import Optimization
+from mckd.method.base import Optimization, TrainingMethod
 from mckd.rundir import RunDir
 from mckd.train.callbacks import Callback, DivergenceGuard, LossRecords, ProgressCallback, Validation
 from mckd.train.metrics import MetricsLog
@@ -159,8 +159,8 @@ def run_loop(loop: Loop) -> None:
     for iteration in range(state.iteration + 1, loop.total + 1):  # 1-based
         batch = move_batch(next(loop.streams["train"]), device)
         present = loop.drops(batch["present"])  # the modalities each sample keeps this iteration
-        losses, step, loop.lr = take_steps(loop.trainee, loop.optimizations, loop.schedulers, batch, present,
-                                           iteration, loop.autocast)  # inner step(s), Eq. 4
+        losses, step, loop.lr = take_steps(loop.trainee, method, loop.optimizations, loop.schedulers, batch,
+                                           present, iteration, loop.autocast)  # inner step(s), Eq. 4
         log.add(losses)
         method.on_batch_end(iteration, batch, present, step)
         watched = list(losses.values())
@@ -232,7 +232,7 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch
     optimizations = method.configure_optimizers(model, default_optimization(settings, total, per_epoch))
-    _check_optimizations(method.name, optimizations)
+    _check_optimizations(method, optimizations)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o.optimizer, o.schedule or (lambda step: 1.0))
                   for o in optimizations]
     for meta_optimizer in method.meta_optimizers():
@@ -279,13 +279,28 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     return loop
 
 
-def _check_optimizations(method: str, optimizations: Sequence[Optimization]) -> None:
-    if not optimizations:
-        raise ConfigError(f"method {method!r}: configure_optimizers returned no optimiser")
+def _check_optimizations(method: TrainingMethod, optimizations: Sequence[Optimization]) -> None:
+    """What ``configure_optimizers`` returned: optimisers with distinct names and parameters, existing step
+    functions, the first (the model's) stepping every iteration; anything else is one ConfigError."""
+    where = f"method {method.name!r}: configure_optimizers"
+    if not isinstance(optimizations, (list, tuple)) or not optimizations or \
+            not all(isinstance(o, Optimization) for o in optimizations):
+        raise ConfigError(f"{where} must return a non-empty list of Optimization, got {optimizations!r:.80}")
     names = [o.name for o in optimizations]
     if len(set(names)) != len(names) or optimizations[0].every != 1 or any(o.every < 1 for o in optimizations):
-        raise ConfigError(f"method {method!r}: its optimisers {names} need distinct names, every >= 1, and the "
-                          "first (the model's) stepping every iteration")
+        raise ConfigError(f"{where}: its optimisers {names} need distinct names, every >= 1, and the first (the "
+                          "model's) stepping every iteration")
+    missing = [o.step for o in optimizations if not callable(getattr(method, o.step, None))]
+    if missing:
+        raise ConfigError(f"{where}: the step functions {missing} are not methods of {type(method).__name__}")
+    owner: dict[int, str] = {}
+    for optimization in optimizations:
+        for group in optimization.optimizer.param_groups:
+            for param in group["params"]:
+                if id(param) in owner and owner[id(param)] != optimization.name:
+                    raise ConfigError(f"{where}: a parameter of shape {tuple(param.shape)} is in the optimisers "
+                                      f"{owner[id(param)]!r} and {optimization.name!r}; each may be stepped by one")
+                owner[id(param)] = optimization.name
 
 
 def _what_was_kept(staging: RunStaging) -> str:

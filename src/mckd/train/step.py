@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from mckd.errors import MckdError
 from mckd.method.base import MethodServices, Optimization, StepOutput, TrainingMethod
 from mckd.tasks import Task
 
@@ -39,18 +40,43 @@ class Trainee(nn.Module):
         return getattr(self.method, step)(self.model, batch, present)
 
 
+def check_step(step: Any, method: TrainingMethod, function: str) -> StepOutput:
+    """``step`` as returned by ``method.<function>``, checked: a :class:`StepOutput` with a scalar loss and
+    declared scalar values; anything else is one :class:`MckdError` naming the method and its function."""
+    where = f"method {method.name!r}: {function}"
+    if not isinstance(step, StepOutput):
+        raise MckdError(f"{where} returned {type(step).__name__}, not a StepOutput(loss, logged)")
+    if not isinstance(step.loss, torch.Tensor) or step.loss.numel() != 1 or not step.loss.requires_grad:
+        shape = tuple(step.loss.shape) if isinstance(step.loss, torch.Tensor) else type(step.loss).__name__
+        raise MckdError(f"{where} returned a loss of shape {shape}: a scalar tensor in the graph is needed "
+                        "(average per-sample losses)")
+    declared = method.loss_names()
+    unknown = [name for name in step.logged if name not in declared]
+    if unknown:
+        raise MckdError(f"{where} logged {sorted(unknown)}, which the method does not declare (it declares "
+                        f"{list(declared)}: list every name in loss_names, or the default step's terms in "
+                        "loss_term_names)")
+    odd = [name for name, value in step.logged.items() if not isinstance(value, torch.Tensor) or value.numel() != 1]
+    if odd:
+        raise MckdError(f"{where} logged {odd} as other than a scalar tensor")
+    return step
+
+
 def optimizer_step(trainee: Callable[..., StepOutput], optimization: Optimization, batch: Mapping[str, Any],
-                   present: torch.Tensor, autocast: Callable[[], Any] = contextlib.nullcontext) -> StepOutput:
-    """The loss of ``optimization``'s step function, backward, one step of its optimiser."""
+                   present: torch.Tensor, autocast: Callable[[], Any] = contextlib.nullcontext,
+                   method: TrainingMethod | None = None) -> StepOutput:
+    """The loss of ``optimization``'s step function (checked when ``method`` is given), backward, one step."""
     with autocast():
         step = trainee(optimization.step, batch, present)
+    if method is not None:
+        step = check_step(step, method, optimization.step)
     optimization.optimizer.zero_grad(set_to_none=True)
     step.loss.backward()
     optimization.optimizer.step()
     return step
 
 
-def take_steps(trainee: Callable[..., StepOutput], optimizations: Sequence[Optimization],
+def take_steps(trainee: Callable[..., StepOutput], method: TrainingMethod, optimizations: Sequence[Optimization],
                schedulers: Sequence[Any], batch: Mapping[str, Any], present: torch.Tensor, iteration: int,
                autocast: Callable[[], Any] = contextlib.nullcontext) -> tuple[dict[str, torch.Tensor], StepOutput, float]:
     """Step every optimiser due at ``iteration`` (1-based), in order, then its schedule.
@@ -64,7 +90,7 @@ def take_steps(trainee: Callable[..., StepOutput], optimizations: Sequence[Optim
     for index, (optimization, scheduler) in enumerate(zip(optimizations, schedulers)):
         if index > 0 and iteration % optimization.every:
             continue
-        step = optimizer_step(trainee, optimization, batch, present, autocast)
+        step = optimizer_step(trainee, optimization, batch, present, autocast, method)
         scheduler.step()
         logged.update({name: value.detach() for name, value in step.logged.items()})
         first = first or step
@@ -99,5 +125,5 @@ def train_step(
     if method.services is None:
         method.setup(MethodServices(task_loss=task.loss))
     step = optimizer_step(lambda name, b, p: getattr(method, name)(model, b, p), Optimization("model", optimizer),
-                          batch, present, autocast)
+                          batch, present, autocast, method)
     return {name: value.detach() for name, value in step.logged.items()}
