@@ -153,7 +153,7 @@ def fit(
     experiment = Experiment(config=config, bundle=bundle, model=model, method=training_method, task=task)
     run = RunDir(out)
     hint = "pass force=True to fit() to replace it (the old run stays until the new one's first checkpoint)"
-    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint):  # through the evaluation
+    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint, replaces=True):  # through the evaluation
         train(config, run.path, experiment=experiment, force=force)
         evaluation = evaluate_experiment(experiment, run, distributed.resolve_device(config.train.device))
     return FitResult(experiment, evaluation, run.path)

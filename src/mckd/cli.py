@@ -66,14 +66,29 @@ def cmd_train(args: argparse.Namespace) -> None:
 
             print(markdown_table(rows))
     else:
+        from mckd.config import input_paths
         from mckd.train import claim_run_directory
 
         # A new run's config is checked before its directory is claimed; a resumed run's is read under the claim.
-        config = None if args.resume else _config_of(args, out)
-        with claim_run_directory(out, bool(args.resume), args.force):  # held through the evaluation
+        config = _resumable(out) if args.resume else _config_of(args, out)
+        # the run's own config.yaml, read whole already, is rewritten by the new run: it is not lost
+        own = not args.resume and Path(args.config).resolve() == (out / "config.yaml").resolve()
+        inputs = [*([] if own else [args.config]), *input_paths(config)] if config is not None else []
+        with claim_run_directory(out, bool(args.resume), args.force, inputs=inputs):  # held through the evaluation
             _print_evaluation(_train_one(args, out, config or _config_of(args, out)))
     if distributed.is_main():
         print(f"run directory: {out}")
+
+
+def _resumable(out: Path) -> None:
+    """``--resume RUN``: RUN must be a run directory of mckd train (said before anything is claimed)."""
+    from mckd.runs import RunDir
+
+    if not RunDir(out).config.is_file():
+        checkpoint = "" if RunDir(out).checkpoint.is_file() else " and no checkpoint"
+        what = "does not exist" if not out.exists() else f"has no config.yaml{checkpoint}"
+        raise MckdError(f"cannot resume {str(out)!r}: it {what} (not a run directory of mckd train)")
+    return None
 
 
 def _config_of(args: argparse.Namespace, out: Path) -> Any:

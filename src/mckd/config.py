@@ -412,6 +412,28 @@ def resolve_paths(config: "Config", base: str | Path | None = None) -> "Config":
     return config
 
 
+def input_paths(config: "Config") -> list[str]:
+    """Every file or folder a config reads (its :data:`PATH` options, and the ``path`` of nested sources), non-empty."""
+    found: list[str] = []
+
+    def visit(options: Any, base: str, nested: bool) -> None:
+        for option in dataclasses.fields(options):
+            value = getattr(options, option.name)
+            if isinstance(value, str) and value and (option.metadata.get("path") or
+                                                     (nested and option.name in ("path", "ids"))):
+                found.append(str(Path(base) / value) if base and not Path(value).is_absolute() else value)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            for item in items:
+                if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                    visit(item, str(getattr(options, "root", "") or base), True)
+
+    for f in dataclasses.fields(config):
+        options = getattr(getattr(config, f.name), "options", None)
+        if dataclasses.is_dataclass(options):
+            visit(options, "", False)
+    return found
+
+
 def split_override(item: str) -> tuple[str, str]:
     """``"train.lr=0.01"`` -> ``("train.lr", "0.01")``; a malformed item is a :class:`ConfigError`."""
     if "=" not in item:

@@ -128,7 +128,7 @@ def prepare_avmnist(
         raise DataError(f"{str(out)!r} exists; pass --force to replace it")
     from mckd.io import claim_output
 
-    with claim_output(out, replace=True, kind="file", what="prepared AV-MNIST file"):  # one writer; a read-only place fails now
+    with claim_output(out, replace=True, kind="file", what="prepared AV-MNIST file", inputs=[images, labels, recordings]):  # one writer; a read-only place fails now
         if val_per_digit < 0:
             raise DataError(f"--val-per-digit must be >= 0, got {val_per_digit}")
         mnist_images, mnist_labels = read_mnist(images, labels)

@@ -122,7 +122,7 @@ def prepare_segmentation(source: str | Path, out: str | Path, format_hint: str =
     from mckd.io import claim_output
 
     check_cache_output(Path(out), force)
-    with claim_output(out, replace=True, kind="dir", what="cache"):
+    with claim_output(out, replace=True, kind="dir", what="cache", replaces=True, inputs=[source]):
         return _prepare_segmentation(source, out, format_hint, labels, spacing, orientation, workers, force,
                                      allow_missing, progress, channels, say)
 
