@@ -513,7 +513,22 @@ class _VersionAction(argparse.Action):
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
+    from mckd.distributed import leave_closed_terminal
+
+    leave_closed_terminal(signum)
     raise Interrupted(signal.Signals(signum).name)
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C; returns the handlers they had (none outside the main thread)."""
+    if not _in_main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _format_warning(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
@@ -522,9 +537,9 @@ def _format_warning(message: Any, category: type, filename: str, lineno: int, li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM outside the training loop (start-up, set-up, evaluation, prepare, predict) unwinds like Ctrl-C:
-    # temporary files and staging folders are removed on the way out and one line says what happened.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _in_main_thread() else None
+    # SIGTERM and SIGHUP outside the training loop (start-up, set-up, evaluation, prepare, predict) unwind like
+    # Ctrl-C: temporary files and staging folders are removed on the way out and one line says what happened.
+    previous = _stop_on_signals()
     try:
         from mckd.provenance import set_command
 
@@ -534,14 +549,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mckd import distributed
         from mckd.threads import apply_threads
     except (KeyboardInterrupt, Interrupted) as stopped:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         print(f"mckd: {getattr(stopped, 'signal_name', 'SIGINT')} stopped mckd as it started; nothing was written",
               file=sys.stderr)
         return 130
     except BaseException:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         raise
     try:
         apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
@@ -571,8 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
     return 0
 
 

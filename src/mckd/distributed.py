@@ -14,7 +14,7 @@ one model replica per process. PyTorch's own engine does the work:
 - :func:`average_gradients` averages the importance weights' gradient before
   every step of their optimiser, so ``w`` is identical on every rank;
 - :func:`all_reduce_mean` reduces logged metrics;
-- :class:`StopRequest` turns SIGTERM / Ctrl-C on any rank into a stop that
+- :class:`StopRequest` turns SIGTERM / SIGHUP / Ctrl-C on any rank into a stop that
   every rank agrees on, at the same iteration.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every helper is a no-op and
@@ -326,8 +326,31 @@ class ResumableDistributedSampler(DistributedSampler):
         return max(0, self.num_samples - self.start)
 
 
+# The signals that stop mckd cleanly: SIGTERM (a scheduler, kill), Ctrl-C, and SIGHUP (the terminal or ssh
+# session closed: training is checkpointed as for SIGTERM rather than lost).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def leave_closed_terminal(signum: int) -> None:
+    """After SIGHUP, point stdout and stderr at /dev/null where they were the closed terminal.
+
+    Writing to a terminal that has gone away fails (EIO); the checkpoint and
+    clean-up after the signal must not stop at a progress bar's next line.
+    """
+    if signum != signal.SIGHUP:
+        return
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            continue
+
+
 class StopRequest:
-    """SIGTERM or Ctrl-C (SIGINT) asks the training loop to stop cleanly.
+    """SIGTERM, SIGHUP or Ctrl-C (SIGINT) asks the training loop to stop cleanly.
 
     The handler only sets a flag; the loop calls :meth:`should_stop` once per
     iteration, then saves a checkpoint and leaves. A second signal of the same
@@ -339,7 +362,7 @@ class StopRequest:
     so every rank stops at the same iteration and the GPU is never waited for.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.requested = False
@@ -353,6 +376,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        leave_closed_terminal(signum)
         previous = self._previous.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
@@ -385,7 +409,7 @@ class StopRequest:
 
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers leave SIGTERM / Ctrl-C to the main process.
+    """DataLoader ``worker_init_fn``: workers leave SIGTERM, SIGHUP and Ctrl-C to the main process.
 
     Otherwise Ctrl-C would end the workers while the main process is still
     saving its checkpoint. Workers exit with the main process anyway.
