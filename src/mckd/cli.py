@@ -170,7 +170,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     outside = out is not None and not out.resolve().is_relative_to(run.resolve())
     # The run is claimed (not while it trains), or, for --data --out elsewhere, that output: a read-only run evaluates.
     target, what = (out, "evaluation folder") if outside else (run, "run directory")
-    with claim_output(target, replace=True, kind="dir", what=what):
+    from mckd.data.recorded_split import accept_changed_data
+
+    with claim_output(target, replace=True, kind="dir", what=what), accept_changed_data(args.accept_changed_data):
         if not run.is_dir():
             raise MckdError(f"run directory {str(run)!r} does not exist")
         _evaluate(args)
@@ -393,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(each case from what it has), or subsets like flair+t1ce,t1ce")
     p.add_argument("--out", help="with --data: output folder (default: RUN_DIR/eval_<DATA>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="the run's data changed since training (samples gone or relabelled): evaluate the test ids "
+                        "its data.json recorded that remain, with their current labels, and say so (default: refuse; "
+                        "the split is never re-drawn)")
     _add_segment_options(p)
     p.set_defaults(func=cmd_evaluate)
 

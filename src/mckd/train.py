@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from mckd import distributed
 from mckd.build import Experiment, build_experiment, seed_everything
+from mckd.data.recorded_split import recorded_split
 from mckd.checkpoint import (
     flatten_state,
     load_checkpoint,
@@ -793,7 +794,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
            experiment: Experiment | None = None) -> Experiment:
     settings, device = config.train, context.device
     saved = read_training_state(staging.run.checkpoint) if resume else None
-    experiment = experiment or build_experiment(config)
+    with recorded_split(staging.run.data if resume else None):  # a resumed run keeps its split
+        experiment = experiment or build_experiment(config)
     bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task
     record = None
     if context.is_main:

@@ -39,6 +39,7 @@ import torch
 from mckd.io import atomic_write
 from mckd.data.audio import FSDD_SPEAKERS, N_FRAMES, N_MFCC, RECIPES, list_fsdd, mfcc, read_wav
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+from mckd.data.recorded_split import split_record, use_recorded_split
 from mckd.data.idx import read_mnist
 from mckd.config import PATH
 from mckd.errors import ConfigError, DataError
@@ -234,7 +235,9 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
     :func:`mckd.build.build_experiment`).
     """
     arrays, metadata = load_prepared(options.path)
-    split = arrays["split"]
+    rows = [str(r) for r in range(len(arrays["split"]))]  # a sample's id: its row in the prepared file
+    labels = [str(v) for v in arrays["label"].tolist()]
+    split = use_recorded_split(rows, labels, arrays["split"].astype(np.int64))
     train = (split == 0) | ((split == 1) & options.train_on_val)
     pixels = arrays["image"].astype(np.float32) / 255.0
     if options.image_range == "symmetric":
@@ -262,7 +265,7 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
         input_shapes={m: shapes[m] for m in options.modalities},
         info={"source": str(options.path), "recipe": metadata["recipe"], "prepare_seed": metadata["seed"],
               "speakers": metadata["speakers"], "sizes": {n: int((split == c).sum()) for c, n in enumerate(SPLITS)},
-              "val_in_train": options.train_on_val},
+              "val_in_train": options.train_on_val, **split_record(rows, labels, split)},
     )
 
 

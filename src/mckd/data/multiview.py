@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
-from mckd.data.splits import stratified_split
+from mckd.data.recorded_split import split_record, use_recorded_split
+from mckd.data.splits import split_codes, stratified_split
 from mckd.config import PATH
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
@@ -94,7 +95,10 @@ def build_multiview_digits(options: MultiviewDigitsOptions, seed: int) -> DataBu
         labels = view_labels
         views[view] = features
     assert labels is not None
-    train, val, test = stratified_split(labels, tuple(options.split), options.split_seed)  # type: ignore[arg-type]
+    drawn = stratified_split(labels, tuple(options.split), options.split_seed)  # type: ignore[arg-type]
+    rows = [str(r) for r in range(len(labels))]  # a sample's id: its row in the CSV files
+    codes = use_recorded_split(rows, [str(v) for v in labels], split_codes(len(labels), drawn))
+    train, val, test = (np.flatnonzero(codes == code) for code in range(3))
     for view, features in views.items():
         mean = features[train].mean(axis=0)
         std = features[train].std(axis=0)
@@ -111,5 +115,6 @@ def build_multiview_digits(options: MultiviewDigitsOptions, seed: int) -> DataBu
         test=subset(test),
         num_classes=int(labels.max()) + 1,
         input_shapes={v: (VIEWS[v],) for v in options.views},
-        info={"source": str(csv_dir), "sizes": {"train": len(train), "val": len(val), "test": len(test)}},
+        info={"source": str(csv_dir), "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+              **split_record(rows, [str(v) for v in labels], codes)},
     )

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
-from mckd.data.splits import stratified_split
+from mckd.data.recorded_split import split_record, use_recorded_split
+from mckd.data.splits import split_codes, stratified_split
 from mckd.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -152,10 +153,7 @@ def parse_split(values: Sequence[Any], source: str) -> np.ndarray:
 
 def draw_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:
     """Stratified, seeded split codes (0 train, 1 meta-validation, 2 test) per sample."""
-    codes = np.zeros(len(labels), dtype=np.int64)
-    train, val, test = stratified_split(labels, tuple(fractions), seed)  # type: ignore[arg-type]
-    codes[val], codes[test] = 1, 2
-    return codes
+    return split_codes(len(labels), stratified_split(labels, tuple(fractions), seed))  # type: ignore[arg-type]
 
 
 def standardise(arrays: list[np.ndarray], present: np.ndarray, train: np.ndarray) -> list[np.ndarray]:
@@ -190,11 +188,14 @@ def make_bundle(
         sample_ids: the labelled samples, in order.
         labels: ``int64 [S]`` class indices.
         classes: the class names.
-        split: ``int64 [S]``: 0 train, 1 meta-validation, 2 test.
+        split: ``int64 [S]``: 0 train, 1 meta-validation, 2 test (a run's recorded split replaces it
+            under :func:`mckd.data.recorded_split.recorded_split`; -1: in no split).
         standardise_inputs: z-score (see :func:`standardise`).
         info: recorded in the run's ``data.json`` besides the splits' ids.
     """
     arrays, present = align(modalities, sample_ids)
+    label_names = [str(classes[c]) for c in labels]
+    split = use_recorded_split([str(i) for i in sample_ids], label_names, split)  # a run's own split, when it has one
     for code, name in enumerate(SPLITS):
         if not (split == code).any():
             raise DataError(f"the {name} split has no samples; give some (data.split, or the split column)")
@@ -209,7 +210,6 @@ def make_bundle(
         rows = torch.from_numpy(np.flatnonzero(split == code))
         return MultiModalTensorDataset([t[rows] for t in tensors], target[rows], mask[rows])
 
-    ids = np.asarray([str(i) for i in sample_ids])
     return DataBundle(
         modalities=tuple(names),
         train=part(0), val=part(1), test=part(2),
@@ -217,5 +217,5 @@ def make_bundle(
         input_shapes={m.name: tuple(int(d) for d in a.shape[1:]) for m, a in zip(modalities, arrays)},
         info={**dict(info or {}), "classes": list(classes),
               "sizes": {name: int((split == code).sum()) for code, name in enumerate(SPLITS)},
-              "split_ids": {name: ids[split == code].tolist() for code, name in enumerate(SPLITS)}},
+              **split_record(sample_ids, label_names, split)},
     )
