@@ -26,7 +26,7 @@ from mckd import distributed
 from mckd.build import Experiment, build_method, seed_everything
 from mckd.config import Config, config_from_dict, set_key
 from mckd.data.bundle import DataBundle
-from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
+from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split, presence_by_name
 from mckd.errors import ConfigError, DataError
 from mckd.evaluation import Evaluation
 from mckd.io import claim_output
@@ -67,11 +67,12 @@ def arrays_bundle(
     labels = list(np.asarray(labels).tolist())
     sample_ids = [str(i) for i in (ids if ids is not None else range(len(labels)))]
     rows = []
+    flags_of = presence_by_name(present, list(modalities), "present")
     for name, values in modalities.items():
         array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
         if len(array) != len(labels):
             raise DataError(f"modality {name!r} has {len(array)} rows but there are {len(labels)} labels")
-        flags = None if present is None or name not in present else np.asarray(present[name], dtype=bool)
+        flags = flags_of.get(name)  # read (as 0/1, booleans or text) by mckd.data.samples.parse_presence
         rows.append(ModalityRows(name, sample_ids, array, flags, f"array {name!r}"))
     codes, names = encode_labels(labels, list(classes), "labels")
     split_codes = parse_split(split, "split") if split is not None else draw_split(codes, fractions, split_seed)

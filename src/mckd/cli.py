@@ -292,6 +292,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if "=" not in item:
             raise MckdError(f"inputs are MODALITY=FILE (e.g. flair=case_flair.nii.gz), got {item!r}")
         name, path = item.split("=", 1)
+        from mckd.io import check_path
+
+        check_path(path, f"input {name}")
         if name in inputs:
             raise MckdError(f"sequence {name!r} is given twice")
         inputs[name] = path
@@ -346,6 +349,31 @@ def cmd_list(args: argparse.Namespace) -> None:
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
 # ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser.
 PREPARE_MODULES: list[str] = ["mckd.data.brats", "mckd.data.avmnist"]
+
+
+# Arguments that name files or folders (or a name that may be a file: --labels, --format): every one goes through
+# the one path validator (mckd.io.path_problem) as it is parsed, whichever command defines it.
+PATH_ARGUMENTS = {"config", "out", "resume", "run_dir", "data", "run_a", "run_b", "checkpoint", "input", "output",
+                  "mask", "source", "images", "labels", "recordings", "format"}
+
+
+def _path_argument(text: str) -> str:
+    from mckd.io import path_problem, shown
+
+    problem = path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{shown(text)!r} {problem}")
+    return text
+
+
+def _check_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """Give every path argument of ``parser`` and its subcommands the path validator as its type."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _check_path_arguments(sub)
+        elif action.dest in PATH_ARGUMENTS and action.type is None:
+            action.type = _path_argument
 
 
 class _Parser(argparse.ArgumentParser):
@@ -502,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("list", help="list the datasets, networks and methods a config can name")
     p.set_defaults(func=cmd_list)
+    _check_path_arguments(parser)
     return parser
 
 
@@ -542,6 +571,13 @@ def _format_warning(message: Any, category: type, filename: str, lineno: int, li
     return f"mckd: warning: {' '.join(str(message).split())}\n"
 
 
+def _error_line(error: BaseException) -> str:
+    """An error as one line, every huge value in it cut to 80 characters (a message names a value, it does not dump it)."""
+    from mckd.io import shown
+
+    return " ".join(shown(word) if len(word) > 200 else word for word in str(error).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM and SIGHUP outside the training loop (start-up, set-up, evaluation, prepare, predict) unwind like
     # Ctrl-C: temporary files and staging folders are removed on the way out and one line says what happened.
@@ -577,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mckd: {stopped}", file=sys.stderr)
         return 130
     except MckdError as error:
-        print(f"mckd: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"mckd: error: {_error_line(error)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as stopped:
         name = getattr(stopped, "signal_name", "SIGINT")

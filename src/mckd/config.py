@@ -29,11 +29,13 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from mckd.errors import ConfigError
-from mckd.io import atomic_write_text, file_problem
+from mckd.io import atomic_write_text, file_problem, path_problem
 
 # Marks an option that names a file or folder (``field(default="", metadata=PATH)``): a run stores it
 # resolved to an absolute path, so the run can be evaluated from any folder (:func:`resolve_paths`).
 PATH = {"path": True}
+# A file or folder of a nested source, relative to its dataset's ``root`` (the ``files`` dataset's sources).
+PATH_UNDER_ROOT = {"path": True, "under": "root"}
 # The same for a folder whose empty value means the current folder (the ``files`` dataset's ``root``): a run
 # stores that folder, so the paths relative to it still resolve from elsewhere.
 FOLDER_OR_CWD = {"path": True, "empty": "cwd"}
@@ -302,6 +304,10 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
         if key not in fields:
             raise unknown_key_error(str(key), list(fields), path)
         kwargs[key] = _convert(value, hints[key], f"{path}.{key}" if path else key)
+        if fields[key].metadata.get("path") and isinstance(kwargs[key], str) and kwargs[key]:
+            problem = path_problem(kwargs[key], home=True)  # the one path validator, as for command-line paths
+            if problem:
+                raise ConfigError(f"{path}.{key} {_show(kwargs[key])} {problem}")
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing config key {(path + '.' if path else '') + name!r}")
@@ -403,7 +409,7 @@ def resolve_paths(config: "Config", base: str | Path | None = None) -> "Config":
             continue
         for option in dataclasses.fields(options):
             value = getattr(options, option.name)
-            if not (option.metadata.get("path") and isinstance(value, str)):
+            if not (option.metadata.get("path") and isinstance(value, str)) or option.metadata.get("under"):
                 continue
             if value and not Path(value).expanduser().is_absolute():
                 setattr(options, option.name, str((base / Path(value).expanduser()).resolve()))
@@ -416,21 +422,21 @@ def input_paths(config: "Config") -> list[str]:
     """Every file or folder a config reads (its :data:`PATH` options, and the ``path`` of nested sources), non-empty."""
     found: list[str] = []
 
-    def visit(options: Any, base: str, nested: bool) -> None:
+    def visit(options: Any, base: str) -> None:
         for option in dataclasses.fields(options):
             value = getattr(options, option.name)
-            if isinstance(value, str) and value and (option.metadata.get("path") or
-                                                     (nested and option.name in ("path", "ids"))):
-                found.append(str(Path(base) / value) if base and not Path(value).is_absolute() else value)
+            if isinstance(value, str) and value and option.metadata.get("path"):
+                under = option.metadata.get("under") and base and not Path(value).expanduser().is_absolute()
+                found.append(str(Path(base).expanduser() / Path(value).expanduser()) if under else value)
             items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
             for item in items:
                 if dataclasses.is_dataclass(item) and not isinstance(item, type):
-                    visit(item, str(getattr(options, "root", "") or base), True)
+                    visit(item, str(getattr(options, "root", "") or base))
 
     for f in dataclasses.fields(config):
         options = getattr(getattr(config, f.name), "options", None)
         if dataclasses.is_dataclass(options):
-            visit(options, "", False)
+            visit(options, "")
     return found
 
 

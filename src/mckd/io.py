@@ -172,11 +172,66 @@ class AppendLog:
             self._stream.close()
 
 
-# --- reading: a path that must be a regular file ----------------------------------------------------
+# --- paths: the one validator, and a path that must be a regular file -------------------------------------
+
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS and most file systems)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def shown(text: Any, limit: int = 80) -> str:
+    """``text`` for a message, cut to ``limit`` characters (an error names a value; it does not print a huge one)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def path_problem(path: str | Path, home: bool = False) -> str:
+    """Why ``path`` cannot be a path on this machine ("" when it can): a NUL byte, a name or path too long.
+
+    ``home``: ``~`` and ``~user`` stand for home folders (config values); an unknown user is a problem.
+    On the command line the shell expands them, and a ``~`` that reaches mckd is part of a name.
+    """
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        return f"is a {type(path).__name__}, not a path"
+    if not text:
+        return "is empty"
+    if "\x00" in text:
+        return "contains a NUL byte, which no file name can hold"
+    if home and text.startswith("~"):
+        try:
+            text = os.fspath(Path(text).expanduser())
+        except RuntimeError:
+            return f"names the home folder of {text.split('/')[0]!r}, an unknown user"
+    encoded = text.encode("utf-8", "surrogateescape")
+    if len(encoded) >= PATH_MAX:
+        return f"is {len(encoded):,} bytes long; paths hold at most {PATH_MAX - 1:,}"
+    longest = max(text.split("/"), key=lambda part: len(part.encode("utf-8", "surrogateescape")))
+    size = len(longest.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        which = "" if longest == text else f" ({shown(longest, 40)})"
+        return f"has a name of {size:,} bytes{which}; file systems allow at most {NAME_MAX}"
+    return ""
+
+
+def check_path(path: str | Path, what: str, home: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or an :class:`MckdError` saying why it cannot be one.
+
+    The one validator of every path mckd is given: command-line options, config
+    values (``home``: ``~`` expanded), arguments of the Python API, and every
+    output the guard claims.
+    """
+    problem = path_problem(path, home)
+    if problem:
+        raise MckdError(f"{what} {shown(path)!r} {problem}")
+    path = Path(path)
+    return path.expanduser() if home and str(path).startswith("~") else path
 
 
 def file_problem(path: str | Path) -> str:
     """Why ``path`` cannot be read as a regular file ("" when it can): missing, a folder, a FIFO, a device."""
+    problem = path_problem(path)
+    if problem:
+        return problem
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -471,7 +526,7 @@ def claim_output(path: str | Path, replace: bool = False, kind: str = "file", wh
 
     Reentrant within one process; a no-op on other ranks than 0 under torchrun.
     """
-    path = Path(path)
+    path = check_path(path, what)
     if not distributed.is_main():
         yield path
         return

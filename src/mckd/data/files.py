@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from mckd.config import FOLDER_OR_CWD
+from mckd.config import FOLDER_OR_CWD, PATH_UNDER_ROOT
 from mckd.data.bundle import DataBundle
-from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
+from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_presence, parse_split
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
 
@@ -48,8 +48,8 @@ PER_SAMPLE = (".npy", ".npz", ".nii.gz", ".nii", *IMAGES)
 class ModalitySource:
     """Where one modality's samples are (a key of ``data.modalities``)."""
 
-    path: str = ""  # a .npy/.npz file, a .csv/.tsv/.parquet table, or a folder of per-sample files (<id>.npy, .npz, .nii.gz, .png, ...)
-    ids: str = ""  # .npy only: a text file of sample ids, one per row; empty: the row numbers 0..S-1
+    path: str = field(default="", metadata=PATH_UNDER_ROOT)  # a .npy/.npz file, a .csv/.tsv/.parquet table, or a folder of per-sample files (<id>.npy, .npz, .nii.gz, .png, ...)
+    ids: str = field(default="", metadata=PATH_UNDER_ROOT)  # .npy only: a text file of sample ids, one per row; empty: the row numbers 0..S-1
     key: str = "data"  # .npz only: the array of samples (ids in 'id', an optional 'present' flag array)
     columns: list[str] = field(default_factory=list)  # tables: this modality's columns, names or globs ('lab_*'); empty: all but the id, label, split and presence columns
     presence_column: str = ""  # tables: a 0/1 or true/false column; 0/false: this modality is missing for that row
@@ -123,12 +123,7 @@ def _ids_of(table: Any, column: str, path: Path) -> list[str]:
 def _presence(table: Any, column: str, path: Path) -> np.ndarray:
     if column not in table.columns:
         raise DataError(f"{path} has no presence column {column!r}; its columns: {list(table.columns)[:12]}")
-    flags = table[column].astype(str).str.strip().str.lower()
-    mapping = {"1": True, "1.0": True, "true": True, "yes": True, "0": False, "0.0": False, "false": False, "no": False}
-    odd = sorted(set(flags) - set(mapping))
-    if odd:
-        raise DataError(f"{path}: presence column {column!r} holds {odd[:5]}; expected 0/1 or true/false")
-    return flags.map(mapping).to_numpy(dtype=bool)
+    return parse_presence(table[column].astype(str).to_numpy(), len(table), f"{path}: presence column {column!r}")
 
 
 def _table_columns(table: Any, source: ModalitySource, reserved: set[str], path: Path, name: str) -> list[str]:
@@ -224,7 +219,7 @@ def read_modality(name: str, source: ModalitySource, options: FilesOptions) -> M
         for key in ("id", source.key):
             if key not in arrays:
                 raise DataError(f"{path} ({name}) has no array {key!r}; it has {list(arrays.keys())}")
-        present = arrays["present"].astype(bool) if "present" in arrays else None
+        present = arrays["present"] if "present" in arrays else None  # read by samples.parse_presence
         return ModalityRows(name, [str(i) for i in arrays["id"].tolist()], arrays[source.key], present, str(path))
     if lower.endswith(".npy"):
         values = _load_array(path, name)

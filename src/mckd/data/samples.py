@@ -50,7 +50,8 @@ class ModalityRows:
         name: the modality.
         ids: ``[R]`` sample ids (strings), one per row.
         values: ``[R, *shape]`` float32.
-        present: optional bool ``[R]``: False where the source marks the modality missing for that row.
+        present: optional ``[R]`` flags as the source gives them (read by :func:`parse_presence`): false
+            where the source marks the modality missing for that row.
         source: where the rows came from (for messages).
     """
 
@@ -59,6 +60,51 @@ class ModalityRows:
     values: np.ndarray
     present: np.ndarray | None
     source: str
+
+
+_PRESENT = {"1", "1.0", "true", "t", "yes", "y", "present"}
+_ABSENT = {"0", "0.0", "false", "f", "no", "n", "absent", "missing"}
+
+
+def parse_presence(flags: Any, rows: int, where: str) -> np.ndarray:
+    """Presence flags as given (booleans, 0/1 numbers, or text such as "1"/"0", "true"/"false") -> bool ``[rows]``.
+
+    The one reader of presence flags, whatever their source: a text ``"0"`` is
+    absent (``astype(bool)`` would make every non-empty string present), and
+    anything that is not clearly present or absent (2, NaN, "maybe") is a
+    :class:`DataError` naming ``where`` and the values found.
+    """
+    values = np.asarray(flags)
+    if values.ndim != 1 or len(values) != rows:
+        raise DataError(f"{where} have shape {tuple(values.shape)}; expected one flag per row ({rows})")
+    if values.dtype == bool:
+        return values.copy()
+    if values.dtype.kind in "iuf":
+        odd = sorted({str(v) for v in values[~np.isin(values, (0, 1))].tolist()})
+        if odd:
+            raise DataError(f"{where} holds {odd[:5]}; expected 0 or 1 (or true/false)")
+        return values == 1
+    if values.dtype.kind in "USO":
+        text = np.array([str(v).strip().lower() for v in values.tolist()], dtype=object)
+        odd = sorted(set(text.tolist()) - _PRESENT - _ABSENT)
+        if odd:
+            raise DataError(f"{where} holds {[_clip(v) for v in odd[:5]]}; expected 0/1 or true/false")
+        return np.isin(text, list(_PRESENT))
+    raise DataError(f"{where} are of type {values.dtype}; expected booleans, 0/1 or true/false")
+
+
+def presence_by_name(present: Mapping[str, Any] | None, modalities: Sequence[str], where: str) -> dict[str, Any]:
+    """``present`` (modality name -> flags) checked to name only ``modalities``; the flags are read by :func:`align`."""
+    present = dict(present or {})
+    unknown = sorted(str(k) for k in present if k not in modalities)
+    if unknown:
+        raise DataError(f"{where} names {unknown}, which are not modalities ({', '.join(modalities)}); a typo would "
+                        "silently leave every sample present")
+    return present
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _duplicates(ids: Sequence[str]) -> list[str]:
@@ -94,7 +140,8 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tupl
             raise DataError(f"{modality.source} ({modality.name}): {len(values)} rows of values but {len(ids)} ids")
         flat = values.reshape(len(values), -1)
         finite = np.isfinite(flat)
-        marked = np.ones(len(ids), dtype=bool) if modality.present is None else np.asarray(modality.present, dtype=bool)
+        marked = np.ones(len(ids), dtype=bool) if modality.present is None else \
+            parse_presence(modality.present, len(ids), f"{modality.source} ({modality.name}): the presence flags")
         has = marked & finite.any(axis=1) if flat.shape[1] else marked  # an all-NaN row is a missing modality
         half = has & ~finite.all(axis=1)
         if half.any():
