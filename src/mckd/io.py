@@ -213,6 +213,23 @@ def path_problem(path: str | Path, home: bool = False) -> str:
     return ""
 
 
+def name_problem(name: str, forbidden: str = "") -> str:
+    """Why ``name`` cannot be one file or folder name ("" when it can): empty, ``.``, ``..``, a ``/`` or NUL,
+    too long, or holding one of ``forbidden`` (characters that mean something else where the name is used)."""
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return "is '.' or '..', a folder's name"
+    bad = sorted({c for c in name if c in "/\x00" + forbidden})
+    if bad:
+        return f"holds {', '.join(repr(c) for c in bad)}, which cannot be part of it"
+    if name != name.strip():
+        return "begins or ends with a space"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"is {len(name.encode('utf-8', 'surrogateescape')):,} bytes long; names hold at most {NAME_MAX}"
+    return ""
+
+
 def check_path(path: str | Path, what: str, home: bool = False) -> Path:
     """``path`` as a :class:`~pathlib.Path`, or an :class:`MckdError` saying why it cannot be one.
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+from mckd.data.values import check_real
 from mckd.data.recorded_split import split_record, use_recorded_split
 from mckd.data.splits import split_codes, stratified_split
 from mckd.errors import DataError
@@ -135,7 +136,12 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tupl
         if unknown:
             raise DataError(f"{modality.source} ({modality.name}): sample ids {_few(unknown)} have no label; "
                             "every id must be in the labels (check for typos or a wrong id column)")
-        values = np.asarray(modality.values, dtype=np.float32)
+        raw = np.asarray(modality.values)
+        check_real(raw, f"{modality.source} ({modality.name})")  # no text, complex numbers or float32 overflow
+        if raw.ndim < 2 or 0 in raw.shape[1:]:
+            raise DataError(f"{modality.source} ({modality.name}) has shape {raw.shape}: a sample of it holds no "
+                            "values; expected [samples, values...] with at least one value per sample")
+        values = raw.astype(np.float32)
         if len(values) != len(ids):
             raise DataError(f"{modality.source} ({modality.name}): {len(values)} rows of values but {len(ids)} ids")
         flat = values.reshape(len(values), -1)
