@@ -383,11 +383,18 @@ def parse_yaml(text: str, source: str) -> Any:
     aliases, to more than :data:`MAX_YAML_VALUES` values (an alias bomb) are
     :class:`ConfigError` s, as is anything PyYAML cannot read.
     """
+    from mckd.bounds import BOUNDS, nesting_depth
+
+    limit = int(BOUNDS["nesting"].high())
+    what = "value " + _show(text, 60) + " " if source.startswith("--set") else ""
     try:
         value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
-        what = "value " + _show(text, 60) + " " if source.startswith("--set") else ""
         raise ConfigError(f"{source}: {what}is not valid YAML ({_one_line(error)})") from None
+    except RecursionError:  # PyYAML's parser recurses once per level
+        raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few") from None
+    if nesting_depth(value, limit) > limit:
+        raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few")
     if _count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
         raise ConfigError(f"{source} expands to more than {MAX_YAML_VALUES:,} values through its YAML aliases "
                           "(an alias bomb?); a config needs a few hundred")

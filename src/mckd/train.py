@@ -40,6 +40,7 @@ from mckd.bounds import check_bound
 from mckd.build import Experiment, build_experiment, seed_everything
 from mckd.data.recorded_split import recorded_split
 from mckd.checkpoint import (
+    check_resume_point,
     flatten_state,
     load_checkpoint,
     load_state_into,
@@ -814,6 +815,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
     }
     per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch
+    if saved is not None:
+        check_resume_point(saved["iteration"], total, str(staging.run.checkpoint))
     optimizer = make_optimizer(model.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, per_epoch, settings))
     for meta_optimizer in method.meta_optimizers():
