@@ -571,6 +571,12 @@ def _format_warning(message: Any, category: type, filename: str, lineno: int, li
     return f"mckd: warning: {' '.join(str(message).split())}\n"
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the machine's memory running out (Python's, torch's CPU allocator, CUDA)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+
+
 def _error_line(error: BaseException) -> str:
     """An error as one line, every huge value in it cut to 80 characters (a message names a value, it does not dump it)."""
     from mckd.io import shown
@@ -614,6 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except MckdError as error:
         print(f"mckd: error: {_error_line(error)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        print(f"mckd: error: mckd {args.command} ran out of memory ({_error_line(error)[:160]}); ask for less: a "
+              "smaller model, batch (train.batch_size, eval.batch_size) or crop, or fewer workers", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as stopped:
         name = getattr(stopped, "signal_name", "SIGINT")

@@ -99,6 +99,11 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"{path}.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.step_epochs > 0, f"{path}.step_epochs must be > 0, got {self.step_epochs}")
         _check(0 < self.gamma <= 1, f"{path}.gamma must be in (0, 1], got {self.gamma}")
+        _check(0 <= self.momentum < 1, f"{path}.momentum must be in [0, 1), got {self.momentum}")
+        _check(not (self.optimizer == "sgd" and self.nesterov and self.momentum == 0),
+               f"{path}.nesterov needs {path}.momentum > 0 (Nesterov momentum without momentum is undefined)")
+        _check(self.poly_power >= 0, f"{path}.poly_power must be >= 0 (a negative power would raise the lr to "
+                                     f"infinity at the last iteration), got {self.poly_power}")
         _check(self.num_workers >= 0, f"{path}.num_workers must be >= 0")
         _check(self.log_every >= 1, f"{path}.log_every must be >= 1, got {self.log_every}")
         _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every must be >= 0, got {self.checkpoint_every}")

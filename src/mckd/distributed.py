@@ -87,9 +87,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device {name!r}: mckd runs on cpu or cuda (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ConfigError(f"train.device {name!r}: the CPU has no index (use cpu)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if device.index is None:
             count = torch.cuda.device_count()
             if local_rank >= count:

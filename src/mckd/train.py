@@ -700,8 +700,10 @@ class DivergenceGuard:
         return int(distributed.all_reduce_max(self.first_bad).item())
 
 
-def _finite_parameters(model: torch.nn.Module) -> bool:
+def _finite_parameters(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> bool:
     params = [p.detach() for p in model.parameters()]
+    if optimizer is not None:  # its moments go into the checkpoint too (a huge weight decay overflows them)
+        params += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
     finite = bool(torch.stack([p.isfinite().all() for p in params]).all()) if params else True
     return not distributed.any_rank(not finite)
 
@@ -875,7 +877,7 @@ def _loop(experiment: Experiment, state: TrainingState, staging: RunStaging, sto
 
     def check_finite(where: str) -> None:
         first = guard.first_nonfinite()
-        if first == 0 and where == "checkpoint" and not _finite_parameters(model):
+        if first == 0 and where == "checkpoint" and not _finite_parameters(model, optimizer):
             first = state.iteration
         if first:
             _diverged(first, where)
@@ -884,7 +886,7 @@ def _loop(experiment: Experiment, state: TrainingState, staging: RunStaging, sto
         losses = log.mean_losses()
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         what = (f"the {' and '.join(bad)} loss{'es' if len(bad) > 1 else ''}" if bad
-                else "the importance weights or the model's parameters")
+                else "the importance weights, the model's parameters or the optimiser's state")
         kept = (f"{str(staging.target / RunDir(staging.target).checkpoint.name)!r} holds the last finite state: "
                 f"continue from it with `mckd train --resume {staging.target} --set train.lr=...`"
                 if staging.promoted and RunDir(staging.target).checkpoint.is_file()
