@@ -30,6 +30,7 @@ from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bund
 from mckd.errors import ConfigError, DataError
 from mckd.evaluation import Evaluation
 from mckd.io import claim_output
+from mckd.probe import check_modules, probe_model
 from mckd.method.model import MultiModalModel
 from mckd.runs import RunDir, evaluate_experiment
 from mckd.tasks import build_task
@@ -145,12 +146,14 @@ def fit(
     Returns:
         The trained experiment, its evaluation on the test split, and the run directory.
     """
+    check_modules(encoders, head, bundle.modalities)
     config = _config(bundle, encoders, head, method, fill, fusion, dict(settings or {}))
     seed_everything(config.seed)
     training_method = build_method(config, bundle.modalities)
     task = build_task(config.task, bundle.task_facts())
     model = MultiModalModel(bundle.modalities, encoders, head, fill=fill, fusion=fusion)
     model = training_method.wrap_model(model, bundle.input_shapes)
+    probe_model(model, bundle, task.num_outputs)  # wrong modules: one error naming the encoder or the head
     experiment = Experiment(config=config, bundle=bundle, model=model, method=training_method, task=task)
     run = RunDir(out)
     hint = "pass force=True to fit() to replace it (the old run stays until the new one's first checkpoint)"
