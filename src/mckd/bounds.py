@@ -66,6 +66,7 @@ BOUNDS: dict[str, Bound] = {
     "threads": Bound(0, cpu_count, "CPU threads", True, "this machine's CPUs"),
     # sizes: what one array may take, whoever asks (a header, a spacing, an image)
     "voxels": Bound(1, lambda: 2**30, "voxels in one volume", False, "2^30 (4 GiB as float32)"),
+    "voxel_threshold": Bound(0, lambda: 2**30, "voxels", False, "the voxels of the largest volume, 2^30"),
     "array_bytes": Bound(0, memory_bytes, "bytes in one array", False, "this machine's memory"),
     "image_pixels": Bound(1, lambda: 2**28, "pixels in one image", False, "2^28 (a decompression bomb beyond)"),
     "spacing": Bound(1e-3, lambda: 1e3, "mm per voxel", False, "0.001 to 1000 mm"),
@@ -125,11 +126,15 @@ def check_size(name: str, shape: tuple[int, ...], itemsize: int, where: str) -> 
                         f"more than this machine's memory ({BOUNDS['array_bytes'].high() / 2**30:,.1f} GiB)")
 
 
-def nesting_depth(value: object, limit: int | None = None) -> int:
-    """How deeply ``value`` (dicts and lists) nests, counted without recursion, up to just past ``limit``."""
+def nesting_depth(value: object, limit: int | None = None, items: int = 10**6) -> int:
+    """How deeply ``value`` (dicts and lists) nests, counted without recursion, up to just past ``limit``.
+
+    At most ``items`` values are visited (a structure whose shared parts expand to billions is not walked).
+    """
     limit = int(BOUNDS["nesting"].high()) if limit is None else limit
     deepest, stack = 0, [(value, 0)]
-    while stack:
+    while stack and items > 0:
+        items -= 1
         item, depth = stack.pop()
         deepest = max(deepest, depth)
         if deepest > limit:

@@ -137,10 +137,12 @@ def _print_evaluation(result, samples: str = "test samples") -> None:
 def _segment_options(args: argparse.Namespace) -> "object":
     from mckd.segment import SegmentOptions
 
+    from mckd.bounds import check_bound
+
     for name in ("et_min_voxels", "min_component_voxels"):
         value = getattr(args, name, None)
-        if value is not None and value < 0:
-            raise MckdError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if value is not None:
+            check_bound("voxel_threshold", value, f"--{name.replace('_', '-')}")
     return SegmentOptions(tta=args.tta, et_min_voxels=args.et_min_voxels, min_component_voxels=args.min_component_voxels,
                           largest_component=args.largest_component,
                           probabilities=getattr(args, "probabilities", False))
@@ -200,6 +202,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     subsets = args.subsets
     if subsets not in ("all", "observed"):
         subsets = [s.split("+") for s in subsets.split(",")]
+        for subset in subsets:
+            if not all(name.strip() for name in subset):
+                raise MckdError(f"--subsets {args.subsets!r}: expected all, observed, or subsets of sequence names "
+                                "joined by + and separated by commas, e.g. flair+t1ce,t1ce")
+            _distinct(subset, f"--subsets ({'+'.join(subset)})")
+        _distinct(["+".join(sorted(s)) for s in subsets], "--subsets")
     out = Path(args.out) if args.out else run.data_eval_dir(args.data)
     result = evaluate_run(run.path, args.device, data=args.data, data_format=args.format, labels=args.labels,
                           subsets=subsets, options=_segment_options(args), channels=_split_names(args.channels),
@@ -271,6 +279,8 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from mckd.predict import predict_files, predict_folder
 
+    if args.force and args.resume:
+        raise MckdError("--force overwrites the outputs that exist and --continue keeps them: give one of them")
     if args.input or args.output:
         if args.inputs or args.out or args.mask:
             raise MckdError("give either --input DIR --output DIR (a folder of cases) or MODALITY=FILE ... --out FILE "
@@ -317,6 +327,9 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
     subset = args.subset.split("+")
     _distinct(subset, "--subset")
+    figures = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff")
+    if not args.out.lower().endswith(figures):
+        raise MckdError(f"--out {args.out!r}: a figure's file name must end in {', '.join(figures)}")
     with claim_output(args.out, replace=True, kind="file", what="figure"):
         out = plot_case(args.run_dir, args.case, subset, args.out, args.slice, args.device)
     print(f"written: {out}")

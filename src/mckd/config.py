@@ -398,11 +398,11 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: {what}is not valid YAML ({_one_line(error)})") from None
     except RecursionError:  # PyYAML's parser recurses once per level
         raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few") from None
-    if nesting_depth(value, limit) > limit:
-        raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few")
-    if _count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+    if _count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:  # first: an alias bomb is counted, not walked
         raise ConfigError(f"{source} expands to more than {MAX_YAML_VALUES:,} values through its YAML aliases "
                           "(an alias bomb?); a config needs a few hundred")
+    if nesting_depth(value, limit) > limit:
+        raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few")
     return value
 
 

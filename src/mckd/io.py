@@ -104,6 +104,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     if not (every_rank or distributed.is_main()):
         return
     path = Path(path)
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # renaming over a device (as root: /dev/null) breaks it
+            raise MckdError(f"cannot write {str(path)!r}: it {file_problem(path)}; mckd writes only regular files")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
@@ -269,6 +273,22 @@ def file_problem(path: str | Path) -> str:
     return "is not a regular file"
 
 
+def folder_problem(path: str | Path) -> str:
+    """Why ``path`` cannot be read as a folder ("" when it can): missing, a file, not readable."""
+    problem = path_problem(path)
+    if problem:
+        return problem
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return ""
+    return "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
+
+
 # --- the output guard ---------------------------------------------------------------------------------
 
 
@@ -369,6 +389,24 @@ def _held_by_another(lock: Path) -> bool:
     finally:
         os.close(fd)  # closing releases the shared lock taken to test it
     return False
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a claim made for its lock, deepest first, where the command left nothing in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _acquire(path: Path, replaces: bool) -> int:
@@ -564,12 +602,16 @@ def claim_output(path: str | Path, replace: bool = False, kind: str = "file", wh
             raise MckdError(f"{what} {str(path)!r} is {state}; choose another path")
         if kind == "file" and path.is_dir():
             raise MckdError(f"{what} {str(path)!r} is a folder, not a file; choose another path")
+        problem = file_problem(path) if kind == "file" and path.exists() else ""
+        if problem:  # a device, a FIFO, a socket: replacing it (as root, /dev/null) would break the machine
+            raise MckdError(f"{what} {str(path)!r} {problem}; mckd writes only regular files: choose another path")
         if replaces:
             _check_replaceable(path, what)
         empty_folder = path.is_dir() and not any(path.iterdir())
         if not replace and not empty_folder:
             raise MckdError(f"{what} {str(path)!r} exists; {hint}")
     _check_surroundings(path, what, replaces)
+    made = _missing_folders(path.parent)  # made for the lock: removed again if the command writes nothing there
     fd = _acquire(path, replaces)
     _HELD[key] = [fd, 1]
     try:
@@ -578,6 +620,7 @@ def claim_output(path: str | Path, replace: bool = False, kind: str = "file", wh
     finally:
         del _HELD[key]
         _release(path, fd)
+        _remove_if_empty(made)
 
 
 def holds_claim(path: str | Path) -> bool:

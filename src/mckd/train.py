@@ -799,6 +799,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
            experiment: Experiment | None = None) -> Experiment:
     settings, device = config.train, context.device
     saved = read_training_state(staging.run.checkpoint) if resume else None
+    if saved is not None and settings.iterations > 0:  # before anything is written (with epochs: once they are counted)
+        check_resume_point(saved["iteration"], settings.iterations, str(staging.run.checkpoint))
     with recorded_split(staging.run.data if resume else None):  # a resumed run keeps its split
         experiment = experiment or build_experiment(config)
     bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task

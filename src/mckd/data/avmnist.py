@@ -36,7 +36,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from mckd.io import atomic_write
+from mckd.io import atomic_write, file_problem
 from mckd.data.audio import FSDD_SPEAKERS, N_FRAMES, N_MFCC, RECIPES, list_fsdd, mfcc, read_wav
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
 from mckd.data.recorded_split import split_record, use_recorded_split
@@ -173,8 +173,9 @@ def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prepared AV-MNIST file {str(path)!r} does not exist; make it with `mckd prepare avmnist "
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"prepared AV-MNIST file {str(path)!r} {problem}; make it with `mckd prepare avmnist "
                         f"--recipe smil --out {path}` (see the README)")
     try:
         with safe_open(str(path), framework="numpy") as handle:

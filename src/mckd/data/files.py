@@ -38,6 +38,7 @@ from mckd.data.bundle import DataBundle
 from mckd.data.values import load_array, open_image
 from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_presence, parse_split
 from mckd.errors import ConfigError, DataError
+from mckd.io import file_problem
 from mckd.registry import register_dataset
 
 TABLES = (".csv", ".tsv", ".parquet")
@@ -95,8 +96,9 @@ def read_table(path: Path, id_column: str) -> Any:
     """A table as a pandas DataFrame (``.csv``, ``.tsv``, ``.parquet``); ids read as text; unreadable: :class:`DataError`."""
     import pandas as pd
 
-    if not path.is_file():
-        raise DataError(f"table {str(path)!r} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"table {str(path)!r} {problem}")
     try:
         if path.suffix == ".parquet":
             try:
@@ -235,8 +237,9 @@ def read_modality(name: str, source: ModalitySource, options: FilesOptions) -> M
             raise DataError(f"{path} ({name}) has shape {values.shape}; expected samples first, [S, *shape]")
         if source.ids:
             ids_path = _resolve(options.root, source.ids)
-            if not ids_path.is_file():
-                raise DataError(f"{name}: the ids file {str(ids_path)!r} does not exist")
+            problem = file_problem(ids_path)
+            if problem:
+                raise DataError(f"{name}: the ids file {str(ids_path)!r} {problem}")
             try:
                 ids = [line.strip() for line in ids_path.read_text(encoding="utf-8").splitlines() if line.strip()]
             except UnicodeDecodeError as error:

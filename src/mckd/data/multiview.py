@@ -25,6 +25,7 @@ from mckd.data.recorded_split import split_record, use_recorded_split
 from mckd.data.splits import split_codes, stratified_split
 from mckd.config import PATH
 from mckd.errors import ConfigError, DataError
+from mckd.io import file_problem
 from mckd.registry import register_dataset
 
 VIEWS: dict[str, int] = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
@@ -45,8 +46,9 @@ def default_csv_dir() -> Path:
 def read_view(csv_dir: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one view: features ``[2000, D_view]`` float32 and labels ``[2000]`` int64."""
     path = Path(csv_dir) / f"mfeat-{view}.csv"
-    if not path.is_file():
-        raise DataError(f"multi-view digits: {path} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"multi-view digits: {path} {problem}")
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
     except ValueError as error:

@@ -83,8 +83,13 @@ def load_array(path: str | Path, what: str) -> Any:
     Raises:
         DataError: unreadable, pickled, truncated, or claiming more than the file or the machine holds.
     """
+    from mckd.io import file_problem
+
     path = Path(path)
     where = f"{path} ({what})"
+    problem = file_problem(path)  # a folder, a FIFO (reading it would wait for ever) or a device
+    if problem:
+        raise DataError(f"{where} {problem}")
     try:
         with path.open("rb") as stream:
             head = stream.read(6)
@@ -125,6 +130,11 @@ def open_image(path: str | Path, what: str) -> np.ndarray:
     """An image file (PNG, JPEG, TIFF) as float32 ``[H, W]`` or ``[H, W, C]``; its pixel count checked before decoding."""
     from PIL import Image, UnidentifiedImageError
 
+    from mckd.io import file_problem
+
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path} ({what}) {problem}")
     limit = int(BOUNDS["image_pixels"].high())
     Image.MAX_IMAGE_PIXELS = limit  # PIL's own bomb check (a warning, then an error) at mckd's bound
     try:
