@@ -25,12 +25,13 @@ from torch import nn
 from mckd.build import Experiment, assemble_model, build_method, seed_everything
 from mckd.config import Config, config_from_dict, set_key
 from mckd.data.bundle import DataBundle
-from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
+from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split, presence_by_name
 from mckd.errors import ConfigError, DataError
 from mckd.evaluation import Evaluation
 from mckd.experiment import train_and_evaluate
 from mckd.io import claim_output
 from mckd.nets.base import NetworkParts
+from mckd.probe import check_modules, probe_model
 from mckd.rundir import RunDir
 from mckd.tasks import build_task
 
@@ -66,11 +67,12 @@ def arrays_bundle(
     labels = list(np.asarray(labels).tolist())
     sample_ids = [str(i) for i in (ids if ids is not None else range(len(labels)))]
     rows = []
+    flags_of = presence_by_name(present, list(modalities), "present")
     for name, values in modalities.items():
         array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
         if len(array) != len(labels):
             raise DataError(f"modality {name!r} has {len(array)} rows but there are {len(labels)} labels")
-        flags = None if present is None or name not in present else np.asarray(present[name], dtype=bool)
+        flags = flags_of.get(name)  # read (as 0/1, booleans or text) by mckd.data.samples.parse_presence
         rows.append(ModalityRows(name, sample_ids, array, flags, f"array {name!r}"))
     codes, names = encode_labels(labels, list(classes), "labels")
     split_codes = parse_split(split, "split") if split is not None else draw_split(codes, fractions, split_seed)
@@ -143,15 +145,17 @@ def fit(
     Returns:
         The trained experiment, its evaluation on the test split, and the run directory.
     """
+    check_modules(encoders, head, bundle.modalities)
     config = _config(bundle, encoders, head, method, fill, fusion, dict(settings or {}))
     seed_everything(config.seed)
     training_method = build_method(config, bundle.modalities)
     task = build_task(config.task, bundle.task_facts())
     model = assemble_model(config, NetworkParts(encoders, head), bundle.modalities, bundle.input_shapes,
                            task.num_outputs, training_method)
+    probe_model(model, bundle, task.num_outputs)  # wrong modules: one error naming the encoder or the head
     experiment = Experiment(config=config, bundle=bundle, model=model, method=training_method, task=task)
     run = RunDir(out)
     hint = "pass force=True to fit() to replace it (the old run stays until the new one's first checkpoint)"
-    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint):  # through the evaluation
-        evaluation = train_and_evaluate(config, run.path, force=force, experiment=experiment)
+    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint, replaces=True):
+        evaluation = train_and_evaluate(config, run.path, force=force, experiment=experiment)  # under the claim
     return FitResult(experiment, evaluation, run.path)

@@ -57,11 +57,62 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         ) from None
     try:
         metadata = json.loads(raw_meta.get("mckd", "{}"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"checkpoint {str(path)!r} has corrupt metadata") from None
     if not isinstance(metadata, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has corrupt metadata (a {type(metadata).__name__}, expected a mapping)")
+    check_checkpoint(tensors, metadata, str(path))
     return tensors, metadata
+
+
+# Counters a checkpoint's metadata may hold, and their smallest value.
+COUNTERS = {"iteration": 0, "world_size": 1, "format": 1}
+
+
+def check_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], source: str) -> None:
+    """The one checkpoint validator, before anything is built from it: finite tensors, sane counters, bounded nesting.
+
+    Every floating-point tensor (the model's weights, the optimiser's moments,
+    the importance weights) must be finite: a NaN weight predicts background
+    everywhere without an error. The counters (:data:`COUNTERS`) must be whole
+    numbers at or above their least value, ``complete`` a boolean, and the
+    metadata no deeper than :data:`mckd.bounds.BOUNDS` ``nesting``. The tensors'
+    dtypes and shapes against the model are checked as they are loaded
+    (:func:`load_state_into`); the iteration against the run's length when it
+    resumes (:func:`check_resume_point`).
+
+    Raises:
+        CheckpointError: naming the checkpoint, the tensor or key, and what was found.
+    """
+    from mckd.bounds import BOUNDS, nesting_depth
+
+    limit = int(BOUNDS["nesting"].high())
+    if nesting_depth(metadata, limit) > limit:
+        raise CheckpointError(f"checkpoint {source!r} has metadata nested more than {limit} levels deep; it was not "
+                              "written by mckd")
+    for key, least in COUNTERS.items():
+        if key in metadata:
+            value = metadata[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise CheckpointError(f"checkpoint {source!r} has {key} {str(value)[:40]!r}; expected a whole number "
+                                      f">= {least}: it is damaged or was edited")
+    if "complete" in metadata and not isinstance(metadata["complete"], bool):
+        raise CheckpointError(f"checkpoint {source!r} has complete {str(metadata['complete'])[:40]!r}; expected "
+                              "true or false")
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {source!r} holds NaN or infinite values in {sorted(bad)[:5]}"
+                              f"{' and more' if len(bad) > 5 else ''}; a model with them predicts nonsense: use an "
+                              "earlier checkpoint, or train again")
+
+
+def check_resume_point(iteration: int, total: int, source: str) -> None:
+    """A resumed run's checkpoint must lie within the run: at most its ``total`` iterations."""
+    if iteration > total:
+        raise CheckpointError(f"checkpoint {source!r} is at iteration {iteration}, past the end of this run "
+                              f"({total} iterations): resume with train.iterations >= {iteration} (or the epochs "
+                              "that make them), or evaluate it as it is with `mckd evaluate`")
 
 
 def _pickle_kind(path: Path) -> str:
@@ -90,6 +141,11 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], p
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    kinds = sorted(k for k in set(state) & set(expected) if _kind(state[k]) != _kind(expected[k]))
+    if kinds:  # copying integer "weights" into float parameters would silently give a chance-level model
+        raise CheckpointError(f"checkpoint {source!r} holds " + ", ".join(
+            f"{k} as {state[k].dtype} (the model's is {expected[k].dtype})" for k in kinds[:5])
+            + "; it is damaged or was not written by mckd")
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -103,6 +159,15 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], p
             f"checkpoint {source!r} does not match this model configuration: " + "; ".join(parts)
         )
     module.load_state_dict(state)
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    """floating, complex, bool or integer: what a tensor's dtype is, beyond its width."""
+    if tensor.is_floating_point():
+        return "floating"
+    if tensor.is_complex():
+        return "complex"
+    return "bool" if tensor.dtype == torch.bool else "integer"
 
 
 # --- Training state: optimiser and scheduler state dicts, RNG states -------------------------

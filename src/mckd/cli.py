@@ -55,14 +55,29 @@ def cmd_train(args: argparse.Namespace) -> None:
 
             print(markdown_table(rows))
     else:
+        from mckd.config import input_paths
         from mckd.train import claim_run_directory
 
         # A new run's config is checked before its directory is claimed; a resumed run's is read under the claim.
-        config = None if args.resume else _config_of(args, out)
-        with claim_run_directory(out, bool(args.resume), args.force):  # held through the evaluation
+        config = _resumable(out) if args.resume else _config_of(args, out)
+        # the run's own config.yaml, read whole already, is rewritten by the new run: it is not lost
+        own = not args.resume and Path(args.config).resolve() == (out / "config.yaml").resolve()
+        inputs = [*([] if own else [args.config]), *input_paths(config)] if config is not None else []
+        with claim_run_directory(out, bool(args.resume), args.force, inputs=inputs):  # held through the evaluation
             _print_evaluation(_train_one(args, out, config or _config_of(args, out)))
     if distributed.is_main():
         print(f"run directory: {out}")
+
+
+def _resumable(out: Path) -> None:
+    """``--resume RUN``: RUN must be a run directory of mckd train (said before anything is claimed)."""
+    from mckd.runs import RunDir
+
+    if not RunDir(out).config.is_file():
+        checkpoint = "" if RunDir(out).checkpoint.is_file() else " and no checkpoint"
+        what = "does not exist" if not out.exists() else f"has no config.yaml{checkpoint}"
+        raise MckdError(f"cannot resume {str(out)!r}: it {what} (not a run directory of mckd train)")
+    return None
 
 
 def _config_of(args: argparse.Namespace, out: Path) -> Any:
@@ -108,10 +123,12 @@ def _print_evaluation(result, samples: str = "test samples") -> None:
 def _segment_options(args: argparse.Namespace) -> "object":
     from mckd.segment import SegmentOptions
 
+    from mckd.bounds import check_bound
+
     for name in ("et_min_voxels", "min_component_voxels"):
         value = getattr(args, name, None)
-        if value is not None and value < 0:
-            raise MckdError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if value is not None:
+            check_bound("voxel_threshold", value, f"--{name.replace('_', '-')}")
     return SegmentOptions(tta=args.tta, et_min_voxels=args.et_min_voxels, min_component_voxels=args.min_component_voxels,
                           largest_component=args.largest_component,
                           probabilities=getattr(args, "probabilities", False))
@@ -141,7 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     outside = out is not None and not out.resolve().is_relative_to(run.resolve())
     # The run is claimed (not while it trains), or, for --data --out elsewhere, that output: a read-only run evaluates.
     target, what = (out, "evaluation folder") if outside else (run, "run directory")
-    with claim_output(target, replace=True, kind="dir", what=what):
+    from mckd.data.recorded_split import accept_changed_data
+
+    with claim_output(target, replace=True, kind="dir", what=what), accept_changed_data(args.accept_changed_data):
         if not run.is_dir():
             raise MckdError(f"run directory {str(run)!r} does not exist")
         _evaluate(args)
@@ -169,6 +188,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     subsets = args.subsets
     if subsets not in ("all", "observed"):
         subsets = [s.split("+") for s in subsets.split(",")]
+        for subset in subsets:
+            if not all(name.strip() for name in subset):
+                raise MckdError(f"--subsets {args.subsets!r}: expected all, observed, or subsets of sequence names "
+                                "joined by + and separated by commas, e.g. flair+t1ce,t1ce")
+            _distinct(subset, f"--subsets ({'+'.join(subset)})")
+        _distinct(["+".join(sorted(s)) for s in subsets], "--subsets")
     out = Path(args.out) if args.out else run.data_eval_dir(args.data)
     result = evaluate_run(run.path, args.device, data=args.data, data_format=args.format, labels=args.labels,
                           subsets=subsets, options=_segment_options(args), channels=_split_names(args.channels),
@@ -240,6 +265,8 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from mckd.predict import predict_files, predict_folder
 
+    if args.force and args.resume:
+        raise MckdError("--force overwrites the outputs that exist and --continue keeps them: give one of them")
     if args.input or args.output:
         if args.inputs or args.out or args.mask:
             raise MckdError("give either --input DIR --output DIR (a folder of cases) or MODALITY=FILE ... --out FILE "
@@ -261,6 +288,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if "=" not in item:
             raise MckdError(f"inputs are MODALITY=FILE (e.g. flair=case_flair.nii.gz), got {item!r}")
         name, path = item.split("=", 1)
+        from mckd.io import check_path
+
+        check_path(path, f"input {name}")
         if name in inputs:
             raise MckdError(f"sequence {name!r} is given twice")
         inputs[name] = path
@@ -283,6 +313,9 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
     subset = args.subset.split("+")
     _distinct(subset, "--subset")
+    figures = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff")
+    if not args.out.lower().endswith(figures):
+        raise MckdError(f"--out {args.out!r}: a figure's file name must end in {', '.join(figures)}")
     with claim_output(args.out, replace=True, kind="file", what="figure"):
         out = plot_case(args.run_dir, args.case, subset, args.out, args.slice, args.device)
     print(f"written: {out}")
@@ -324,6 +357,31 @@ def cmd_list(args: argparse.Namespace) -> None:
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
 # ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser.
 PREPARE_MODULES: list[str] = ["mckd.data.brats", "mckd.data.avmnist"]
+
+
+# Arguments that name files or folders (or a name that may be a file: --labels, --format): every one goes through
+# the one path validator (mckd.io.path_problem) as it is parsed, whichever command defines it.
+PATH_ARGUMENTS = {"config", "out", "resume", "run_dir", "data", "run_a", "run_b", "checkpoint", "input", "output",
+                  "mask", "source", "images", "labels", "recordings", "format"}
+
+
+def _path_argument(text: str) -> str:
+    from mckd.io import path_problem, shown
+
+    problem = path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{shown(text)!r} {problem}")
+    return text
+
+
+def _check_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """Give every path argument of ``parser`` and its subcommands the path validator as its type."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _check_path_arguments(sub)
+        elif action.dest in PATH_ARGUMENTS and action.type is None:
+            action.type = _path_argument
 
 
 class _Parser(argparse.ArgumentParser):
@@ -373,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(each case from what it has), or subsets like flair+t1ce,t1ce")
     p.add_argument("--out", help="with --data: output folder (default: RUN_DIR/eval_<DATA>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="the run's data changed since training (samples gone or relabelled): evaluate the test ids "
+                        "its data.json recorded that remain, with their current labels, and say so (default: refuse; "
+                        "the split is never re-drawn)")
     _add_segment_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -478,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="also list what this config's imports: register (methods, fusions, ... from outside mckd)")
     p.set_defaults(func=cmd_list)
+    _check_path_arguments(parser)
     return parser
 
 
@@ -495,7 +558,22 @@ class _VersionAction(argparse.Action):
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
+    from mckd.distributed import leave_closed_terminal
+
+    leave_closed_terminal(signum)
     raise Interrupted(signal.Signals(signum).name)
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C; returns the handlers they had (none outside the main thread)."""
+    if not _in_main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _format_warning(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
@@ -503,10 +581,23 @@ def _format_warning(message: Any, category: type, filename: str, lineno: int, li
     return f"mckd: warning: {' '.join(str(message).split())}\n"
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the machine's memory running out (Python's, torch's CPU allocator, CUDA)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def _error_line(error: BaseException) -> str:
+    """An error as one line, every huge value in it cut to 80 characters (a message names a value, it does not dump it)."""
+    from mckd.io import shown
+
+    return " ".join(shown(word) if len(word) > 200 else word for word in str(error).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM outside the training loop (start-up, set-up, evaluation, prepare, predict) unwinds like Ctrl-C:
-    # temporary files and staging folders are removed on the way out and one line says what happened.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _in_main_thread() else None
+    # SIGTERM and SIGHUP outside the training loop (start-up, set-up, evaluation, prepare, predict) unwind like
+    # Ctrl-C: temporary files and staging folders are removed on the way out and one line says what happened.
+    previous = _stop_on_signals()
     try:
         from mckd.provenance import set_command
 
@@ -516,14 +607,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mckd import distributed
         from mckd.threads import apply_threads
     except (KeyboardInterrupt, Interrupted) as stopped:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         print(f"mckd: {getattr(stopped, 'signal_name', 'SIGINT')} stopped mckd as it started; nothing was written",
               file=sys.stderr)
         return 130
     except BaseException:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         raise
     try:
         apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
@@ -540,7 +629,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mckd: {stopped}", file=sys.stderr)
         return 130
     except MckdError as error:
-        print(f"mckd: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"mckd: error: {_error_line(error)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        print(f"mckd: error: mckd {args.command} ran out of memory ({_error_line(error)[:160]}); ask for less: a "
+              "smaller model, batch (train.batch_size, eval.batch_size) or crop, or fewer workers", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as stopped:
         name = getattr(stopped, "signal_name", "SIGINT")
@@ -553,8 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
     return 0
 
 

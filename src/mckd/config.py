@@ -29,9 +29,9 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from mckd.errors import ConfigError
-from mckd.io import atomic_write_text, file_problem
+from mckd.io import atomic_write_text, file_problem, path_problem
 
-from mckd.registry import FOLDER_OR_CWD, PATH  # noqa: F401  (markers of path options; used here and by datasets)
+from mckd.registry import FOLDER_OR_CWD, PATH, PATH_UNDER_ROOT  # noqa: F401  (path markers; datasets use them)
 
 INT64 = (-(2**63), 2**63 - 1)  # what torch and NumPy can hold; a larger integer in a config is a mistake
 MAX_SEED = 2**32 - 1  # NumPy's legacy seed range (torch's is wider)
@@ -92,6 +92,11 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"{path}.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.step_epochs > 0, f"{path}.step_epochs must be > 0, got {self.step_epochs}")
         _check(0 < self.gamma <= 1, f"{path}.gamma must be in (0, 1], got {self.gamma}")
+        _check(0 <= self.momentum < 1, f"{path}.momentum must be in [0, 1), got {self.momentum}")
+        _check(not (self.optimizer == "sgd" and self.nesterov and self.momentum == 0),
+               f"{path}.nesterov needs {path}.momentum > 0 (Nesterov momentum without momentum is undefined)")
+        _check(self.poly_power >= 0, f"{path}.poly_power must be >= 0 (a negative power would raise the lr to "
+                                     f"infinity at the last iteration), got {self.poly_power}")
         _check(self.num_workers >= 0, f"{path}.num_workers must be >= 0")
         _check(self.log_every >= 1, f"{path}.log_every must be >= 1, got {self.log_every}")
         _check(self.checkpoint_every >= 0, f"{path}.checkpoint_every must be >= 0, got {self.checkpoint_every}")
@@ -321,6 +326,10 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
         if key not in fields:
             raise unknown_key_error(str(key), list(fields), path)
         kwargs[key] = _convert(value, hints[key], f"{path}.{key}" if path else key)
+        if fields[key].metadata.get("path") and isinstance(kwargs[key], str) and kwargs[key]:
+            problem = path_problem(kwargs[key], home=True)  # the one path validator, as for command-line paths
+            if problem:
+                raise ConfigError(f"{path}.{key} {_show(kwargs[key])} {problem}")
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing config key {(path + '.' if path else '') + name!r}")
@@ -400,14 +409,21 @@ def parse_yaml(text: str, source: str) -> Any:
     aliases, to more than :data:`MAX_YAML_VALUES` values (an alias bomb) are
     :class:`ConfigError` s, as is anything PyYAML cannot read.
     """
+    from mckd.bounds import BOUNDS, nesting_depth
+
+    limit = int(BOUNDS["nesting"].high())
+    what = "value " + _show(text, 60) + " " if source.startswith("--set") else ""
     try:
         value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
-        what = "value " + _show(text, 60) + " " if source.startswith("--set") else ""
         raise ConfigError(f"{source}: {what}is not valid YAML ({_one_line(error)})") from None
-    if _count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+    except RecursionError:  # PyYAML's parser recurses once per level
+        raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few") from None
+    if _count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:  # first: an alias bomb is counted, not walked
         raise ConfigError(f"{source} expands to more than {MAX_YAML_VALUES:,} values through its YAML aliases "
                           "(an alias bomb?); a config needs a few hundred")
+    if nesting_depth(value, limit) > limit:
+        raise ConfigError(f"{source}: {what}nests more than {limit} levels deep; a config needs a few")
     return value
 
 
@@ -426,13 +442,35 @@ def resolve_paths(config: "Config", base: str | Path | None = None) -> "Config":
             continue
         for option in dataclasses.fields(options):
             value = getattr(options, option.name)
-            if not (option.metadata.get("path") and isinstance(value, str)):
+            if not (option.metadata.get("path") and isinstance(value, str)) or option.metadata.get("under"):
                 continue
             if value and not Path(value).expanduser().is_absolute():
                 setattr(options, option.name, str((base / Path(value).expanduser()).resolve()))
             elif not value and option.metadata.get("empty") == "cwd":
                 setattr(options, option.name, str(base.resolve()))
     return config
+
+
+def input_paths(config: "Config") -> list[str]:
+    """Every file or folder a config reads (its :data:`PATH` options, and the ``path`` of nested sources), non-empty."""
+    found: list[str] = []
+
+    def visit(options: Any, base: str) -> None:
+        for option in dataclasses.fields(options):
+            value = getattr(options, option.name)
+            if isinstance(value, str) and value and option.metadata.get("path"):
+                under = option.metadata.get("under") and base and not Path(value).expanduser().is_absolute()
+                found.append(str(Path(base).expanduser() / Path(value).expanduser()) if under else value)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            for item in items:
+                if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                    visit(item, str(getattr(options, "root", "") or base))
+
+    for f in dataclasses.fields(config):
+        options = getattr(getattr(config, f.name), "options", None)
+        if dataclasses.is_dataclass(options):
+            visit(options, "")
+    return found
 
 
 def split_override(item: str) -> tuple[str, str]:

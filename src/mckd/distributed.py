@@ -14,7 +14,7 @@ one model replica per process. PyTorch's own engine does the work:
 - :func:`average_gradients` averages the importance weights' gradient before
   every step of their optimiser, so ``w`` is identical on every rank;
 - :func:`all_reduce_mean` reduces logged metrics;
-- :class:`StopRequest` turns SIGTERM / Ctrl-C on any rank into a stop that
+- :class:`StopRequest` turns SIGTERM / SIGHUP / Ctrl-C on any rank into a stop that
   every rank agrees on, at the same iteration.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every helper is a no-op and
@@ -87,9 +87,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device {name!r}: mckd runs on cpu or cuda (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ConfigError(f"train.device {name!r}: the CPU has no index (use cpu)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if device.index is None:
             count = torch.cuda.device_count()
             if local_rank >= count:
@@ -332,8 +339,31 @@ class ResumableDistributedSampler(DistributedSampler):
         return max(0, self.num_samples - self.start)
 
 
+# The signals that stop mckd cleanly: SIGTERM (a scheduler, kill), Ctrl-C, and SIGHUP (the terminal or ssh
+# session closed: training is checkpointed as for SIGTERM rather than lost).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def leave_closed_terminal(signum: int) -> None:
+    """After SIGHUP, point stdout and stderr at /dev/null where they were the closed terminal.
+
+    Writing to a terminal that has gone away fails (EIO); the checkpoint and
+    clean-up after the signal must not stop at a progress bar's next line.
+    """
+    if signum != signal.SIGHUP:
+        return
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            continue
+
+
 class StopRequest:
-    """SIGTERM or Ctrl-C (SIGINT) asks the training loop to stop cleanly.
+    """SIGTERM, SIGHUP or Ctrl-C (SIGINT) asks the training loop to stop cleanly.
 
     The handler only sets a flag; the loop calls :meth:`should_stop` once per
     iteration, then saves a checkpoint and leaves. A second signal of the same
@@ -345,7 +375,7 @@ class StopRequest:
     so every rank stops at the same iteration and the GPU is never waited for.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.requested = False
@@ -359,6 +389,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        leave_closed_terminal(signum)
         previous = self._previous.get(signum, signal.SIG_DFL)
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
@@ -391,7 +422,7 @@ class StopRequest:
 
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers leave SIGTERM / Ctrl-C to the main process.
+    """DataLoader ``worker_init_fn``: workers leave SIGTERM, SIGHUP and Ctrl-C to the main process.
 
     Otherwise Ctrl-C would end the workers while the main process is still
     saving its checkpoint. Workers exit with the main process anyway.

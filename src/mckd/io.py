@@ -37,7 +37,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from mckd import distributed
 from mckd.errors import MckdError, OutputInUse
@@ -104,6 +104,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
     if not (every_rank or distributed.is_main()):
         return
     path = Path(path)
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # renaming over a device (as root: /dev/null) breaks it
+            raise MckdError(f"cannot write {str(path)!r}: it {file_problem(path)}; mckd writes only regular files")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
@@ -172,11 +176,83 @@ class AppendLog:
             self._stream.close()
 
 
-# --- reading: a path that must be a regular file ----------------------------------------------------
+# --- paths: the one validator, and a path that must be a regular file -------------------------------------
+
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS and most file systems)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def shown(text: Any, limit: int = 80) -> str:
+    """``text`` for a message, cut to ``limit`` characters (an error names a value; it does not print a huge one)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def path_problem(path: str | Path, home: bool = False) -> str:
+    """Why ``path`` cannot be a path on this machine ("" when it can): a NUL byte, a name or path too long.
+
+    ``home``: ``~`` and ``~user`` stand for home folders (config values); an unknown user is a problem.
+    On the command line the shell expands them, and a ``~`` that reaches mckd is part of a name.
+    """
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        return f"is a {type(path).__name__}, not a path"
+    if not text:
+        return "is empty"
+    if "\x00" in text:
+        return "contains a NUL byte, which no file name can hold"
+    if home and text.startswith("~"):
+        try:
+            text = os.fspath(Path(text).expanduser())
+        except RuntimeError:
+            return f"names the home folder of {text.split('/')[0]!r}, an unknown user"
+    encoded = text.encode("utf-8", "surrogateescape")
+    if len(encoded) >= PATH_MAX:
+        return f"is {len(encoded):,} bytes long; paths hold at most {PATH_MAX - 1:,}"
+    longest = max(text.split("/"), key=lambda part: len(part.encode("utf-8", "surrogateescape")))
+    size = len(longest.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        which = "" if longest == text else f" ({shown(longest, 40)})"
+        return f"has a name of {size:,} bytes{which}; file systems allow at most {NAME_MAX}"
+    return ""
+
+
+def name_problem(name: str, forbidden: str = "") -> str:
+    """Why ``name`` cannot be one file or folder name ("" when it can): empty, ``.``, ``..``, a ``/`` or NUL,
+    too long, or holding one of ``forbidden`` (characters that mean something else where the name is used)."""
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return "is '.' or '..', a folder's name"
+    bad = sorted({c for c in name if c in "/\x00" + forbidden})
+    if bad:
+        return f"holds {', '.join(repr(c) for c in bad)}, which cannot be part of it"
+    if name != name.strip():
+        return "begins or ends with a space"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"is {len(name.encode('utf-8', 'surrogateescape')):,} bytes long; names hold at most {NAME_MAX}"
+    return ""
+
+
+def check_path(path: str | Path, what: str, home: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or an :class:`MckdError` saying why it cannot be one.
+
+    The one validator of every path mckd is given: command-line options, config
+    values (``home``: ``~`` expanded), arguments of the Python API, and every
+    output the guard claims.
+    """
+    problem = path_problem(path, home)
+    if problem:
+        raise MckdError(f"{what} {shown(path)!r} {problem}")
+    path = Path(path)
+    return path.expanduser() if home and str(path).startswith("~") else path
 
 
 def file_problem(path: str | Path) -> str:
     """Why ``path`` cannot be read as a regular file ("" when it can): missing, a folder, a FIFO, a device."""
+    problem = path_problem(path)
+    if problem:
+        return problem
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -195,6 +271,22 @@ def file_problem(path: str | Path) -> str:
     if stat.S_ISSOCK(mode):
         return "is a socket, not a regular file"
     return "is not a regular file"
+
+
+def folder_problem(path: str | Path) -> str:
+    """Why ``path`` cannot be read as a folder ("" when it can): missing, a file, not readable."""
+    problem = path_problem(path)
+    if problem:
+        return problem
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return ""
+    return "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
 
 
 # --- the output guard ---------------------------------------------------------------------------------
@@ -259,19 +351,65 @@ def lock_path(path: str | Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
-def _holder(lock: Path) -> str:
-    """Who holds ``lock``, from what the holder wrote into it."""
+def _lock_info(lock: Path) -> dict[str, Any]:
+    """What the holder of ``lock`` wrote into it (empty when unreadable: a holder that is still writing it)."""
     try:
         info = json.loads(lock.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict) or "pid" not in info:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, from what the holder wrote into it."""
+    info = _lock_info(lock)
+    if "pid" not in info:
         return "another process"
     where = f" on {info['host']}" if info.get("host") and info["host"] != socket.gethostname() else ""
-    return f"process {info['pid']}{where} (`{info.get('command', '?')}`, since {info.get('started', '?')})"
+    return f"process {info['pid']}{where} (`{_short(info.get('command', '?'))}`, since {info.get('started', '?')})"
 
 
-def _acquire(path: Path) -> int:
+def _short(text: Any, limit: int = 200) -> str:
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _held_by_another(lock: Path) -> bool:
+    """Whether another process holds the claim of ``lock`` (a lock file left by an ended process is not held)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the shared lock taken to test it
+    return False
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a claim made for its lock, deepest first, where the command left nothing in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _acquire(path: Path, replaces: bool) -> int:
     lock = lock_path(path)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +437,7 @@ def _acquire(path: Path) -> int:
     from mckd.provenance import command_line
 
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "replaces": replaces}
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())
@@ -312,32 +450,146 @@ def _release(path: Path, fd: int) -> None:
     os.close(fd)
 
 
+# --- what mckd may replace: its own outputs, recognised by the record each one holds ------------------------
+
+
+def _json_value(path: Path, key: str) -> Any:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def recognise_output(path: str | Path) -> str | None:
+    """Which mckd output the folder ``path`` is, by the record mckd writes into it; None when it is none.
+
+    ``"run directory"`` (``config.yaml`` with ``checkpoint.safetensors``: ``mckd train``), ``"multi-seed
+    folder"`` (``seeds.json`` or ``seed_<s>/`` runs), ``"cache"`` (``dataset.json`` of an ``mckd-`` format:
+    ``mckd prepare seg``), ``"prediction folder"`` (``predict.json``) or ``"evaluation folder"``
+    (``evaluation.json``).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "config.yaml").is_file() and (path / "checkpoint.safetensors").is_file():
+        return "run directory"
+    if (path / "seeds.json").is_file() or any((seed / "checkpoint.safetensors").is_file()
+                                              for seed in path.glob("seed_*")):
+        return "multi-seed folder"
+    if str(_json_value(path / "dataset.json", "format") or "").startswith("mckd-"):
+        return "cache"
+    if (path / "predict.json").is_file():
+        return "prediction folder"
+    if (path / "evaluation.json").is_file():
+        return "evaluation folder"
+    return None
+
+
+def _listing(folder: Path, limit: int = 3) -> str:
+    """A few names of what ``folder`` holds, for a message."""
+    with contextlib.suppress(OSError):
+        names = sorted(entry.name for entry in folder.iterdir())
+        shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+        return f" ({shown})"
+    return ""
+
+
+def _check_replaceable(path: Path, what: str) -> None:
+    """``--force`` deletes ``path``: only an mckd ``what`` of its own, a real folder (not a link to one)."""
+    if path.is_symlink():
+        raise MckdError(f"{what} {str(path)!r} is a symbolic link (to {os.readlink(path)!r}); mckd replaces only a "
+                        "real folder, never through a link: pass the folder itself, or another path")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    found = recognise_output(path)
+    if found is None:
+        raise MckdError(f"{str(path)!r} holds files mckd did not write{_listing(path)}; mckd replaces only its own "
+                        f"outputs, even with --force: choose a new or empty folder for the {what}")
+    if found != what:
+        raise MckdError(f"{str(path)!r} is a {found}, not a {what}; --force replaces only a {what}: choose "
+                        "another folder")
+
+
+def _check_inputs(path: Path, inputs: Sequence[str | Path], replaces: bool, kind: str) -> None:
+    """No output is written over a file this command reads, and a replaced folder holds none of them.
+
+    (A folder written into, not replaced, may be an input's folder: only the files it names are written.)
+    """
+    target = path.resolve()
+    for item in inputs:
+        if not str(item):
+            continue
+        try:
+            source = Path(item).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if (source == target and kind == "file") or (replaces and source.is_relative_to(target)):
+            where = "is" if source == target else "is inside"
+            raise MckdError(f"the output {str(path)!r} would destroy {str(item)!r}, which this command reads (it "
+                            f"{where} the output); choose another output")
+
+
+def _check_surroundings(path: Path, what: str, replaces: bool) -> None:
+    """Refuse a claim inside an output another process is replacing, or a replacement of a folder in use inside."""
+    resolved = path.resolve()
+    for ancestor in resolved.parents:
+        if str(ancestor) in _HELD:
+            continue
+        lock = lock_path(ancestor)
+        if lock.exists() and _held_by_another(lock) and _lock_info(lock).get("replaces", True):
+            raise OutputInUse(f"{what} {str(path)!r} is inside {str(ancestor)!r}, which {_holder(lock)} is "
+                              "replacing (it would be deleted with it); wait for it to end, or write elsewhere")
+    if not (replaces and resolved.is_dir() and not path.is_symlink()):
+        return
+    for folder, subfolders, files in os.walk(resolved):
+        for name in files:
+            if name.startswith(".") and name.endswith(".lock"):
+                lock = Path(folder) / name
+                inner = Path(folder) / name[1 : -len(".lock")]
+                if str(inner) not in _HELD and _held_by_another(lock):
+                    raise OutputInUse(f"{str(inner)!r}, inside the {what} {str(path)!r} that --force would replace, "
+                                      f"is in use by {_holder(lock)}; wait for it to end or stop it")
+
+
 @contextlib.contextmanager
 def claim_output(path: str | Path, replace: bool = False, kind: str = "file", what: str = "output",
-                 hint: str = "pass --force to replace it") -> Iterator[Path]:
+                 hint: str = "pass --force to replace it", replaces: bool = False,
+                 inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
     """Claim ``path`` for writing, for the duration of the ``with`` block (the output guard).
 
     Args:
         path: the output file or folder.
-        replace: whether an existing output may be replaced (``--force``);
-            an empty folder is never in the way.
+        replace: whether an existing output may be written over or into (``--force``, or a
+            command that writes into a run); an empty folder is never in the way.
         kind: ``"file"`` or ``"dir"``: an existing output of the other kind is refused.
         what: what the output is, for the messages ("run directory", "cache").
         hint: what the refusal of an existing output tells the user to do.
+        replaces: the command deletes what is at ``path`` and puts its own in its place
+            (``mckd train --force``, ``mckd prepare seg --force``). The ownership rule:
+            only an mckd output of that kind (:func:`recognise_output`), a real folder
+            rather than a link to one, none of whose contents another process is writing.
+        inputs: files and folders the command reads: ``path`` may not be one of them,
+            and a folder it replaces may not hold one.
 
     Raises:
-        OutputInUse: another process holds the claim (the message names it).
-        MckdError: the output exists (without ``replace``), is of the wrong
-            kind, or its folder cannot be written (read-only, full, no permission).
+        OutputInUse: another process holds the claim, or is replacing a folder ``path`` is
+            inside, or (``replaces``) writes inside ``path`` (the message names it).
+        MckdError: the output exists (without ``replace``), is of the wrong kind, is not
+            mckd's own (``replaces``), is an input, or its folder cannot be written
+            (read-only, full, no permission).
 
     Reentrant within one process; a no-op on other ranks than 0 under torchrun.
     """
-    path = Path(path)
+    path = check_path(path, what)
     if not distributed.is_main():
         yield path
         return
+    _check_inputs(path, inputs, replaces, kind)
     key = str(path.resolve())
     if key in _HELD:
+        if replaces:
+            _check_replaceable(path, what)
         _HELD[key][1] += 1
         try:
             yield path
@@ -346,13 +598,21 @@ def claim_output(path: str | Path, replace: bool = False, kind: str = "file", wh
         return
     if path.exists() or path.is_symlink():
         if kind == "dir" and not path.is_dir():
-            raise MckdError(f"{what} {str(path)!r} is a file, not a folder; choose another path")
+            state = "a broken symbolic link" if not path.exists() else "a file, not a folder"
+            raise MckdError(f"{what} {str(path)!r} is {state}; choose another path")
         if kind == "file" and path.is_dir():
             raise MckdError(f"{what} {str(path)!r} is a folder, not a file; choose another path")
+        problem = file_problem(path) if kind == "file" and path.exists() else ""
+        if problem:  # a device, a FIFO, a socket: replacing it (as root, /dev/null) would break the machine
+            raise MckdError(f"{what} {str(path)!r} {problem}; mckd writes only regular files: choose another path")
+        if replaces:
+            _check_replaceable(path, what)
         empty_folder = path.is_dir() and not any(path.iterdir())
         if not replace and not empty_folder:
             raise MckdError(f"{what} {str(path)!r} exists; {hint}")
-    fd = _acquire(path)
+    _check_surroundings(path, what, replaces)
+    made = _missing_folders(path.parent)  # made for the lock: removed again if the command writes nothing there
+    fd = _acquire(path, replaces)
     _HELD[key] = [fd, 1]
     try:
         remove_stale_temporaries(path)
@@ -360,6 +620,7 @@ def claim_output(path: str | Path, replace: bool = False, kind: str = "file", wh
     finally:
         del _HELD[key]
         _release(path, fd)
+        _remove_if_empty(made)
 
 
 def holds_claim(path: str | Path) -> bool:

@@ -28,6 +28,8 @@ KINDS = ("data", "model", "task", "method")
 # Field metadata of an options dataclass: the value is a path, resolved against the folder it was given in
 # (``field(default="", metadata=PATH)``), so a run stores an absolute path and evaluates from anywhere.
 PATH = {"path": True}
+# A file or folder of a nested source, relative to its dataset's ``root`` (the ``files`` dataset's sources).
+PATH_UNDER_ROOT = {"path": True, "under": "root"}
 # The same for a folder whose empty value means the current folder (the ``files`` dataset's ``root``): a run
 # stores that folder, so the paths relative to it still resolve from elsewhere.
 FOLDER_OR_CWD = {"path": True, "empty": "cwd"}

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 
 from mckd.errors import MckdError
-from mckd.io import atomic_write, atomic_write_text
+from mckd.io import atomic_write, atomic_write_text, file_problem
 
 Row = dict[str, Any]
 
@@ -74,8 +74,10 @@ def write_table(rows: Sequence[Row], stem: str | Path, title: str = "", notes: s
 def read_table(path: str | Path) -> list[Row]:
     """Read a CSV table written by :func:`write_table`; numbers become floats."""
     path = Path(path)
-    if not path.is_file():
-        raise MckdError(f"table {str(path)!r} does not exist; evaluate the run first (mckd evaluate)")
+    problem = file_problem(path)
+    if problem:
+        raise MckdError(f"table {str(path)!r} {problem}" + ("; evaluate the run first (mckd evaluate)"
+                                                            if problem == "does not exist" else ""))
     rows = []
     try:
         with path.open(encoding="utf-8") as stream:

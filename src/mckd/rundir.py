@@ -134,7 +134,7 @@ class RunDir:
         """The table to compare (``subsets`` or ``observed``): a multi-seed directory's aggregate, or a run's."""
         stems = {"subsets": (self.aggregate, self.subsets), "observed": (self.aggregate_observed, self.observed)}[table]
         for candidate in (stem.with_suffix(".csv") for stem in stems):
-            if candidate.is_file():
-                return candidate
+            if candidate.exists() or candidate.is_symlink():
+                return candidate  # whatever it is: reading it says what is wrong (a folder, a device)
         raise MckdError(f"{str(self.path)!r} has no {table}.csv or eval/{table}.csv: pass a run directory made by "
                         "mckd train (evaluated) or a multi-seed directory")

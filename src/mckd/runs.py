@@ -18,6 +18,7 @@ import torch
 from mckd import distributed
 from mckd.build import Experiment, build_experiment, build_method, build_model
 from mckd.checkpoint import load_checkpoint, load_state_into
+from mckd.data.recorded_split import recorded_split
 from mckd.config import Config, config_from_dict
 from mckd.errors import CheckpointError, ConfigError, MckdError
 from mckd.evaluation import Evaluation, evaluate, missingness_patterns
@@ -76,7 +77,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Experiment:
     config = checkpoint_config(metadata, run.checkpoint)
     config.train.device = device
     apply_threads(config.train.threads)
-    experiment = build_experiment(config)
+    with recorded_split(run.data):  # the run's own split, as data.json recorded it: never re-drawn
+        experiment = build_experiment(config)
     load_state_into(experiment.model, tensors, "model.", str(run.checkpoint))
     experiment.model.to(distributed.resolve_device(device))
     return experiment

@@ -92,6 +92,10 @@ def evaluate_cases(loaded: Any, task: Any, cases: Sequence[CaseFiles], modalitie
     """
     if not cases:
         raise DataError("evaluation: no labelled case to evaluate")
+    unknown = sorted({m for s in subsets for m in s} - set(loaded.model.modalities)) if not isinstance(subsets, str) else []
+    if unknown:  # a subset the model cannot take would make a table of 0 cases
+        raise DataError(f"--subsets names {unknown}, which the run does not take; its sequences: "
+                        f"{', '.join(loaded.model.modalities)}")
     rank, size = distributed.rank_and_size()
     mine: list[Row] = []
     for files in list(cases)[rank::size]:

@@ -53,6 +53,9 @@ def apply_threads(setting: int = 0) -> int:
         setting: a positive count, used as given; 0 (auto): the user's choice
             if they made one (:func:`chosen_by_user`), else :data:`AUTO_THREADS`.
     """
+    from mckd.bounds import check_bound
+
+    setting = int(check_bound("threads", setting, "train.threads"))  # more threads than CPUs: capped, with a warning
     if setting <= 0:
         if chosen_by_user():
             return torch.get_num_threads()

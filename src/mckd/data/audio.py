@@ -42,6 +42,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from mckd.errors import DataError
+from mckd.io import file_problem, folder_problem
 
 Recipe = Literal["smil", "clean"]
 RECIPES: tuple[str, ...] = ("smil", "clean")
@@ -60,8 +61,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         DataError: naming the file, when it is missing, not a PCM WAV, or empty.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"WAV file {str(path)!r} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"WAV file {str(path)!r} {problem}")
     try:
         with wave.open(str(path), "rb") as stream:
             channels, width, rate, frames = (stream.getnchannels(), stream.getsampwidth(),
@@ -113,8 +115,9 @@ def list_fsdd(folder: str | Path, speakers: Sequence[str] = FSDD_SPEAKERS) -> li
         DataError: when the folder is missing or a requested speaker has no recording.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"FSDD recordings folder {str(folder)!r} does not exist")
+    problem = folder_problem(folder)
+    if problem:
+        raise DataError(f"FSDD recordings folder {str(folder)!r} {problem}")
     wanted = set(speakers)
     found: list[Recording] = []
     for path in folder.iterdir():

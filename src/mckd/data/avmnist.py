@@ -36,9 +36,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from mckd.io import atomic_write
+from mckd.io import atomic_write, file_problem
 from mckd.data.audio import FSDD_SPEAKERS, N_FRAMES, N_MFCC, RECIPES, list_fsdd, mfcc, read_wav
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
+from mckd.data.recorded_split import split_record, use_recorded_split
 from mckd.data.idx import read_mnist
 from mckd.registry import PATH
 from mckd.errors import ConfigError, DataError
@@ -128,7 +129,7 @@ def prepare_avmnist(
         raise DataError(f"{str(out)!r} exists; pass --force to replace it")
     from mckd.io import claim_output
 
-    with claim_output(out, replace=True, kind="file", what="prepared AV-MNIST file"):  # one writer; a read-only place fails now
+    with claim_output(out, replace=True, kind="file", what="prepared AV-MNIST file", inputs=[images, labels, recordings]):  # one writer; a read-only place fails now
         if val_per_digit < 0:
             raise DataError(f"--val-per-digit must be >= 0, got {val_per_digit}")
         mnist_images, mnist_labels = read_mnist(images, labels)
@@ -172,8 +173,9 @@ def load_prepared(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prepared AV-MNIST file {str(path)!r} does not exist; make it with `mckd prepare avmnist "
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"prepared AV-MNIST file {str(path)!r} {problem}; make it with `mckd prepare avmnist "
                         f"--recipe smil --out {path}` (see the README)")
     try:
         with safe_open(str(path), framework="numpy") as handle:
@@ -234,7 +236,9 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
     :func:`mckd.build.build_experiment`).
     """
     arrays, metadata = load_prepared(options.path)
-    split = arrays["split"]
+    rows = [str(r) for r in range(len(arrays["split"]))]  # a sample's id: its row in the prepared file
+    labels = [str(v) for v in arrays["label"].tolist()]
+    split = use_recorded_split(rows, labels, arrays["split"].astype(np.int64))
     train = (split == 0) | ((split == 1) & options.train_on_val)
     pixels = arrays["image"].astype(np.float32) / 255.0
     if options.image_range == "symmetric":
@@ -262,7 +266,7 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
         input_shapes={m: shapes[m] for m in options.modalities},
         info={"source": str(options.path), "recipe": metadata["recipe"], "prepare_seed": metadata["seed"],
               "speakers": metadata["speakers"], "sizes": {n: int((split == c).sum()) for c, n in enumerate(SPLITS)},
-              "val_in_train": options.train_on_val},
+              "val_in_train": options.train_on_val, **split_record(rows, labels, split)},
     )
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from mckd.data.brats_cache import CachedCase, cache_plan, cache_scheme, read_dataset_record
 from mckd.data.bundle import DataBundle
+from mckd.data.recorded_split import recorded_cases
 from mckd.registry import PATH
 from mckd.data.labels import LabelScheme
 from mckd.errors import ConfigError, DataError
@@ -266,6 +267,7 @@ def build_brats(options: BratsOptions, seed: int) -> DataBundle:
         if lacking:
             print(f"mckd: warning: meta-validation cases {lacking} lack a sequence ({len(complete)} of "
                   f"{len(record['cases'])} cases have every one); the meta step uses every sequence")
+    splits = recorded_cases(record["cases"], splits)  # a run's own split, when it recorded one
     train_cases, val_cases, test_cases = (BratsCases(options.cache, ids, modalities, options.downsample) for ids in splits)
     spacing = train_cases.cases[0].meta.get("spacing", [1.0, 1.0, 1.0])
     scheme = cache_scheme(record)

@@ -185,10 +185,11 @@ def _summary(meta: dict[str, Any]) -> str:
 
 
 def worker_init() -> None:
-    """A prepare worker: dies with its parent (even a SIGKILLed one), leaves Ctrl-C and SIGTERM to it."""
+    """A prepare worker: dies with its parent (even a SIGKILLed one), leaves Ctrl-C, SIGHUP and SIGTERM to it."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool and removes the staging folder
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: likewise
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):
         import ctypes

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mckd.data.labels import CONVENTIONS, LabelScheme, convention, from_nnunet_labels
-from mckd.errors import DataError
+from mckd.errors import DataError, MckdError
 
 REGIONS = ("ET", "TC", "WT")  # order of region channels and metric columns
 
@@ -205,15 +205,17 @@ class Volume:
     zooms: tuple[float, ...] = field(default=())
 
 
-def read_nifti(path: Path, what: str = "image") -> Volume:
-    """Read a 3D NIfTI file; an unreadable or truncated file or a non-3D one is a :class:`DataError`."""
-    import nibabel as nib
-
+def _load_nifti(path: Path, what: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    """``(image, array, affine)`` of a NIfTI file, checked: readable, not empty, not too large (before its voxels
+    are read), a finite affine, and real values that float32 holds (after the header's scale slope)."""
     import warnings
 
+    import nibabel as nib
+
+    from mckd.bounds import check_size
+    from mckd.data.values import check_real
     from mckd.io import file_problem
 
-    path = Path(path)
     problem = file_problem(path)
     if problem:
         raise DataError(f"{path} ({what}) {problem}")
@@ -224,24 +226,42 @@ def read_nifti(path: Path, what: str = "image") -> Volume:
             if 0 in tuple(image.shape):
                 raise DataError(f"{path} ({what}) has shape {tuple(image.shape)}: an empty volume; expected a 3D "
                                 "volume with voxels")
+            try:
+                check_size("voxels", tuple(image.shape), image.get_data_dtype().itemsize, f"{path} ({what})")
+            except MckdError as error:
+                raise DataError(str(error)) from None
             affine = np.asarray(image.affine, dtype=np.float64)
             array = np.asanyarray(image.dataobj)
     except DataError:
         raise
     except Exception as error:  # nibabel raises many types for bad files (EOFError, zlib.error, ImageFileError...)
         raise DataError(
-            f"{path} ({what}) is not a readable NIfTI file ({type(error).__name__}: {error}); "
+            f"{path} ({what}) is not a readable NIfTI file ({type(error).__name__}: {' '.join(str(error).split())[:160]}); "
             "it may be truncated or corrupt: download or extract it again"
         ) from None
+    check_affine(affine, path, what)
+    slope = float(getattr(image.dataobj, "slope", 1.0))  # nibabel applies the header's scl_slope as it reads
+    check_real(array, f"{path} ({what})", f" (its header's scale slope scl_slope is {slope:g})" if slope != 1.0 else "")
+    return image, array, affine
+
+
+def check_affine(affine: np.ndarray, path: Path | str, what: str) -> np.ndarray:
+    """A NIfTI affine must be finite (a damaged header's NaN would fail deep inside a resampling)."""
+    if not np.isfinite(affine).all():
+        raise DataError(f"{path} ({what}) has NaN or Inf in its affine (voxel-to-world matrix) "
+                        f"{affine.round(3).tolist()}; its header is damaged: fix or re-export the file")
+    return affine
+
+
+def read_nifti(path: Path, what: str = "image") -> Volume:
+    """Read a 3D NIfTI file; an unreadable or truncated file or a non-3D one is a :class:`DataError`."""
+    path = Path(path)
+    image, array, affine = _load_nifti(path, what)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataError(f"{path} ({what}) has shape {array.shape}; expected a 3D volume")
-    if not np.isfinite(affine).all():
-        raise DataError(f"{path} ({what}) has NaN or Inf in its affine (voxel-to-world matrix) "
-                        f"{affine.round(3).tolist()}; its header is damaged: fix or re-export the file")
-    return Volume(path, array, affine, image.header,
-                  tuple(float(z) for z in image.header.get_zooms()[:3]))
+    return Volume(path, array, affine, image.header, tuple(float(z) for z in image.header.get_zooms()[:3]))
 
 
 def check_finite(volume: Volume) -> None:
@@ -314,6 +334,14 @@ class CaseFiles:
     mask: str = ""
     absent: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        from mckd.io import name_problem
+
+        problem = name_problem(self.case_id)  # it names the case's cache folder and its predictions' files
+        if problem:
+            where = next(iter(self.images.values())).path if self.images else self.label
+            raise DataError(f"case id {self.case_id!r} (of {where}) {problem}")
+
 
 @dataclass
 class Case:
@@ -360,26 +388,14 @@ def layout_case_files(case: Path, layout: Layout, allow_missing: bool = False, n
 
 
 def read_nifti_4d(path: Path, what: str = "image") -> Volume:
-    """Read a 4D NIfTI file ``(X, Y, Z, C)`` (a 3D one is read as one channel); errors as :func:`read_nifti`."""
-    import nibabel as nib
-
+    """Read a 4D NIfTI file ``(X, Y, Z, C)`` (a 3D one is read as one channel); errors and checks as :func:`read_nifti`."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} ({what}) does not exist")
-    try:
-        image = nib.load(str(path))
-        array = np.asanyarray(image.dataobj)
-    except Exception as error:  # nibabel raises many types for bad files
-        raise DataError(
-            f"{path} ({what}) is not a readable NIfTI file ({type(error).__name__}: {error}); "
-            "it may be truncated or corrupt: download or extract it again"
-        ) from None
+    image, array, affine = _load_nifti(path, what)
     if array.ndim == 3:
         array = array[..., None]
     if array.ndim != 4:
         raise DataError(f"{path} ({what}) has shape {array.shape}; expected a 4D volume (X, Y, Z, channels)")
-    return Volume(path, array, np.asarray(image.affine, dtype=np.float64), image.header,
-                  tuple(float(z) for z in image.header.get_zooms()[:3]))
+    return Volume(path, array, affine, image.header, tuple(float(z) for z in image.header.get_zooms()[:3]))
 
 
 def _read_image(image: ImageFile, what: str, opened: dict[str, Volume]) -> Volume:

@@ -84,9 +84,26 @@ class DataBundle:
     info: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_modality_names(self.modalities, "the data's modalities")
+
     def task_facts(self) -> dict[str, Any]:
         """:attr:`facts` with ``num_classes``: what :func:`mckd.tasks.build_task` is given."""
         return {"num_classes": self.num_classes, **self.facts}
+
+
+def check_modality_names(names: Sequence[str], where: str) -> None:
+    """Modality names are plain and distinct: they join subsets (``flair+t1``), lists (``a,b``) and file names."""
+    from mckd.io import name_problem
+
+    for name in names:
+        problem = name_problem(name, forbidden="+,")
+        if problem:
+            raise DataError(f"{where}: modality name {name!r} {problem} (subsets are written like a+b, lists a,b); "
+                            "rename it")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise DataError(f"{where}: modality names {repeated} occur twice; each modality needs its own name")
 
 
 def presence(dataset: Dataset) -> torch.Tensor:

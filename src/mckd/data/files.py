@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from mckd.registry import FOLDER_OR_CWD
+from mckd.registry import FOLDER_OR_CWD, PATH_UNDER_ROOT
 from mckd.data.bundle import DataBundle
-from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_split
+from mckd.data.values import load_array, open_image
+from mckd.data.samples import ModalityRows, draw_split, encode_labels, make_bundle, parse_presence, parse_split
 from mckd.errors import ConfigError, DataError
+from mckd.io import file_problem
 from mckd.registry import register_dataset
 
 TABLES = (".csv", ".tsv", ".parquet")
@@ -48,8 +50,8 @@ PER_SAMPLE = (".npy", ".npz", ".nii.gz", ".nii", *IMAGES)
 class ModalitySource:
     """Where one modality's samples are (a key of ``data.modalities``)."""
 
-    path: str = ""  # a .npy/.npz file, a .csv/.tsv/.parquet table, or a folder of per-sample files (<id>.npy, .npz, .nii.gz, .png, ...)
-    ids: str = ""  # .npy only: a text file of sample ids, one per row; empty: the row numbers 0..S-1
+    path: str = field(default="", metadata=PATH_UNDER_ROOT)  # a .npy/.npz file, a .csv/.tsv/.parquet table, or a folder of per-sample files (<id>.npy, .npz, .nii.gz, .png, ...)
+    ids: str = field(default="", metadata=PATH_UNDER_ROOT)  # .npy only: a text file of sample ids, one per row; empty: the row numbers 0..S-1
     key: str = "data"  # .npz only: the array of samples (ids in 'id', an optional 'present' flag array)
     columns: list[str] = field(default_factory=list)  # tables: this modality's columns, names or globs ('lab_*'); empty: all but the id, label, split and presence columns
     presence_column: str = ""  # tables: a 0/1 or true/false column; 0/false: this modality is missing for that row
@@ -94,21 +96,40 @@ def read_table(path: Path, id_column: str) -> Any:
     """A table as a pandas DataFrame (``.csv``, ``.tsv``, ``.parquet``); ids read as text; unreadable: :class:`DataError`."""
     import pandas as pd
 
-    if not path.is_file():
-        raise DataError(f"table {str(path)!r} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"table {str(path)!r} {problem}")
     try:
         if path.suffix == ".parquet":
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
                 raise DataError(f"{path}: reading parquet needs pyarrow: pip install 'mckd[parquet]'") from None
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype={id_column: str}, low_memory=False)
+            table = pd.read_parquet(path)
+            repeated = sorted({str(c) for c in table.columns[table.columns.duplicated()]})
+            if repeated:
+                raise DataError(f"{path}: columns {repeated[:5]} appear more than once; every column needs its own name")
+            return table
+        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype={id_column: str}, low_memory=False)
+        _check_header(path)
+        return table
     except DataError:
         raise
     except Exception as error:  # pandas and pyarrow raise many kinds for a damaged file
         reason = " ".join(str(error).split())[:200]
         raise DataError(f"{path} is not a readable table ({type(error).__name__}: {reason})") from None
+
+
+def _check_header(path: Path) -> None:
+    """A column name given twice is an error (pandas would rename the second ``name.1`` and read on)."""
+    import csv
+
+    with path.open(encoding="utf-8", errors="replace", newline="") as stream:
+        header = next(csv.reader(stream, delimiter="\t" if path.suffix == ".tsv" else ","), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: columns {repeated[:5]} appear more than once in its header; every column needs "
+                        "its own name")
 
 
 def _ids_of(table: Any, column: str, path: Path) -> list[str]:
@@ -123,12 +144,7 @@ def _ids_of(table: Any, column: str, path: Path) -> list[str]:
 def _presence(table: Any, column: str, path: Path) -> np.ndarray:
     if column not in table.columns:
         raise DataError(f"{path} has no presence column {column!r}; its columns: {list(table.columns)[:12]}")
-    flags = table[column].astype(str).str.strip().str.lower()
-    mapping = {"1": True, "1.0": True, "true": True, "yes": True, "0": False, "0.0": False, "false": False, "no": False}
-    odd = sorted(set(flags) - set(mapping))
-    if odd:
-        raise DataError(f"{path}: presence column {column!r} holds {odd[:5]}; expected 0/1 or true/false")
-    return flags.map(mapping).to_numpy(dtype=bool)
+    return parse_presence(table[column].astype(str).to_numpy(), len(table), f"{path}: presence column {column!r}")
 
 
 def _table_columns(table: Any, source: ModalitySource, reserved: set[str], path: Path, name: str) -> list[str]:
@@ -157,21 +173,13 @@ def _numeric(table: Any, columns: list[str], path: Path, name: str) -> np.ndarra
     return values.to_numpy(dtype=np.float32)
 
 
-def _load_array(path: Path, what: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        reason = "it holds pickled objects, which mckd never loads" if "pickle" in str(error) else str(error)
-        raise DataError(f"{path} ({what}) is not a readable .npy/.npz file ({reason})") from None
-
-
 def _read_sample(path: Path, name: str) -> np.ndarray:
     """One sample's array from a per-sample file."""
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix.lower()
     if suffix == ".npy":
-        return _load_array(path, name)
+        return load_array(path, name)
     if suffix == ".npz":
-        arrays = _load_array(path, name)
+        arrays = load_array(path, name)
         if "data" not in arrays:
             raise DataError(f"{path} ({name}) has no array 'data'; it has {list(arrays.keys())}")
         return arrays["data"]
@@ -179,13 +187,7 @@ def _read_sample(path: Path, name: str) -> np.ndarray:
         from mckd.data.brats_layout import read_nifti
 
         return read_nifti(path, f"{name} sample").array.astype(np.float32)[None]  # (1, X, Y, Z)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image, dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"{path} ({name}) is not a readable image ({error})") from None
+    array = open_image(path, name)  # its pixel count checked before it is decoded
     return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)  # channels first
 
 
@@ -220,21 +222,31 @@ def read_modality(name: str, source: ModalitySource, options: FilesOptions) -> M
         present = _presence(table, source.presence_column, path) if source.presence_column else None
         return ModalityRows(name, ids, _numeric(table, columns, path, name), present, str(path))
     if lower.endswith(".npz"):
-        arrays = _load_array(path, name)
+        arrays = load_array(path, name)
         for key in ("id", source.key):
             if key not in arrays:
                 raise DataError(f"{path} ({name}) has no array {key!r}; it has {list(arrays.keys())}")
-        present = arrays["present"].astype(bool) if "present" in arrays else None
+        present = arrays["present"] if "present" in arrays else None  # read by samples.parse_presence
+        if arrays["id"].ndim != 1:
+            raise DataError(f"{path} ({name}): its array 'id' has shape {arrays['id'].shape}; expected one id per "
+                            "sample, [S]")
         return ModalityRows(name, [str(i) for i in arrays["id"].tolist()], arrays[source.key], present, str(path))
     if lower.endswith(".npy"):
-        values = _load_array(path, name)
+        values = load_array(path, name)
         if values.ndim < 2:
             raise DataError(f"{path} ({name}) has shape {values.shape}; expected samples first, [S, *shape]")
         if source.ids:
             ids_path = _resolve(options.root, source.ids)
-            if not ids_path.is_file():
-                raise DataError(f"{name}: the ids file {str(ids_path)!r} does not exist")
-            ids = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
+            problem = file_problem(ids_path)
+            if problem:
+                raise DataError(f"{name}: the ids file {str(ids_path)!r} {problem}")
+            try:
+                ids = [line.strip() for line in ids_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except UnicodeDecodeError as error:
+                raise DataError(f"the ids file {str(ids_path)!r} is not text (UTF-8): {error.reason} at byte "
+                                f"{error.start}; expected one sample id per line") from None
+            except OSError as error:
+                raise DataError(f"the ids file {str(ids_path)!r} cannot be read ({error.strerror or error})") from None
             if len(ids) != len(values):
                 raise DataError(f"{ids_path} lists {len(ids)} ids but {path} has {len(values)} rows")
         else:

@@ -96,6 +96,15 @@ def to_plan_grid(array: np.ndarray, affine: np.ndarray, plan: GridPlan, mode: st
     steps = _transforms(plan, mode)
     if not steps:
         return array, np.asarray(affine, dtype=np.float64)
+    if plan.spacing:  # the volume the resampling would make, checked before it is made
+        from mckd.bounds import BOUNDS
+
+        voxels = float(np.prod(array.shape[:3])) * float(np.prod(spacing_of(affine)) / np.prod(plan.spacing))
+        if voxels > BOUNDS["voxels"].high():
+            own = "x".join(f"{s:g}" for s in spacing_of(affine))
+            raise DataError(f"a volume of shape {tuple(array.shape[:3])} at {own} mm would become {voxels:,.0f} voxels "
+                            f"on the grid of {plan.describe()}; at most {BOUNDS['voxels'].high():,} "
+                            f"({BOUNDS['voxels'].why}): choose a larger --spacing")
     dtype = array.dtype
     image = _meta(array.astype(np.float32), affine)
     with warnings.catch_warnings():

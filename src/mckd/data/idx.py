@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mckd.errors import DataError
+from mckd.io import file_problem
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, columns)
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
@@ -27,8 +28,9 @@ _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype("
 def read_idx_bytes(path: str | Path) -> bytes:
     """The file's bytes, gunzipped when it is a gzip file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"IDX file {str(path)!r} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"IDX file {str(path)!r} {problem}")
     raw = path.read_bytes()
     if raw[:2] == _GZIP_MAGIC:
         try:

@@ -59,6 +59,9 @@ def subset_mask(modalities: Sequence[str], names: Sequence[str], what: str = "mi
     unknown = [name for name in names if name not in modalities]
     if unknown:
         raise ConfigError(f"{what} names {unknown}, which are not modalities of this dataset: {list(modalities)}")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{what} names {repeated} more than once; name each modality once")
     return torch.tensor([m in names for m in modalities], dtype=torch.bool)
 
 
@@ -85,6 +88,9 @@ def availability_mask(
     unknown = [name for name in rates if name not in modalities]
     if unknown:
         raise ConfigError(f"missing.rates names {unknown}, which are not modalities of this dataset: {list(modalities)}")
+    if all(float(rates.get(name, 1.0)) == 0.0 for name in modalities):
+        raise ConfigError(f"missing.rates {dict(rates)} leaves every training sample without a modality; a sample "
+                          "needs at least one (give one modality a rate above 0)")
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros(num_samples, len(modalities), dtype=torch.bool)
     for n, name in enumerate(modalities):

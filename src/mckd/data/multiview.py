@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
-from mckd.data.splits import stratified_split
+from mckd.data.recorded_split import split_record, use_recorded_split
+from mckd.data.splits import split_codes, stratified_split
 from mckd.registry import PATH
 from mckd.errors import ConfigError, DataError
+from mckd.io import file_problem
 from mckd.registry import register_dataset
 
 VIEWS: dict[str, int] = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
@@ -44,8 +46,9 @@ def default_csv_dir() -> Path:
 def read_view(csv_dir: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one view: features ``[2000, D_view]`` float32 and labels ``[2000]`` int64."""
     path = Path(csv_dir) / f"mfeat-{view}.csv"
-    if not path.is_file():
-        raise DataError(f"multi-view digits: {path} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"multi-view digits: {path} {problem}")
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
     except ValueError as error:
@@ -94,7 +97,10 @@ def build_multiview_digits(options: MultiviewDigitsOptions, seed: int) -> DataBu
         labels = view_labels
         views[view] = features
     assert labels is not None
-    train, val, test = stratified_split(labels, tuple(options.split), options.split_seed)  # type: ignore[arg-type]
+    drawn = stratified_split(labels, tuple(options.split), options.split_seed)  # type: ignore[arg-type]
+    rows = [str(r) for r in range(len(labels))]  # a sample's id: its row in the CSV files
+    codes = use_recorded_split(rows, [str(v) for v in labels], split_codes(len(labels), drawn))
+    train, val, test = (np.flatnonzero(codes == code) for code in range(3))
     for view, features in views.items():
         mean = features[train].mean(axis=0)
         std = features[train].std(axis=0)
@@ -111,5 +117,6 @@ def build_multiview_digits(options: MultiviewDigitsOptions, seed: int) -> DataBu
         test=subset(test),
         num_classes=int(labels.max()) + 1,
         input_shapes={v: (VIEWS[v],) for v in options.views},
-        info={"source": str(csv_dir), "sizes": {"train": len(train), "val": len(val), "test": len(test)}},
+        info={"source": str(csv_dir), "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+              **split_record(rows, [str(v) for v in labels], codes)},
     )

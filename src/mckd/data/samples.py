@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from mckd.data.bundle import DataBundle, MultiModalTensorDataset
-from mckd.data.splits import stratified_split
+from mckd.data.values import check_real
+from mckd.data.recorded_split import split_record, use_recorded_split
+from mckd.data.splits import split_codes, stratified_split
 from mckd.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -49,7 +51,8 @@ class ModalityRows:
         name: the modality.
         ids: ``[R]`` sample ids (strings), one per row.
         values: ``[R, *shape]`` float32.
-        present: optional bool ``[R]``: False where the source marks the modality missing for that row.
+        present: optional ``[R]`` flags as the source gives them (read by :func:`parse_presence`): false
+            where the source marks the modality missing for that row.
         source: where the rows came from (for messages).
     """
 
@@ -58,6 +61,51 @@ class ModalityRows:
     values: np.ndarray
     present: np.ndarray | None
     source: str
+
+
+_PRESENT = {"1", "1.0", "true", "t", "yes", "y", "present"}
+_ABSENT = {"0", "0.0", "false", "f", "no", "n", "absent", "missing"}
+
+
+def parse_presence(flags: Any, rows: int, where: str) -> np.ndarray:
+    """Presence flags as given (booleans, 0/1 numbers, or text such as "1"/"0", "true"/"false") -> bool ``[rows]``.
+
+    The one reader of presence flags, whatever their source: a text ``"0"`` is
+    absent (``astype(bool)`` would make every non-empty string present), and
+    anything that is not clearly present or absent (2, NaN, "maybe") is a
+    :class:`DataError` naming ``where`` and the values found.
+    """
+    values = np.asarray(flags)
+    if values.ndim != 1 or len(values) != rows:
+        raise DataError(f"{where} have shape {tuple(values.shape)}; expected one flag per row ({rows})")
+    if values.dtype == bool:
+        return values.copy()
+    if values.dtype.kind in "iuf":
+        odd = sorted({str(v) for v in values[~np.isin(values, (0, 1))].tolist()})
+        if odd:
+            raise DataError(f"{where} holds {odd[:5]}; expected 0 or 1 (or true/false)")
+        return values == 1
+    if values.dtype.kind in "USO":
+        text = np.array([str(v).strip().lower() for v in values.tolist()], dtype=object)
+        odd = sorted(set(text.tolist()) - _PRESENT - _ABSENT)
+        if odd:
+            raise DataError(f"{where} holds {[_clip(v) for v in odd[:5]]}; expected 0/1 or true/false")
+        return np.isin(text, list(_PRESENT))
+    raise DataError(f"{where} are of type {values.dtype}; expected booleans, 0/1 or true/false")
+
+
+def presence_by_name(present: Mapping[str, Any] | None, modalities: Sequence[str], where: str) -> dict[str, Any]:
+    """``present`` (modality name -> flags) checked to name only ``modalities``; the flags are read by :func:`align`."""
+    present = dict(present or {})
+    unknown = sorted(str(k) for k in present if k not in modalities)
+    if unknown:
+        raise DataError(f"{where} names {unknown}, which are not modalities ({', '.join(modalities)}); a typo would "
+                        "silently leave every sample present")
+    return present
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _duplicates(ids: Sequence[str]) -> list[str]:
@@ -88,12 +136,18 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tupl
         if unknown:
             raise DataError(f"{modality.source} ({modality.name}): sample ids {_few(unknown)} have no label; "
                             "every id must be in the labels (check for typos or a wrong id column)")
-        values = np.asarray(modality.values, dtype=np.float32)
+        raw = np.asarray(modality.values)
+        check_real(raw, f"{modality.source} ({modality.name})")  # no text, complex numbers or float32 overflow
+        if raw.ndim < 2 or 0 in raw.shape[1:]:
+            raise DataError(f"{modality.source} ({modality.name}) has shape {raw.shape}: a sample of it holds no "
+                            "values; expected [samples, values...] with at least one value per sample")
+        values = raw.astype(np.float32)
         if len(values) != len(ids):
             raise DataError(f"{modality.source} ({modality.name}): {len(values)} rows of values but {len(ids)} ids")
         flat = values.reshape(len(values), -1)
         finite = np.isfinite(flat)
-        marked = np.ones(len(ids), dtype=bool) if modality.present is None else np.asarray(modality.present, dtype=bool)
+        marked = np.ones(len(ids), dtype=bool) if modality.present is None else \
+            parse_presence(modality.present, len(ids), f"{modality.source} ({modality.name}): the presence flags")
         has = marked & finite.any(axis=1) if flat.shape[1] else marked  # an all-NaN row is a missing modality
         half = has & ~finite.all(axis=1)
         if half.any():
@@ -152,10 +206,7 @@ def parse_split(values: Sequence[Any], source: str) -> np.ndarray:
 
 def draw_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:
     """Stratified, seeded split codes (0 train, 1 meta-validation, 2 test) per sample."""
-    codes = np.zeros(len(labels), dtype=np.int64)
-    train, val, test = stratified_split(labels, tuple(fractions), seed)  # type: ignore[arg-type]
-    codes[val], codes[test] = 1, 2
-    return codes
+    return split_codes(len(labels), stratified_split(labels, tuple(fractions), seed))  # type: ignore[arg-type]
 
 
 def standardise(arrays: list[np.ndarray], present: np.ndarray, train: np.ndarray) -> list[np.ndarray]:
@@ -190,11 +241,14 @@ def make_bundle(
         sample_ids: the labelled samples, in order.
         labels: ``int64 [S]`` class indices.
         classes: the class names.
-        split: ``int64 [S]``: 0 train, 1 meta-validation, 2 test.
+        split: ``int64 [S]``: 0 train, 1 meta-validation, 2 test (a run's recorded split replaces it
+            under :func:`mckd.data.recorded_split.recorded_split`; -1: in no split).
         standardise_inputs: z-score (see :func:`standardise`).
         info: recorded in the run's ``data.json`` besides the splits' ids.
     """
     arrays, present = align(modalities, sample_ids)
+    label_names = [str(classes[c]) for c in labels]
+    split = use_recorded_split([str(i) for i in sample_ids], label_names, split)  # a run's own split, when it has one
     for code, name in enumerate(SPLITS):
         if not (split == code).any():
             raise DataError(f"the {name} split has no samples; give some (data.split, or the split column)")
@@ -209,7 +263,6 @@ def make_bundle(
         rows = torch.from_numpy(np.flatnonzero(split == code))
         return MultiModalTensorDataset([t[rows] for t in tensors], target[rows], mask[rows])
 
-    ids = np.asarray([str(i) for i in sample_ids])
     return DataBundle(
         modalities=tuple(names),
         train=part(0), val=part(1), test=part(2),
@@ -217,5 +270,5 @@ def make_bundle(
         input_shapes={m.name: tuple(int(d) for d in a.shape[1:]) for m, a in zip(modalities, arrays)},
         info={**dict(info or {}), "classes": list(classes),
               "sizes": {name: int((split == code).sum()) for code, name in enumerate(SPLITS)},
-              "split_ids": {name: ids[split == code].tolist() for code, name in enumerate(SPLITS)}},
+              **split_record(sample_ids, label_names, split)},
     )

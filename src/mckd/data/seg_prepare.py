@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mckd.data.brats_cache import prepare_cache
-from mckd.data.brats_layout import CaseFiles
+from mckd.data.brats_layout import CaseFiles, check_affine
 from mckd.data.formats import SourceFormat, detect_format
 from mckd.data.grid import GridPlan, check_orientation, median_spacing, reoriented_spacing
 from mckd.data.labels import (
@@ -82,9 +82,10 @@ def _first_image_affine(case: CaseFiles) -> np.ndarray:
 
     image = next(iter(case.images.values()))
     try:
-        return np.asarray(nib.load(image.path).affine, dtype=np.float64)  # the header only
+        affine = np.asarray(nib.load(image.path).affine, dtype=np.float64)  # the header only
     except Exception as error:  # nibabel's many error types
         raise DataError(f"{image.path} is not a readable NIfTI file ({type(error).__name__}: {error})") from None
+    return check_affine(affine, image.path, f"a sequence of case {case.case_id}")
 
 
 def resolve_plan(cases: Sequence[CaseFiles], orientation: str, spacing: Sequence[str]) -> tuple[GridPlan, str]:
@@ -100,8 +101,11 @@ def resolve_plan(cases: Sequence[CaseFiles], orientation: str, spacing: Sequence
             target = tuple(float(v) for v in spacing)
         except ValueError:
             raise DataError(f"--spacing {' '.join(spacing)}: expected auto or three sizes in mm, e.g. 1 1 1") from None
-        if len(target) != 3 or min(target) <= 0:
+        if len(target) != 3:
             raise DataError(f"--spacing {' '.join(spacing)}: expected three sizes > 0 in mm, e.g. 1 1 1")
+        from mckd.bounds import check_bound
+
+        target = tuple(check_bound("spacing", v, "--spacing") for v in target)  # finite, 0.001-1000 mm
         reason = "--spacing"
     found = "; ".join("x".join(f"{v:g}" for v in s) for s in distinct[:4]) + (" ..." if len(distinct) > 4 else "")
     moved = sum(1 for s in spacings if not np.allclose(s, target, atol=1e-3))
@@ -118,11 +122,13 @@ def prepare_segmentation(source: str | Path, out: str | Path, format_hint: str =
     ``out`` is claimed first (:func:`mckd.io.claim_output`): a busy, existing (without ``force``) or
     unwritable output is refused before any case is read.
     """
+    from mckd.bounds import check_bound
     from mckd.data.brats_cache import check_cache_output
     from mckd.io import claim_output
 
+    workers = int(check_bound("workers", workers, "--workers"))  # more processes than CPUs: capped, with a warning
     check_cache_output(Path(out), force)
-    with claim_output(out, replace=True, kind="dir", what="cache"):
+    with claim_output(out, replace=True, kind="dir", what="cache", replaces=True, inputs=[source]):
         return _prepare_segmentation(source, out, format_hint, labels, spacing, orientation, workers, force,
                                      allow_missing, progress, channels, say)
 

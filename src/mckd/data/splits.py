@@ -38,3 +38,11 @@ def stratified_split(
         if fraction > 0 and len(part) == 0:
             raise DataError(f"the {name} split is empty: {len(labels)} samples are too few for fractions {fractions}")
     return train, val, test
+
+
+def split_codes(size: int, parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """``int64 [size]``: 0 for the indices of ``parts[0]`` (train), 1 for ``parts[1]`` (val), 2 for ``parts[2]`` (test)."""
+    codes = np.full(size, -1, dtype=np.int64)
+    for code, part in enumerate(parts):
+        codes[np.asarray(part, dtype=np.int64)] = code
+    return codes

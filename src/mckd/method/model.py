@@ -239,8 +239,12 @@ def encoder_feature_shapes(encoder: nn.Module | Mapping[str, nn.Module], modalit
     module = encoder[name] if isinstance(encoder, (Mapping, nn.ModuleDict)) else encoder
     was_training = module.training
     module.eval()
+    shape = (1,) + tuple(input_shapes[name])
     try:
-        levels = _as_levels(module(torch.zeros((1,) + tuple(input_shapes[name]))))
+        levels = _as_levels(module(torch.zeros(shape)))
+    except Exception as error:  # noqa: BLE001 - any failure of a network's code, named
+        raise MckdError(f"the encoder of {name!r} fails on one sample of shape {shape}: {type(error).__name__}: "
+                        f"{' '.join(str(error).split())[:200]}") from None
     finally:
         module.train(was_training)
     return tuple(tuple(int(size) for size in level.shape[1:]) for level in levels)

@@ -72,9 +72,10 @@ class DivergenceGuard(Callback):
     name = "divergence_guard"
 
     def __init__(self, device: torch.device, model: torch.nn.Module, log: MetricsLog, config: Config,
-                 total: int, kept: Callable[[], str]) -> None:
+                 total: int, kept: Callable[[], str], optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
         self.first_bad = torch.zeros((), dtype=torch.long, device=device)
         self.model, self.log, self.config, self.total, self.kept = model, log, config, total, kept
+        self.optimizers = list(optimizers)
 
     def note(self, iteration: int, values: Sequence[torch.Tensor]) -> None:
         finite = torch.stack([v.detach().float().isfinite().all() for v in values]).all()
@@ -88,14 +89,14 @@ class DivergenceGuard(Callback):
     def check(self, where: str, iteration: int) -> None:
         """Raise :class:`TrainingDiverged` if anything became non-finite (``where``: record, validation, checkpoint)."""
         first = self.first_nonfinite()
-        if first == 0 and where == "checkpoint" and not finite_parameters(self.model):
+        if first == 0 and where == "checkpoint" and not finite_parameters(self.model, self.optimizers):
             first = iteration
         if not first:
             return
         losses = self.log.mean_losses()
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         what = (f"the {' and '.join(bad)} loss{'es' if len(bad) > 1 else ''}" if bad
-                else "the importance weights or the model's parameters")
+                else "the importance weights, the model's parameters or the optimiser's state")
         settings = self.config.train
         raise TrainingDiverged(
             f"training diverged: {what} became NaN or infinite by iteration {first} of {self.total} (train.lr "
@@ -103,9 +104,11 @@ class DivergenceGuard(Callback):
             "method.meta_lr) and train again")
 
 
-def finite_parameters(model: torch.nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite on every rank."""
+def finite_parameters(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> bool:
+    """Whether every parameter of ``model`` and every floating state of ``optimizers`` is finite on every rank."""
     params = [p.detach() for p in model.parameters()]
+    for optimizer in optimizers:  # its moments go into the checkpoint too (a huge weight decay overflows them)
+        params += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
     finite = bool(torch.stack([p.isfinite().all() for p in params]).all()) if params else True
     return not distributed.any_rank(not finite)
 

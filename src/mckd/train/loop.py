@@ -35,7 +35,9 @@ import torch
 from mckd import distributed
 from mckd.build import Experiment, build_experiment
 from mckd.config import Config, TrainConfig, save_config
+from mckd.checkpoint import check_resume_point
 from mckd.data.bundle import complete_samples, move_batch
+from mckd.data.recorded_split import recorded_split
 from mckd.data.missing import TrainingDrops, subset_mask
 from mckd.errors import CheckpointError, ConfigError, MckdError, Stopped, TrainingDiverged
 from mckd.io import atomic_write_text
@@ -195,7 +197,10 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
            context: distributed.Context, stop: distributed.StopRequest,
            experiment: Experiment | None = None) -> Experiment:
     saved = read_training_state(staging.run.checkpoint) if resume else None
-    experiment = experiment or build_experiment(config)
+    if saved is not None and config.train.iterations > 0:  # before anything is written (epochs: once counted)
+        check_resume_point(saved["iteration"], config.train.iterations, str(staging.run.checkpoint))
+    with recorded_split(staging.run.data if resume else None):  # a resumed run keeps its split
+        experiment = experiment or build_experiment(config)
     record = None
     if context.is_main:
         _prepare_run_dir(staging.run, config, experiment)
@@ -231,6 +236,8 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     }
     per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch
+    if saved is not None:
+        check_resume_point(saved["iteration"], total, str(staging.run.checkpoint))
     optimizations = method.configure_optimizers(model, default_optimization(settings, total, per_epoch))
     _check_optimizations(method, optimizations)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o.optimizer, o.schedule or (lambda step: 1.0))
@@ -245,7 +252,8 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     pending = [int(step) for step in saved["log"]["pending"]] if saved else []  # logged again at the next record
     log = MetricsLog(staging.run if context.is_main else None, method.loss_names(), device,
                      start, pending, settings.loggers, resume=saved is not None)
-    guard = DivergenceGuard(device, model, log, config, total, lambda: _what_was_kept(staging))
+    guard = DivergenceGuard(device, model, log, config, total, lambda: _what_was_kept(staging),
+                            [o.optimizer for o in optimizations])
     progress = ProgressCallback(total, config.seed, start, settings.progress and context.is_main)
     built_in = [progress,
                 LossRecords(log, guard, progress, settings.log_every, total, per_epoch, start, lambda: loop.lr),

@@ -16,9 +16,10 @@ from mckd.io import atomic_write_json, claim_output, temporary_name
 from mckd.rundir import RunDir
 
 
-def claim_run_directory(target: str | Path, resume: bool = False, force: bool = False) -> Any:
+def claim_run_directory(target: str | Path, resume: bool = False, force: bool = False, inputs: Any = ()) -> Any:
     """The claim (:func:`mckd.io.claim_output`) of a run directory: an existing run only with ``force`` or ``resume``."""
-    return claim_output(target, replace=force or resume, kind="dir", what="run directory",
+    return claim_output(target, replace=force or resume, kind="dir", what="run directory", replaces=not resume,
+                        inputs=inputs,
                         hint=f"pass --force to replace it (the old run stays until the new one has written its "
                              f"first checkpoint), or continue it with `mckd train --resume {target}`")
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mckd import distributed
+from mckd.bounds import check_bound
 
 
 class BatchStream:
@@ -29,6 +30,7 @@ class BatchStream:
     """
 
     def __init__(self, dataset: Any, batch_size: int, seed: int, context: distributed.Context, num_workers: int) -> None:
+        num_workers = int(check_bound("num_workers", num_workers, "train.num_workers"))  # at most one per CPU
         self.sampler = distributed.ResumableDistributedSampler(dataset, context.world_size, context.rank, seed)
         per_rank = self.sampler.num_samples
         self.batch_size = min(batch_size, per_rank)
