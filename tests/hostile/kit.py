@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import io
 import os
-import pickle
 import re
 import shutil
 import struct
@@ -45,6 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+
+from helpers import Payload, pickled_payload  # noqa: F401 - one definition, shared by every test
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -245,21 +246,6 @@ def wav(path: Path, rng: np.random.Generator, samples: int = 600) -> Path:
         stream.setframerate(8000)
         stream.writeframes(rng.integers(-2000, 2000, samples).astype("<i2").tobytes())
     return path
-
-
-class Payload:
-    """Unpickling this creates ``path``: the proof that a loader ran code from the file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
-
-
-def pickled_payload(marker: Path, protocol: int = 4) -> bytes:
-    """A pickle that creates ``marker`` when loaded."""
-    return pickle.dumps(Payload(marker), protocol=protocol)
 
 
 def run_ok(argv: list[str]) -> None:

@@ -202,6 +202,18 @@ def data_whose_case_id_is_dot_dot(w: World) -> Case:
                 ["case id '..'", "'.' or '..'"], [out])
 
 
+@CASES
+def a_run_that_does_not_exist(w: World) -> Case:
+    run = w.fresh("nothing")
+    return Case(["evaluate", run], ["run directory", "does not exist"], [run])
+
+
+@CASES
+def a_run_whose_data_is_gone(w: World) -> Case:
+    run = _edited(w, "data_gone", lambda t, m: m["config"]["data"].update(csv_dir=str(w.root / "gone")))
+    return Case(["evaluate", run], ["gone/mfeat-fou.csv does not exist"], [run / "eval"])
+
+
 @pytest.mark.parametrize("build", CASES.params())
 def test_evaluate_refuses_bad_input_in_one_line(build, world):
     problems = run_case(build(world), world)

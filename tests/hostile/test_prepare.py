@@ -47,6 +47,20 @@ for _name, _spacing, _words in [("spacing_nan", ["nan", "nan", "nan"], ["--spaci
 
 
 @CASES
+def a_case_missing_a_sequence(w: World) -> Case:
+    argv, outs = _prepare(w, _damaged(w, "no_t1ce", lambda case: (case / "case2_t1ce.nii.gz").unlink()))
+    return Case(argv, ["case case2", "no 't1ce' sequence file", "--allow-missing"], outs)
+
+
+@CASES
+def a_4d_file_where_a_3d_sequence_belongs(w: World) -> Case:
+    def damage(case):
+        nib.save(nib.Nifti1Image(np.ones((*SHAPE, 2), np.float32), np.eye(4)), str(case / "case2_t1.nii.gz"))
+    argv, outs = _prepare(w, _damaged(w, "four_d", damage))
+    return Case(argv, ["case2_t1.nii.gz", "expected a 3D volume"], outs)
+
+
+@CASES
 def a_scale_slope_that_overflows_float32(w: World) -> Case:
     def damage(case):
         image = nib.Nifti1Image((np.ones(SHAPE) * 100).astype(np.int16), np.eye(4))

@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pytest
 
-from hostile.kit import Case, Cases, World, brats_source, lines_of, mckd, run_case, staging_folders
+from hostile.kit import Case, Cases, World, lines_of, mckd, run_case, staging_folders
 
 CASES = Cases()
 LONG = ["--set", "train.iterations=100000", "--set", "train.log_every=5"]
@@ -25,7 +25,10 @@ def _resumes(w: World, run) -> "object":
             return [f"staging folders left: {leftovers}"]
         if not run.exists():
             return []
-        done = mckd(w.root, "train", "--resume", run, "--set", "train.iterations=10")
+        from mckd.checkpoint import load_checkpoint
+
+        stopped_at = load_checkpoint(run / "checkpoint.safetensors")[1]["iteration"]
+        done = mckd(w.root, "train", "--resume", run, "--set", f"train.iterations={stopped_at + 4}")
         return [] if done.returncode == 0 else [f"mckd train --resume failed after the stop: {done.stderr[-300:]}"]
     return check
 

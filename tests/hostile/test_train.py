@@ -318,6 +318,50 @@ def a_decompression_bomb_image(w: World) -> Case:
     return Case(argv, ["s0.png", "20000 x 20000", "decompression bomb"], outs)
 
 
+# --- the digits' CSV files, damaged -------------------------------------------------------------------------
+
+
+def _csv(w: World, name: str, mutate) -> tuple[list, list]:
+    folder = w.copy(w.csv, name)
+    path = folder / "mfeat-fou.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(mutate(lines)) + "\n")
+    return _train(w, "--set", f"data.csv_dir={folder}")
+
+
+def _cell(row: int, column: int, value: str):
+    def mutate(lines):
+        cells = lines[row].split(",")
+        cells[column] = value
+        lines[row] = ",".join(cells)
+        return lines
+    return mutate
+
+
+@CASES
+def a_csv_cut_short(w: World) -> Case:
+    argv, outs = _csv(w, "short", lambda lines: lines[:1500])
+    return Case(argv, ["mfeat-fou.csv", "has shape (1499, 77), expected (2000, 77)"], outs)
+
+
+@CASES
+def a_csv_with_a_ragged_row(w: World) -> Case:
+    argv, outs = _csv(w, "ragged", _cell(9, 5, "1,2"))
+    return Case(argv, ["mfeat-fou.csv", "is not a numeric CSV"], outs)
+
+
+@CASES
+def a_csv_with_text_in_a_cell(w: World) -> Case:
+    argv, outs = _csv(w, "text", _cell(9, 5, "abc"))
+    return Case(argv, ["mfeat-fou.csv", "is not a numeric CSV"], outs)
+
+
+@CASES
+def a_view_whose_csv_is_missing(w: World) -> Case:
+    argv, outs = _train(w, "--set", "data.views=[fou, kar]")
+    return Case(argv, ["mfeat-kar.csv does not exist"], outs)
+
+
 # --- resume: checkpoints whose contents lie ----------------------------------------------------------------
 
 
@@ -371,6 +415,22 @@ def resume_a_pickle_named_checkpoint(w: World) -> Case:
 @CASES
 def resume_a_folder_that_is_not_a_run(w: World) -> Case:
     return Case(["train", "--resume", w.csv], ["cannot resume", "no config.yaml"], [w.csv])
+
+
+@CASES
+def resume_a_run_without_a_checkpoint(w: World) -> Case:
+    run = w.copy(w.digits_run, "no_checkpoint")
+    (run / "checkpoint.safetensors").unlink()
+    return Case(["train", "--resume", run], ["cannot resume", "checkpoint.safetensors", "does not exist"], [run])
+
+
+@CASES
+def resume_a_damaged_training_state(w: World) -> Case:
+    def damage(tensors, metadata):
+        metadata.update(iteration=1, complete=False)
+        del metadata["world_size"], tensors["data.train"]
+    run = _edited_run(w, "damaged_state", damage)
+    return Case(["train", "--resume", run], ["lacks ['world_size', 'data.train']", "cannot be resumed"], [run])
 
 
 @CASES
