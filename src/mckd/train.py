@@ -440,7 +440,7 @@ class TrainingState:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the random generators last, so nothing draws after them."""
         saved_world, world, rank = int(state["world_size"]), self.context.world_size, self.context.rank
-        load_state_into(self.model, state["model"], "", "the checkpoint")
+        load_state_into(self.model, state["model"], "", state.get("source", "the checkpoint"))
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -508,6 +508,7 @@ def read_training_state(path: Path) -> dict[str, Any]:
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {source!r} has unreadable training state ({error})") from None
     state["model"] = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    state["source"] = source  # messages name the file
     return state
 
 
@@ -806,7 +807,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
     bundle, model, method, task = experiment.bundle, experiment.model, experiment.method, experiment.task
     record = None
     if context.is_main:
-        _prepare_run_dir(staging.run, config, experiment)
+        if not resume:  # a resumed run's config.yaml and data.json are rewritten once its state has loaded
+            _prepare_run_dir(staging.run, config, experiment)
         record = RunRecord(staging, device, resume)
     model.to(device)
     method.to(device)
@@ -842,6 +844,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
             except (KeyError, RuntimeError, ValueError, TypeError) as error:
                 raise CheckpointError(f"checkpoint {str(staging.run.checkpoint)!r} does not match this run: "
                                       f"{error}") from None
+            if context.is_main:
+                _prepare_run_dir(staging.run, config, experiment)
         else:
             for meta_optimizer in method.meta_optimizers():  # rank 0's random start (equal anyway: same seed)
                 for group in meta_optimizer.param_groups:

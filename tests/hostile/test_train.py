@@ -418,6 +418,14 @@ def resume_a_folder_that_is_not_a_run(w: World) -> Case:
 
 
 @CASES
+def resume_with_another_model_configuration_keeps_the_runs_config(w: World) -> Case:
+    run = w.copy(w.digits_run, "other_model")
+    return Case(["train", "--resume", run, "--set", "model.hidden=8"],
+                ["other_model/checkpoint.safetensors", "does not match this model configuration", "(16, 76) vs (8, 76)"],
+                [run / "config.yaml", run / "data.json", run / "checkpoint.safetensors", run / "metrics.jsonl"])
+
+
+@CASES
 def resume_a_run_without_a_checkpoint(w: World) -> Case:
     run = w.copy(w.digits_run, "no_checkpoint")
     (run / "checkpoint.safetensors").unlink()
