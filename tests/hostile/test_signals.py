@@ -41,6 +41,27 @@ def _mid_run(w: World, name: str, sent: int, words: list[str]) -> Case:
                 after=_resumes(w, run))
 
 
+@CASES
+def sighup_in_this_process_mid_training_checkpoints_then_resumes(w: World) -> Case:
+    """The fast form of the case below (the suite's default run): SIGHUP sent from a training callback."""
+    import os
+
+    from mckd.config import load_config
+    from mckd.train import Callback, train
+
+    class HangUp(Callback):
+        name = "hang_up"
+
+        def on_iteration_end(self, iteration, experiment):
+            if iteration == 2:
+                os.kill(os.getpid(), signal.SIGHUP)
+
+    run = w.fresh("hup_here")
+    config = load_config(w.digits_yaml, ["train.iterations=6"])
+    return Case([], ["SIGHUP stopped training at iteration", "--resume"], code=2,
+                api=lambda: train(config, run, callbacks=[HangUp()]), after=_resumes(w, run))
+
+
 @CASES.process
 def sighup_mid_training_checkpoints_then_resumes(w: World) -> Case:
     return _mid_run(w, "hup_mid", signal.SIGHUP, ["SIGHUP stopped training", "--resume"])

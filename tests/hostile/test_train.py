@@ -306,14 +306,29 @@ def a_modality_name_with_a_slash(w: World) -> Case:
     return Case(argv, ["modality name 'b/c'", "'/'"], outs)
 
 
-@CASES
-def a_decompression_bomb_image(w: World) -> Case:
+def _bomb_png(path) -> None:
+    """A small PNG whose header claims 20000 x 20000 pixels (a decompression bomb, without its bytes)."""
+    import io
+    import struct
+    import zlib
+
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", 20000, 20000) + bytes(data[24:29])  # width, height, then depth, colour, ...
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    path.write_bytes(bytes(data))
+
+
+@CASES
+def a_decompression_bomb_image(w: World) -> Case:
     def write(folder):
         folder.mkdir()
         for i in range(3):
-            Image.new("L", (20000, 20000)).save(folder / f"s{i}.png")
+            _bomb_png(folder / f"s{i}.png")
     argv, outs = _own(w, "bomb", "path: images", {"images": write})
     return Case(argv, ["s0.png", "20000 x 20000", "decompression bomb"], outs)
 
