@@ -191,6 +191,10 @@ def test_missing_policies_keep_a_non_empty_subset_of_what_each_sample_has(presen
 )
 def test_availability_masks_never_leave_a_sample_empty(samples, rates, seed):
     names = [f"m{i}" for i in range(len(rates))]
+    if not any(rates):  # every rate 0: no sample could have a modality; refused rather than silently reverted
+        with pytest.raises(MckdError, match="without a modality"):
+            availability_mask(samples, names, dict(zip(names, rates)), seed)
+        return
     mask = availability_mask(samples, names, dict(zip(names, rates)), seed)
     assert mask.shape == (samples, len(names))
     assert bool(mask.any(dim=1).all())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import AtIteration, held_by_another_process, make_brats_case
+from hostile.kit import alive, can_mount, children_of
 from mckd.cli import main
 from mckd.errors import DataError, MckdError, TrainingDiverged
 
@@ -178,16 +178,7 @@ def test_a_checkpoint_write_that_safetensors_fails_is_one_error_and_keeps_the_pr
     assert path.read_bytes() == before and hidden_leftovers(tmp_path) == []
 
 
-def _can_mount() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c",
-                           "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d"],
-                          capture_output=True)
-    return done.returncode == 0
-
-
-needs_mount = pytest.mark.skipif(not _can_mount(), reason="cannot make a small tmpfs here (needs unshare and "
+needs_mount = pytest.mark.skipif(not can_mount(), reason="cannot make a small tmpfs here (needs unshare and "
                                                            "user namespaces or root)")
 
 
@@ -226,22 +217,6 @@ def test_commands_writing_into_a_read_only_place_are_one_error_line(digits_yaml,
 # --- 4: prepare with workers: SIGTERM, orphans, stale staging folders -------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_sigterm_to_prepare_with_two_workers_stops_them_and_removes_the_staging_folder(tmp_path):
     source = tmp_path / "src"
     for n in range(60):
@@ -254,7 +229,7 @@ def test_sigterm_to_prepare_with_two_workers_stops_them_and_removes_the_staging_
     workers: list[int] = []
     while time.time() < deadline and not (len(workers) >= 2 and any(p.name.startswith(".cache.") and p.is_dir()
                                                                       for p in tmp_path.iterdir())):
-        workers = _children(process.pid)
+        workers = children_of(process.pid)
         time.sleep(0.05)
     assert len(workers) >= 2, "the workers never started"
     process.send_signal(signal.SIGTERM)
@@ -262,7 +237,7 @@ def test_sigterm_to_prepare_with_two_workers_stops_them_and_removes_the_staging_
     stderr = process.stderr.read()
     assert code == 130 and "SIGTERM" in stderr and "Traceback" not in stderr, stderr
     time.sleep(0.5)
-    assert [pid for pid in workers if _alive(pid)] == []
+    assert [pid for pid in workers if alive(pid)] == []
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -326,6 +326,9 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
         if key not in fields:
             raise unknown_key_error(str(key), list(fields), path)
         kwargs[key] = _convert(value, hints[key], f"{path}.{key}" if path else key)
+        if key.endswith("seed") and isinstance(kwargs[key], int) and not 0 <= kwargs[key] <= MAX_SEED:
+            raise ConfigError(f"{(path + '.') if path else ''}{key} must be in [0, {MAX_SEED}], got "
+                              f"{_show(kwargs[key])}")  # every seed (data.split_seed too): what NumPy takes
         if fields[key].metadata.get("path") and isinstance(kwargs[key], str) and kwargs[key]:
             problem = path_problem(kwargs[key], home=True)  # the one path validator, as for command-line paths
             if problem:

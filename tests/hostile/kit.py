@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import io
 import os
-import pickle
 import re
 import shutil
 import struct
@@ -45,6 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+
+from helpers import Payload, pickled_payload  # noqa: F401 - one definition, shared by every test
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -174,6 +175,37 @@ def brats_source(root: Path, rng: np.random.Generator, cases: int = 4) -> Path:
     return root
 
 
+def msd_dataset(folder: Path, names: list[str], nan_affine: str = "") -> Path:
+    """A Medical Segmentation Decathlon folder: one 4D image (4 channels) and one label map per name.
+
+    ``nan_affine``: the case whose image header holds a NaN in its affine (sform; no qform).
+    """
+    import json
+
+    import nibabel as nib
+
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        image = nib.Nifti1Image(rng.uniform(1, 2, (*SHAPE, 4)).astype(np.float32), np.eye(4))
+        if name == nan_affine:
+            header = image.header.copy()
+            header.set_qform(None, code=0)
+            header["srow_x"] = [np.nan, 0, 0, 0]
+            header["sform_code"] = 1
+            image = nib.Nifti1Image(np.asarray(image.dataobj), None, header)
+        nib.save(image, str(folder / "imagesTr" / f"{name}.nii.gz"))
+        labels = np.zeros(SHAPE, np.uint8)
+        labels[4:6, 4:6, 4:6] = 1
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labelsTr" / f"{name}.nii.gz"))
+    (folder / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names]}))
+    return folder
+
+
 def brats_config(path: Path, cache: Path) -> Path:
     return write_yaml(path, f"""\
 task:
@@ -245,21 +277,6 @@ def wav(path: Path, rng: np.random.Generator, samples: int = 600) -> Path:
         stream.setframerate(8000)
         stream.writeframes(rng.integers(-2000, 2000, samples).astype("<i2").tobytes())
     return path
-
-
-class Payload:
-    """Unpickling this creates ``path``: the proof that a loader ran code from the file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
-
-
-def pickled_payload(marker: Path, protocol: int = 4) -> bytes:
-    """A pickle that creates ``marker`` when loaded."""
-    return pickle.dumps(Payload(marker), protocol=protocol)
 
 
 def run_ok(argv: list[str]) -> None:

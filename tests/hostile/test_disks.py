@@ -27,11 +27,10 @@ def _full(w: World, with_run: bool = False):
 
 def _read_only(w: World):
     """A folder holding a copy of the digits run, mounted read-only for the case: ``(folder, shell set-up)``."""
-    folder = w.fresh("ro")
-    w_run = folder / "run"
     import shutil
 
-    shutil.copytree(w.digits_run, w_run)
+    folder = w.fresh("ro")
+    shutil.copytree(w.digits_run, folder / "run")
     return folder, f"mount --bind -o ro {folder} {folder}"
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hostile.kit import Case, Cases, World, pickled_payload, run_case
+from hostile.kit import Case, Cases, World, msd_dataset, pickled_payload, run_case
 
 CASES = Cases()
 LONG = "r" * 300
 
 
 def _run(w: World, name: str, source=None):
-    run = w.copy(source or w.digits_run, name)
-    return run
+    return w.copy(source or w.digits_run, name)
 
 
 def _edited(w: World, name: str, edit, source=None):
@@ -78,33 +77,30 @@ def a_checkpoint_whose_complete_flag_is_not_a_boolean(w: World) -> Case:
     return Case(["evaluate", run], ["complete 'yes'", "true or false"], [run])
 
 
-@CASES
-def a_checkpoint_with_metadata_nested_hundreds_deep(w: World) -> Case:
+def _nested_metadata(w: World, name: str, levels: int):
+    """A copy of the digits run whose checkpoint's metadata nests ``levels`` deep."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    run = _run(w, "deep_metadata")
+    run = _run(w, name)
     path = run / "checkpoint.safetensors"
     tensors = load_file(path)
     with safe_open(path, framework="pt") as handle:
         meta = handle.metadata()
-    meta["mckd"] = meta["mckd"][:-1] + ', "x": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}"
+    meta["mckd"] = meta["mckd"][:-1] + ', "x": ' + '{"a": ' * levels + "1" + "}" * levels + "}"
     save_file(tensors, path, metadata=meta)
+    return run
+
+
+@CASES
+def a_checkpoint_with_metadata_nested_hundreds_deep(w: World) -> Case:
+    run = _nested_metadata(w, "deep_metadata", 300)
     return Case(["evaluate", run], ["nested more than 100 levels deep"], [run])
 
 
 @CASES
 def a_checkpoint_with_metadata_nested_thousands_deep(w: World) -> Case:
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    run = _run(w, "deeper_metadata")
-    path = run / "checkpoint.safetensors"
-    tensors = load_file(path)
-    with safe_open(path, framework="pt") as handle:
-        meta = handle.metadata()
-    meta["mckd"] = meta["mckd"][:-1] + ', "x": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}"
-    save_file(tensors, path, metadata=meta)
+    run = _nested_metadata(w, "deeper_metadata", 5000)
     return Case(["evaluate", run], ["corrupt metadata"], [run])
 
 
@@ -150,31 +146,7 @@ def a_component_threshold_beyond_any_volume(w: World) -> Case:
 
 @CASES
 def data_of_a_4d_nifti_with_a_nan_affine(w: World) -> Case:
-    import json
-
-    import nibabel as nib
-    import numpy as np
-
-    folder = w.fresh("msd_nan")
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    for i in range(2):
-        image = nib.Nifti1Image(np.random.default_rng(i).uniform(1, 2, (12, 12, 10, 4)).astype(np.float32), np.eye(4))
-        if i == 1:
-            header = image.header.copy()
-            header.set_qform(None, code=0)
-            header["srow_x"] = [np.nan, 0, 0, 0]
-            header["sform_code"] = 1
-            image = nib.Nifti1Image(np.asarray(image.dataobj), None, header)
-        nib.save(image, str(folder / "imagesTr" / f"BRATS_00{i}.nii.gz"))
-        labels = np.zeros((12, 12, 10), np.uint8)
-        labels[4:6, 4:6, 4:6] = 1
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labelsTr" / f"BRATS_00{i}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "training": [{"image": f"./imagesTr/BRATS_00{i}.nii.gz", "label": f"./labelsTr/BRATS_00{i}.nii.gz"}
-                     for i in range(2)]}))
+    folder = msd_dataset(w.fresh("msd_nan"), ["BRATS_000", "BRATS_001"], nan_affine="BRATS_001")
     out = w.fresh("eval")
     return Case(["evaluate", w.brats_run, "--data", folder, "--out", out, "--device", "cpu", "--no-progress"],
                 ["BRATS_001.nii.gz", "NaN or Inf in its affine"], [out])
@@ -182,24 +154,22 @@ def data_of_a_4d_nifti_with_a_nan_affine(w: World) -> Case:
 
 @CASES
 def data_whose_case_id_is_dot_dot(w: World) -> Case:
-    import json
-
-    import nibabel as nib
-    import numpy as np
-
-    folder = w.fresh("msd_dotdot")
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    image = np.random.default_rng(0).uniform(1, 2, (12, 12, 10, 4)).astype(np.float32)
-    nib.save(nib.Nifti1Image(image, np.eye(4)), str(folder / "imagesTr" / "...nii.gz"))
-    nib.save(nib.Nifti1Image(np.zeros((12, 12, 10), np.uint8), np.eye(4)), str(folder / "labelsTr" / "...nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "training": [{"image": "./imagesTr/...nii.gz", "label": "./labelsTr/...nii.gz"}]}))
+    folder = msd_dataset(w.fresh("msd_dotdot"), [".."])
     out = w.fresh("eval")
     return Case(["evaluate", w.brats_run, "--data", folder, "--out", out, "--device", "cpu", "--no-progress"],
                 ["case id '..'", "'.' or '..'"], [out])
+
+
+@CASES
+def a_run_that_does_not_exist(w: World) -> Case:
+    run = w.fresh("nothing")
+    return Case(["evaluate", run], ["run directory", "does not exist"], [run])
+
+
+@CASES
+def a_run_whose_data_is_gone(w: World) -> Case:
+    run = _edited(w, "data_gone", lambda t, m: m["config"]["data"].update(csv_dir=str(w.root / "gone")))
+    return Case(["evaluate", run], ["gone/mfeat-fou.csv does not exist"], [run / "eval"])
 
 
 @pytest.mark.parametrize("build", CASES.params())

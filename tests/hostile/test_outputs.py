@@ -10,6 +10,7 @@ written over (a device, a FIFO).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from hostile.kit import Case, Cases, World, hold, run_case
 CASES = Cases()
 
 
-def _thesis(w: World) -> "os.PathLike[str]":
+def _thesis(w: World) -> Path:
+    """A folder of a user's files (not mckd's): thesis.tex and data.csv."""
     folder = w.fresh("thesis")
     folder.mkdir(parents=True)
     (folder / "thesis.tex").write_text("\\documentclass{book}\n")
@@ -67,12 +69,11 @@ def train_force_onto_a_cache(w: World) -> Case:
 
 @CASES
 def train_force_onto_a_run_that_holds_its_own_data(w: World) -> Case:
-    run = w.copy(w.digits_run, "run_with_data")
-    csv = run / "csv"
-    w_csv = w.csv
     import shutil
 
-    shutil.copytree(w_csv, csv)
+    run = w.copy(w.digits_run, "run_with_data")
+    csv = run / "csv"
+    shutil.copytree(w.csv, csv)
     config = w.fresh("inside.yaml")
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(w.digits_yaml.read_text().replace(str(w.csv), str(csv)))

@@ -96,6 +96,25 @@ def a_pickle_named_checkpoint(w: World) -> Case:
 
 
 @CASES
+def a_sequence_the_run_does_not_take(w: World) -> Case:
+    argv, outs = _predict(w, f"dwi={w.flair}")
+    return Case(argv, ["['dwi'] are not among them"], outs)
+
+
+@CASES
+def a_classification_run(w: World) -> Case:
+    argv, outs = _predict(w, f"flair={w.flair}", run=w.digits_run)
+    return Case(argv, ["is a classification model", "segmentation run"], outs)
+
+
+@CASES
+def an_all_zero_brain_mask(w: World) -> Case:
+    mask = _input(w, "zero_mask.nii.gz", np.zeros(SHAPE, np.float32))
+    argv, outs = _predict(w, f"flair={w.flair}")
+    return Case([*argv, "--mask", mask], ["zero_mask.nii.gz (brain mask) is empty"], outs)
+
+
+@CASES
 def force_with_continue(w: World) -> Case:
     out = w.fresh("predictions")
     return Case(["predict", w.brats_run, "--input", w.brats_src, "--output", out, "--force", "--continue"],

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from hostile.kit import SHAPE, Case, Cases, World, brats_source, idx, run_case, wav
+from hostile.kit import SHAPE, Case, Cases, World, brats_source, idx, msd_dataset, run_case, wav
 
 CASES = Cases()
 
@@ -47,6 +46,20 @@ for _name, _spacing, _words in [("spacing_nan", ["nan", "nan", "nan"], ["--spaci
 
 
 @CASES
+def a_case_missing_a_sequence(w: World) -> Case:
+    argv, outs = _prepare(w, _damaged(w, "no_t1ce", lambda case: (case / "case2_t1ce.nii.gz").unlink()))
+    return Case(argv, ["case case2", "no 't1ce' sequence file", "--allow-missing"], outs)
+
+
+@CASES
+def a_4d_file_where_a_3d_sequence_belongs(w: World) -> Case:
+    def damage(case):
+        nib.save(nib.Nifti1Image(np.ones((*SHAPE, 2), np.float32), np.eye(4)), str(case / "case2_t1.nii.gz"))
+    argv, outs = _prepare(w, _damaged(w, "four_d", damage))
+    return Case(argv, ["case2_t1.nii.gz", "expected a 3D volume"], outs)
+
+
+@CASES
 def a_scale_slope_that_overflows_float32(w: World) -> Case:
     def damage(case):
         image = nib.Nifti1Image((np.ones(SHAPE) * 100).astype(np.int16), np.eye(4))
@@ -67,47 +80,13 @@ def a_complex_valued_sequence(w: World) -> Case:
 
 @CASES
 def an_msd_dataset_whose_case_id_is_dot_dot(w: World) -> Case:
-    folder = w.fresh("msd")
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("BRATS_001", ".."):
-        nib.save(nib.Nifti1Image(rng.uniform(1, 2, (*SHAPE, 4)).astype(np.float32), np.eye(4)),
-                 str(folder / "imagesTr" / f"{name}.nii.gz"))
-        labels = np.zeros(SHAPE, np.uint8)
-        labels[4:6, 4:6, 4:6] = 1
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labelsTr" / f"{name}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"}
-                     for n in ("BRATS_001", "..")]}))
-    argv, outs = _prepare(w, folder)
+    argv, outs = _prepare(w, msd_dataset(w.fresh("msd"), ["BRATS_001", ".."]))
     return Case(argv, ["case id '..'", "'.' or '..'"], outs)
 
 
 @CASES
 def a_4d_nifti_with_a_nan_affine(w: World) -> Case:
-    folder = w.fresh("msd_nan")
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        image = nib.Nifti1Image(rng.uniform(1, 2, (*SHAPE, 4)).astype(np.float32), np.eye(4))
-        if i == 1:
-            header = image.header.copy()
-            header.set_qform(None, code=0)
-            header["srow_y"] = [0, np.nan, 0, 0]
-            header["sform_code"] = 1
-            image = nib.Nifti1Image(np.asarray(image.dataobj), None, header)
-        nib.save(image, str(folder / "imagesTr" / f"BRATS_00{i}.nii.gz"))
-        nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), np.eye(4)), str(folder / "labelsTr" / f"BRATS_00{i}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "training": [{"image": f"./imagesTr/BRATS_00{i}.nii.gz", "label": f"./labelsTr/BRATS_00{i}.nii.gz"}
-                     for i in range(2)]}))
-    argv, outs = _prepare(w, folder)
+    argv, outs = _prepare(w, msd_dataset(w.fresh("msd_nan"), ["BRATS_000", "BRATS_001"], nan_affine="BRATS_001"))
     return Case(argv, ["BRATS_001.nii.gz", "NaN or Inf in its affine"], outs)
 
 

@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pytest
 
-from hostile.kit import Case, Cases, World, brats_source, lines_of, mckd, run_case, staging_folders
+from hostile.kit import Case, Cases, World, lines_of, mckd, run_case, staging_folders
 
 CASES = Cases()
 LONG = ["--set", "train.iterations=100000", "--set", "train.log_every=5"]
@@ -25,7 +25,10 @@ def _resumes(w: World, run) -> "object":
             return [f"staging folders left: {leftovers}"]
         if not run.exists():
             return []
-        done = mckd(w.root, "train", "--resume", run, "--set", "train.iterations=10")
+        from mckd.checkpoint import load_checkpoint
+
+        stopped_at = load_checkpoint(run / "checkpoint.safetensors")[1]["iteration"]
+        done = mckd(w.root, "train", "--resume", run, "--set", f"train.iterations={stopped_at + 4}")
         return [] if done.returncode == 0 else [f"mckd train --resume failed after the stop: {done.stderr[-300:]}"]
     return check
 
@@ -36,6 +39,27 @@ def _mid_run(w: World, name: str, sent: int, words: list[str]) -> Case:
     return Case(["train", w.digits_yaml, "--out", run, *LONG], words, code=130, signal=sent,
                 signal_when=lambda: any(lines_of(p / "metrics.jsonl") > 6 for p in staging_folders(run.parent, run.name)),
                 after=_resumes(w, run))
+
+
+@CASES
+def sighup_in_this_process_mid_training_checkpoints_then_resumes(w: World) -> Case:
+    """The fast form of the case below (the suite's default run): SIGHUP sent from a training callback."""
+    import os
+
+    from mckd.config import load_config
+    from mckd.train import Callback, train
+
+    class HangUp(Callback):
+        name = "hang_up"
+
+        def on_iteration_end(self, iteration, experiment):
+            if iteration == 2:
+                os.kill(os.getpid(), signal.SIGHUP)
+
+    run = w.fresh("hup_here")
+    config = load_config(w.digits_yaml, ["train.iterations=6"])
+    return Case([], ["SIGHUP stopped training at iteration", "--resume"], code=2,
+                api=lambda: train(config, run, callbacks=[HangUp()]), after=_resumes(w, run))
 
 
 @CASES.process

@@ -306,16 +306,75 @@ def a_modality_name_with_a_slash(w: World) -> Case:
     return Case(argv, ["modality name 'b/c'", "'/'"], outs)
 
 
-@CASES
-def a_decompression_bomb_image(w: World) -> Case:
+def _bomb_png(path) -> None:
+    """A small PNG whose header claims 20000 x 20000 pixels (a decompression bomb, without its bytes)."""
+    import io
+    import struct
+    import zlib
+
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", 20000, 20000) + bytes(data[24:29])  # width, height, then depth, colour, ...
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    path.write_bytes(bytes(data))
+
+
+@CASES
+def a_decompression_bomb_image(w: World) -> Case:
     def write(folder):
         folder.mkdir()
         for i in range(3):
-            Image.new("L", (20000, 20000)).save(folder / f"s{i}.png")
+            _bomb_png(folder / f"s{i}.png")
     argv, outs = _own(w, "bomb", "path: images", {"images": write})
     return Case(argv, ["s0.png", "20000 x 20000", "decompression bomb"], outs)
+
+
+# --- the digits' CSV files, damaged -------------------------------------------------------------------------
+
+
+def _csv(w: World, name: str, mutate) -> tuple[list, list]:
+    folder = w.copy(w.csv, name)
+    path = folder / "mfeat-fou.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(mutate(lines)) + "\n")
+    return _train(w, "--set", f"data.csv_dir={folder}")
+
+
+def _cell(row: int, column: int, value: str):
+    def mutate(lines):
+        cells = lines[row].split(",")
+        cells[column] = value
+        lines[row] = ",".join(cells)
+        return lines
+    return mutate
+
+
+@CASES
+def a_csv_cut_short(w: World) -> Case:
+    argv, outs = _csv(w, "short", lambda lines: lines[:1500])
+    return Case(argv, ["mfeat-fou.csv", "has shape (1499, 77), expected (2000, 77)"], outs)
+
+
+@CASES
+def a_csv_with_a_ragged_row(w: World) -> Case:
+    argv, outs = _csv(w, "ragged", _cell(9, 5, "1,2"))
+    return Case(argv, ["mfeat-fou.csv", "is not a numeric CSV"], outs)
+
+
+@CASES
+def a_csv_with_text_in_a_cell(w: World) -> Case:
+    argv, outs = _csv(w, "text", _cell(9, 5, "abc"))
+    return Case(argv, ["mfeat-fou.csv", "is not a numeric CSV"], outs)
+
+
+@CASES
+def a_view_whose_csv_is_missing(w: World) -> Case:
+    argv, outs = _train(w, "--set", "data.views=[fou, kar]")
+    return Case(argv, ["mfeat-kar.csv does not exist"], outs)
 
 
 # --- resume: checkpoints whose contents lie ----------------------------------------------------------------
@@ -371,6 +430,30 @@ def resume_a_pickle_named_checkpoint(w: World) -> Case:
 @CASES
 def resume_a_folder_that_is_not_a_run(w: World) -> Case:
     return Case(["train", "--resume", w.csv], ["cannot resume", "no config.yaml"], [w.csv])
+
+
+@CASES
+def resume_with_another_model_configuration_keeps_the_runs_config(w: World) -> Case:
+    run = w.copy(w.digits_run, "other_model")
+    return Case(["train", "--resume", run, "--set", "model.hidden=8"],
+                ["other_model/checkpoint.safetensors", "does not match this model configuration", "(16, 76) vs (8, 76)"],
+                [run / "config.yaml", run / "data.json", run / "checkpoint.safetensors", run / "metrics.jsonl"])
+
+
+@CASES
+def resume_a_run_without_a_checkpoint(w: World) -> Case:
+    run = w.copy(w.digits_run, "no_checkpoint")
+    (run / "checkpoint.safetensors").unlink()
+    return Case(["train", "--resume", run], ["cannot resume", "checkpoint.safetensors", "does not exist"], [run])
+
+
+@CASES
+def resume_a_damaged_training_state(w: World) -> Case:
+    def damage(tensors, metadata):
+        metadata.update(iteration=1, complete=False)
+        del metadata["world_size"], tensors["data.train"]
+    run = _edited_run(w, "damaged_state", damage)
+    return Case(["train", "--resume", run], ["lacks ['world_size', 'data.train']", "cannot be resumed"], [run])
 
 
 @CASES

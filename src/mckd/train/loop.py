@@ -203,7 +203,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
         experiment = experiment or build_experiment(config)
     record = None
     if context.is_main:
-        _prepare_run_dir(staging.run, config, experiment)
+        if not resume:  # a resumed run's config.yaml and data.json are rewritten once its state has loaded
+            _prepare_run_dir(staging.run, config, experiment)
         record = RunRecord(staging, context.device, resume)
     loop = prepare_loop(experiment, staging, stop, callbacks, context, saved)
     try:
@@ -267,6 +268,8 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {str(staging.run.checkpoint)!r} does not match this run: "
                                   f"{error}") from None
+        if context.is_main:
+            _prepare_run_dir(staging.run, experiment.config, experiment)
     else:
         for meta_optimizer in method.meta_optimizers():  # rank 0's random start (equal anyway: same seed)
             for group in meta_optimizer.param_groups:

@@ -82,7 +82,7 @@ class TrainingState:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the random generators last, so nothing draws after them."""
         saved_world, world, rank = int(state["world_size"]), self.context.world_size, self.context.rank
-        load_state_into(self.model, state["model"], "", "the checkpoint")
+        load_state_into(self.model, state["model"], "", state.get("source", "the checkpoint"))
         load_state_into(self.method.parts, state["parts"], "", "the checkpoint's method parts")
         self.method.load_state_dict(state["method"])
         names = [o.name for o in self.optimizations]
@@ -155,6 +155,7 @@ def read_training_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {source!r} has unreadable training state ({error})") from None
     for prefix in ("model", "parts"):
         state[prefix] = {key[len(prefix) + 1:]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
+    state["source"] = source  # messages name the file
     return state
 
 
