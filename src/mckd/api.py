@@ -31,7 +31,7 @@ from mckd.evaluation import Evaluation
 from mckd.experiment import train_and_evaluate
 from mckd.io import claim_output
 from mckd.nets.base import NetworkParts
-from mckd.probe import check_modules, probe_model
+from mckd.probe import check_modules, probe_encoders, probe_model
 from mckd.rundir import RunDir
 from mckd.tasks import build_task
 
@@ -146,6 +146,7 @@ def fit(
         The trained experiment, its evaluation on the test split, and the run directory.
     """
     check_modules(encoders, head, bundle.modalities)
+    probe_encoders(encoders, bundle)  # before assembling: it runs an encoder to size the fusion
     config = _config(bundle, encoders, head, method, fill, fusion, dict(settings or {}))
     seed_everything(config.seed)
     training_method = build_method(config, bundle.modalities)
@@ -156,6 +157,6 @@ def fit(
     experiment = Experiment(config=config, bundle=bundle, model=model, method=training_method, task=task)
     run = RunDir(out)
     hint = "pass force=True to fit() to replace it (the old run stays until the new one's first checkpoint)"
-    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint, replaces=True):
-        evaluation = train_and_evaluate(config, run.path, force=force, experiment=experiment)  # under the claim
+    with claim_output(run.path, replace=force, kind="dir", what="run directory", hint=hint, replaces=True):  # through the evaluation
+        evaluation = train_and_evaluate(config, run.path, force=force, experiment=experiment)
     return FitResult(experiment, evaluation, run.path)

@@ -4,9 +4,10 @@ A user's encoders and head are arbitrary ``nn.Module`` s. Wrong ones used to
 fail deep inside torch (``mat1 and mat2 shapes cannot be multiplied``) or,
 worse, not at all: a head with five outputs for three classes trains and
 evaluates without a word. :func:`check_modules` checks their types;
-:func:`probe_model` runs the assembled model once, on two training samples,
-through each encoder alone and then through the head, so a failure names the
-modality or the head, the shape it was given and torch's reason.
+:func:`probe_encoders` runs each encoder alone on two training samples before
+the model is assembled, and :func:`probe_model` the assembled model, so a
+failure names the modality or the head, the shape it was given and torch's
+reason.
 """
 
 from __future__ import annotations
@@ -47,10 +48,32 @@ def _reason(error: BaseException) -> str:
     return " ".join(str(error).split())[:200]
 
 
-def probe_model(model: nn.Module, bundle: Any, num_outputs: int) -> None:
-    """Run ``model`` (a :class:`~mckd.method.model.MultiModalModel`) once on two training samples.
+def probe_encoders(encoders: Mapping[str, nn.Module] | nn.Module, bundle: Any) -> None:
+    """Run each modality's encoder (or the shared one) on two of its training samples, before a model is assembled.
 
-    Each encoder alone first (an error names its modality and input shape),
+    Raises:
+        ConfigError: naming the modality, its input shape and torch's reason.
+    """
+    batch = _two_samples(bundle.train)
+    for n, name in enumerate(bundle.modalities):
+        encoder = encoders[name] if isinstance(encoders, Mapping) else encoders
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            with torch.no_grad():
+                encoder(batch["inputs"][n].float())
+        except Exception as error:  # noqa: BLE001 - any failure of user code, named
+            raise ConfigError(f"fit(encoders=...): the encoder of {name!r} fails on its input of shape "
+                              f"{tuple(batch['inputs'][n].shape)} ([batch, *{tuple(bundle.input_shapes[name])}]): "
+                              f"{type(error).__name__}: {_reason(error)}") from None
+        finally:
+            encoder.train(was_training)
+
+
+def probe_model(model: nn.Module, bundle: Any, num_outputs: int) -> None:
+    """Run the assembled ``model`` (a :class:`~mckd.method.model.MultiModalModel`) once on two training samples.
+
+    Every encoder together first (features of different shapes are named),
     then the whole model with every modality present (an error names the
     head); the output must be ``[2, num_outputs]`` (the task's classes).
 
@@ -59,22 +82,11 @@ def probe_model(model: nn.Module, bundle: Any, num_outputs: int) -> None:
     """
     batch = _two_samples(bundle.train)
     inputs = [t.float() for t in batch["inputs"]]
+    present = torch.ones(len(inputs[0]), len(inputs), dtype=torch.bool)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            encoders = getattr(model, "encoders", None)
-            for n, name in enumerate(bundle.modalities):
-                encoder = encoders[name] if encoders is not None else getattr(model, "shared_encoder", None)
-                if encoder is None:
-                    break
-                try:
-                    encoder(inputs[n])
-                except Exception as error:  # noqa: BLE001 - any failure of user code, named
-                    raise ConfigError(f"fit(encoders=...): the encoder of {name!r} fails on its input of shape "
-                                      f"{tuple(inputs[n].shape)} ([batch, *{tuple(bundle.input_shapes[name])}]): "
-                                      f"{type(error).__name__}: {_reason(error)}") from None
-            present = torch.ones(len(inputs[0]), len(inputs), dtype=torch.bool)
             if hasattr(model, "encode"):
                 try:
                     model.encode(inputs, present)
@@ -82,8 +94,6 @@ def probe_model(model: nn.Module, bundle: Any, num_outputs: int) -> None:
                     raise ConfigError(f"fit(encoders=...): {type(error).__name__}: {_reason(error)}") from None
             try:
                 output = model(inputs, present)
-            except ConfigError:
-                raise
             except Exception as error:  # noqa: BLE001
                 raise ConfigError(f"fit(head=...): the model fails on fused features of {len(inputs)} modalities "
                                   f"({type(error).__name__}: {_reason(error)}); the head takes what fusion gives "

@@ -413,11 +413,11 @@ def resume_a_checkpoint_whose_optimiser_state_is_nan(w: World) -> Case:
     import torch
 
     def poison(tensors, metadata):
-        name = next(k for k in tensors if k.startswith("optimizer.") and tensors[k].is_floating_point()
+        name = next(k for k in tensors if k.startswith("optimizers.") and tensors[k].is_floating_point()
                     and tensors[k].numel() > 1)
         tensors[name] = torch.full_like(tensors[name], float("nan"))
     run = _edited_run(w, "nan_state", poison)
-    return Case(["train", "--resume", run], ["holds NaN or infinite values", "optimizer."], [run])
+    return Case(["train", "--resume", run], ["holds NaN or infinite values", "optimizers."], [run])
 
 
 @CASES

@@ -94,7 +94,8 @@ class DivergenceGuard(Callback):
         if not first:
             return
         losses = self.log.mean_losses()
-        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        logged = dict(zip(self.log.loss_names, self.log.counts))  # a loss not logged since the last record is NaN
+        bad = [name for name, value in losses.items() if logged.get(name) and not math.isfinite(value)]
         what = (f"the {' and '.join(bad)} loss{'es' if len(bad) > 1 else ''}" if bad
                 else "the importance weights, the model's parameters or the optimiser's state")
         settings = self.config.train

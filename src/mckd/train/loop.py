@@ -266,8 +266,12 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
         try:
             state.load_state_dict(saved)  # last: nothing draws a random number before the loop
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            log.close()  # the run's files stay as they were
             raise CheckpointError(f"checkpoint {str(staging.run.checkpoint)!r} does not match this run: "
                                   f"{error}") from None
+        except BaseException:
+            log.close()
+            raise
         if context.is_main:
             _prepare_run_dir(staging.run, experiment.config, experiment)
     else:
