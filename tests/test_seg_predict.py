@@ -29,7 +29,7 @@ from seg_helpers import REGIONS_BRATS, REGIONS_MSD, seg_cache, seg_folders, seg_
 FORMATS = {
     "msd": ("held_msd", {0, 1, 2, 3}, REGIONS_MSD, "{case}.nii.gz", "labelsTr/{case}.nii.gz"),
     "nnunet": ("held_nnunet", {0, 1, 2, 3}, REGIONS_MSD, "{case}.nii.gz", "labelsTr/{case}.nii.gz"),
-    "brats": ("held_brats", {0, 1, 2, 4}, REGIONS_BRATS, "{case}/{case}_seg.nii.gz", "{case}/{case}_seg.nii.gz"),
+    "brats": ("held_brats", {0, 1, 2, 4}, REGIONS_BRATS, "{case}.nii.gz", "{case}/{case}_seg.nii.gz"),
 }
 CASES = ("HELD_001", "HELD_002", "HELD_003", "HELD_004")
 
@@ -137,13 +137,13 @@ def test_tta_probabilities_and_post_processing_are_options_stated_in_the_record(
 
     out = tmp_path / "out"
     assert main(["predict", str(seg_run), "--input", str(seg_folders["held_brats"]), "--output", str(out),
-                 "--tta", "--probabilities", "--largest-component", "--et-min-voxels", "5", "--naming", "challenge",
+                 "--tta", "--probabilities", "--largest-component", "--et-min-voxels", "5",
                  "--sequences", "flair,t1ce", "--device", "cpu"]) == 0
     record = json.loads((out / "predict.json").read_text())
     assert record["options"]["tta"].startswith("8 mirrorings") and record["options"]["largest_component"]
     assert record["postprocessing"]["et_min_voxels"] == 5 and record["labels"]["probabilities"] == ["ET", "TC", "WT"]
     for case in CASES:
-        labels = _array(out / f"{case}.nii.gz")  # BraTS challenge names
+        labels = _array(out / f"{case}.nii.gz")  # BraTS's submission names
         probabilities = _array(out / f"{case}_probabilities.nii.gz")
         assert probabilities.shape == labels.shape + (3,) and 0 <= probabilities.min() and probabilities.max() <= 1
         assert ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))[1] <= 1
@@ -187,7 +187,7 @@ def test_cases_with_real_missing_sequences_train_and_are_evaluated_as_observed(s
 
 
 def test_small_components_go_and_the_largest_stays():
-    from mckd.segment import remove_small_components
+    from mckd.seg.segment import remove_small_components
 
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[0:3, 0:3, 0:3] = 2  # 27 voxels
@@ -200,7 +200,7 @@ def test_small_components_go_and_the_largest_stays():
 
 
 def test_upsampling_keeps_the_values_the_model_saw_at_their_voxels():
-    from mckd.segment import upsample_strided
+    from mckd.seg.segment import upsample_strided
 
     coarse = torch.rand(1, 2, 4, 5, 3)
     fine = upsample_strided(coarse, 2, (8, 10, 5))
@@ -210,7 +210,7 @@ def test_upsampling_keeps_the_values_the_model_saw_at_their_voxels():
 
 
 def test_mirroring_averages_over_the_eight_flips_of_three_axes():
-    from mckd.segment import mirrorings
+    from mckd.seg.segment import mirrorings
 
     flips = mirrorings(True)
     assert len(flips) == 8 and len(set(flips)) == 8 and mirrorings(False) == [()]

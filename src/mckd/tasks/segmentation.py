@@ -1,6 +1,6 @@
 """3D segmentation for any declared label set: losses, Dice and HD95 per class or region, sliding-window inference.
 
-The data declare their labels (:class:`mckd.data.labels.LabelScheme`, in the
+The data declare their labels (:class:`mckd.seg.labels.LabelScheme`, in the
 task's facts as ``labels``): classes ``0..K-1`` (0 the background) and,
 optionally, nested regions (nnU-Net's region-based labels; BraTS's ET / TC /
 WT). The evaluated targets are the regions when there are any, else the
@@ -40,14 +40,12 @@ from typing import Literal, Sequence
 import torch
 from torch.nn import functional as F
 
-from mckd.data.labels import LabelScheme, convention
+from mckd.seg.labels import LabelScheme, convention
 from mckd.errors import ConfigError
 from mckd.registry import register_task
 from mckd.tasks.base import Facts, Forward, MeanOfSampleMetrics, require_target
 
-REGIONS = ("ET", "TC", "WT")  # the BraTS regions
 HD95_ONE_EMPTY = 373.13  # mm: BraTS's value when exactly one of prediction and ground truth is empty
-NECROSIS, EDEMA, ENHANCING = 1, 2, 3
 BRATS = convention("brats2023")  # the BraTS classes (every BraTS convention shares them)
 
 
@@ -65,16 +63,6 @@ def decode_regions(regions: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
     return labels
 
 
-def regions_from_labels(labels: torch.Tensor) -> torch.Tensor:
-    """BraTS internal labels ``[B, *S]`` -> bool regions ``[B, 3, *S]`` (ET, TC, WT)."""
-    return target_masks(labels, BRATS)
-
-
-def labels_from_regions(regions: torch.Tensor) -> torch.Tensor:
-    """Bool BraTS regions ``[B, 3, *S]`` (ET, TC, WT) -> internal labels ``[B, *S]``: WT, then TC, then ET overwrite."""
-    return decode_regions(regions, BRATS)
-
-
 def relabel_small_region(labels: torch.Tensor, classes: Sequence[int], into: int, min_voxels: int) -> torch.Tensor:
     """Per sample: if fewer than ``min_voxels`` voxels hold ``classes``, give them class ``into``."""
     if min_voxels <= 0:
@@ -86,11 +74,6 @@ def relabel_small_region(labels: torch.Tensor, classes: Sequence[int], into: int
         if 0 < count < min_voxels:
             labels[b][inside] = into
     return labels
-
-
-def relabel_small_enhancing(labels: torch.Tensor, min_voxels: int) -> torch.Tensor:
-    """BraTS labels, per sample: if fewer than ``min_voxels`` voxels are enhancing, make them core (necrosis)."""
-    return relabel_small_region(labels, (ENHANCING,), NECROSIS, min_voxels)
 
 
 def small_et_rule(scheme: LabelScheme) -> tuple[tuple[int, ...], int] | None:

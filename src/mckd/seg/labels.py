@@ -193,12 +193,6 @@ class LabelScheme:
             raise DataError(f"{where}: target names {list(self.target_names())} must differ after lower-casing and "
                             "must not be 'mean'")
 
-    def same_classes(self, other: "LabelScheme") -> bool:
-        """Whether the two schemes' internal classes mean the same (BraTS conventions, or identical declarations)."""
-        if self.tissues and other.tissues:
-            return self.tissues == other.tissues
-        return (self.classes == other.classes and self.regions == other.regions)
-
     def describe(self) -> str:
         """One line: file values and names, then the regions."""
         names: dict[int, list[int]] = {}
@@ -224,12 +218,14 @@ def slug(name: str) -> str:
 
 # --- built-in conventions ------------------------------------------------------------------------
 
-_BRATS_REGIONS = (Region("ET", (ENHANCING,), ENHANCING), Region("TC", (CORE, ENHANCING), CORE),
-                  Region("WT", (CORE, OEDEMA, ENHANCING), OEDEMA))
+# The BraTS regions, in the order of region channels and metric columns (the one definition of their names).
+BRATS_REGIONS = (Region("ET", (ENHANCING,), ENHANCING), Region("TC", (CORE, ENHANCING), CORE),
+                 Region("WT", (CORE, OEDEMA, ENHANCING), OEDEMA))
+BRATS_REGION_NAMES = tuple(region.name for region in BRATS_REGIONS)
 
 
 def _brats(name: str, source: Mapping[int, int], description: str, cavity: bool = False) -> LabelScheme:
-    classes, tissues, regions, order = BRATS_CLASSES, BRATS_TISSUES, _BRATS_REGIONS, (2, 1, 0)
+    classes, tissues, regions, order = BRATS_CLASSES, BRATS_TISSUES, BRATS_REGIONS, (2, 1, 0)
     if cavity:
         classes, tissues = classes + ("resection cavity",), tissues + ("cavity",)
         regions, order = regions + (Region("RC", (CAVITY,), CAVITY),), (2, 1, 0, 3)
