@@ -214,13 +214,33 @@ def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int,
     return train, val, test
 
 
+def class_shares(cases: "SegCases", num_classes: int) -> list[float]:
+    """Each internal class's share of the voxels of ``cases`` (their brain boxes), summing to 1.
+
+    Read from each case's record (``label_voxels``, written by ``prepare``), or
+    counted from its label map when the record lacks them.
+    """
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for case in cases.cases:
+        recorded = case.meta.get("label_voxels")
+        if isinstance(recorded, dict):
+            for value, count in recorded.items():
+                if 0 <= int(value) < num_classes:
+                    counts[int(value)] += float(count)
+        else:
+            counts += np.bincount(np.asarray(case.labels()).ravel(), minlength=num_classes)[:num_classes]
+    total = counts.sum()
+    return [float(c / total) for c in counts] if total > 0 else []
+
+
 def data_facts(options: SegOptions, spacing: Sequence[float], scheme: LabelScheme | None = None,
-               plan: dict[str, Any] | None = None) -> dict[str, Any]:
+               plan: dict[str, Any] | None = None, shares: Sequence[float] | None = None) -> dict[str, Any]:
     """What the segmentation task needs to know (recorded in the run's data.json and checkpoint).
 
     ``roi`` the window, ``spacing`` the model's voxel size (mm), ``downsample``,
     ``labels`` the label scheme, ``plan`` how new data are put on the cache's
-    grid (source format, sequences, orientation, the cache's spacing).
+    grid (source format, sequences, orientation, the cache's spacing),
+    ``class_shares`` each class's share of the training voxels (where the head starts).
     """
     step = options.downsample
     facts: dict[str, Any] = {"target": "label_map", "roi": list(options.crop),
@@ -229,6 +249,8 @@ def data_facts(options: SegOptions, spacing: Sequence[float], scheme: LabelSchem
         facts["labels"] = scheme.to_json()
     if plan is not None:
         facts["plan"] = plan
+    if shares:
+        facts["class_shares"] = [round(float(v), 6) for v in shares]
     return facts
 
 
@@ -280,7 +302,7 @@ def build_seg(options: SegOptions, seed: int) -> DataBundle:
             "source": str(options.cache),
             "cases": {"train": splits[0], "val": splits[1], "test": splits[2]},
         },
-        facts=data_facts(options, spacing, scheme, plan),
+        facts=data_facts(options, spacing, scheme, plan, class_shares(train_cases, scheme.num_classes)),
     )
 
 
