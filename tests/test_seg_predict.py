@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -292,3 +293,56 @@ def test_plot_seg_draws_a_run_of_the_seg_dataset(seg_cache, tmp_path):
     out = tmp_path / "case.png"
     assert main(["plot-seg", str(run), "--case", case, "--subset", sequence, "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_predict_never_writes_over_a_file_an_input_case_reads_even_with_force(seg_run, seg_folders, tmp_path, capsys):
+    nnunet = tmp_path / "nnunet"
+    shutil.copytree(seg_folders["held_nnunet"], nnunet)
+    label = nnunet / "labelsTr" / "HELD_001.nii.gz"
+    before = label.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(seg_run), "--input", str(nnunet / "imagesTr"), "--output", str(nnunet / "labelsTr"),
+                 "--force", "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to write {label}: it is case HELD_001's label file (its ground truth)" in err
+    assert label.read_bytes() == before
+    msd = tmp_path / "msd"
+    shutil.copytree(seg_folders["held_msd"], msd)
+    assert main(["predict", str(seg_run), "--input", str(msd / "imagesTr"), "--output", str(msd / "imagesTr"),
+                 "--force", "--device", "cpu", "--no-progress"]) == 2
+    assert "it is case HELD_001's flair image" in capsys.readouterr().err
+    flair = seg_folders["held_brats"] / "HELD_001" / "HELD_001_flair.nii.gz"
+    assert main(["predict", str(seg_run), f"flair={flair}", "--out", str(flair), "--force", "--device", "cpu"]) == 2
+    assert f"refusing to write {flair}: it is the flair image given" in capsys.readouterr().err
+    # a BraTS folder written into itself: outputs take BraTS's prediction names, beside the case folders
+    brats = tmp_path / "brats"
+    shutil.copytree(seg_folders["held_brats"], brats)
+    labels = {p: p.read_bytes() for p in brats.glob("*/*_seg.nii.gz")}
+    assert main(["predict", str(seg_run), "--input", str(brats), "--output", str(brats), "--force", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert all(path.read_bytes() == data for path, data in labels.items())
+    assert sorted(p.name for p in brats.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in CASES]
+
+
+def test_a_brats_folder_whose_cases_lack_flair_is_recognised_from_their_other_files(seg_run, seg_folders, tmp_path):
+    from mckd.seg.formats import detect_format
+
+    brats = tmp_path / "no_flair"
+    shutil.copytree(seg_folders["held_brats"], brats)
+    for path in brats.glob("*/*_flair.nii.gz"):
+        path.unlink()
+    found = detect_format(brats)
+    assert found.kind == "brats2018" and all("flair" not in case.images for case in found.cases(labelled=True))
+    out = tmp_path / "out"
+    assert main(["predict", str(seg_run), "--input", str(brats), "--output", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    record = json.loads((out / "predict.json").read_text())
+    assert [c["sequences"] for c in record["cases"]][0] == ["t1", "t1ce", "t2"]
+
+
+def test_an_option_a_command_does_not_have_is_named_with_the_command_once(seg_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(seg_run), "--allow-missing"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mckd: error: mckd predict: unrecognized arguments: --allow-missing") and "mckd: mckd" not in err
