@@ -443,7 +443,7 @@ def build(root: Path, only: str | None = None) -> list[Case]:
             array.write_bytes(array.read_bytes()[:90])
         cases += [
             Case("train/brats-cache-missing", ["train", str(brats_config(root / "b1.yaml", root / "no_cache")), "--out", str(out)],
-                 ["no_cache is not a BraTS cache", "mckd prepare brats"], [out]),
+                 ["no_cache is not a segmentation cache", "mckd prepare seg"], [out]),
             Case("train/brats-too-few-cases", ["train", str(brats_config(root / "b2.yaml", two_cases)), "--out", str(out)],
                  ["2 cases are too few"], [out]),
             Case("train/brats-damaged-record", ["train", str(brats_config(root / "b3.yaml", damaged_record)), "--out", str(out)],
@@ -479,7 +479,7 @@ def build(root: Path, only: str | None = None) -> list[Case]:
         cases += [
             Case("predict/output-exists", predict(f"flair={flair}", out_path=existing), ["existing_prediction.nii.gz", "exists", "--force"], [existing]),
             Case("predict/output-not-nifti", predict(f"flair={flair}", out_path=root / "prediction.png"), ["prediction.png must end in .nii.gz"], [root / "prediction.png"]),
-            Case("predict/unknown-modality", predict(f"dwi={flair}"), ["['dwi'] are not among them"], [prediction]),
+            Case("predict/unknown-modality", predict(f"dwi={flair}"), ["has none of the sequences the model takes", "it has dwi"], [prediction]),
             Case("predict/not-modality-equals-file", predict(str(flair)), ["inputs are MODALITY=FILE"], [prediction]),
             Case("predict/input-missing", predict(f"flair={inputs / 'nothing.nii.gz'}"), ["nothing.nii.gz", "does not exist"], [prediction]),
             Case("predict/truncated-input", predict(f"flair={inputs / 'truncated.nii.gz'}"), ["truncated.nii.gz", "not a readable NIfTI file"], [prediction]),

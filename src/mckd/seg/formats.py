@@ -34,7 +34,7 @@ four MRI sequences are written as BraTS's (``FLAIR``, ``T2f`` -> ``flair``;
 ``T1w``, ``T1n`` -> ``t1``; ``t1gd``, ``T1c`` -> ``t1ce``; ``T2w`` -> ``t2``), so
 a model trained in one format reads the others; any other name is kept
 (lower case). Labels come from the description (MSD, nnU-Net), the layout,
-or ``--labels``; see :mod:`mckd.data.labels`.
+or ``--labels``; see :mod:`mckd.seg.labels`.
 """
 
 from __future__ import annotations

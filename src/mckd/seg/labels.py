@@ -269,6 +269,11 @@ def from_msd_labels(labels: Mapping[str, Any], where: str) -> LabelScheme:
                         f"got {dict(labels)}") from None
     if not pairs or pairs[0][0] != 0:
         raise DataError(f"{where}: 'labels' must declare 0 (the background), got {dict(labels)}")
+    return _one_class_per_value(pairs, where)
+
+
+def _one_class_per_value(pairs: Sequence[tuple[int, str]], where: str) -> LabelScheme:
+    """Declared ``(file value, name)`` pairs, sorted by value from 0 -> one internal class per value."""
     names = tuple(name for _, name in pairs)
     scheme = LabelScheme(where, names, tuple((v, k) for k, (v, _) in enumerate(pairs)),
                          tissues=named_tissues(names), description=f"as declared in {where}")
@@ -315,11 +320,7 @@ def from_nnunet_labels(labels: Mapping[str, Any], regions_class_order: Sequence[
         pairs = sorted((values[0], name) for name, values in entries)
         if len({v for v, _ in pairs}) != len(pairs):
             raise DataError(f"{where}: two labels share a value: {dict(labels)}")
-        names = tuple(name for _, name in pairs)
-        scheme = LabelScheme(where, names, tuple((v, k) for k, (v, _) in enumerate(pairs)),
-                             tissues=named_tissues(names), description=f"as declared in {where}")
-        scheme.check(where)
-        return scheme
+        return _one_class_per_value(pairs, where)
     regions = [(name, values) for name, values in entries if values != (0,)]
     if regions_class_order is None or len(regions_class_order) != len(regions):
         raise DataError(f"{where}: region-based labels ({len(regions)} regions) need 'regions_class_order' with one "
