@@ -324,7 +324,8 @@ def test_predict_never_writes_over_a_file_an_input_case_reads_even_with_force(se
     assert sorted(p.name for p in brats.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in CASES]
 
 
-def test_a_brats_folder_whose_cases_lack_flair_is_recognised_from_their_other_files(seg_run, seg_folders, tmp_path):
+def test_a_brats_folder_whose_cases_lack_flair_is_recognised_from_their_other_files(seg_run, seg_folders, tmp_path,
+                                                                                     capsys):
     from mckd.seg.formats import detect_format
 
     brats = tmp_path / "no_flair"
@@ -334,10 +335,21 @@ def test_a_brats_folder_whose_cases_lack_flair_is_recognised_from_their_other_fi
     found = detect_format(brats)
     assert found.kind == "brats2018" and all("flair" not in case.images for case in found.cases(labelled=True))
     out = tmp_path / "out"
+    capsys.readouterr()
     assert main(["predict", str(seg_run), "--input", str(brats), "--output", str(out), "--device", "cpu",
                  "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    # each case's sequences, from its files: the header and the record say those, never the model's
+    has = {case: [m for m in ("flair", "t1", "t1ce", "t2") if (brats / case / f"{case}_{m}.nii.gz").is_file()]
+           for case in CASES}
     record = json.loads((out / "predict.json").read_text())
-    assert [c["sequences"] for c in record["cases"]][0] == ["t1", "t1ce", "t2"]
+    assert {c["case"]: c["sequences"] for c in record["cases"]} == has
+    patterns = {}
+    for sequences in has.values():
+        patterns["+".join(sequences)] = patterns.get("+".join(sequences), 0) + 1
+    for pattern, n in patterns.items():
+        assert f"{pattern}: {n} case{'s' if n > 1 else ''}" in said, said
+    assert "flair+" not in said
 
 
 def test_an_option_a_command_does_not_have_is_named_with_the_command_once(seg_run, capsys):
