@@ -217,3 +217,26 @@ def test_which_sequences_each_sample_has_is_read_from_the_records_without_drawin
     expected = [CachedCase(seg_cache, train_ids[i % len(train_ids)], SEQUENCES).present for i in range(6)]
     assert np.array_equal(bundle.train.presence().numpy(), np.stack(expected))
     assert np.array_equal(bundle.train.presence().numpy()[0], bundle.train[0]["present"].numpy())
+
+
+def test_a_brats_case_folder_holding_only_its_label_file_is_a_brats_case(tmp_path: Path):
+    case = heldout_cases()[0]
+    folder = tmp_path / "labels_only" / "Brats18_X_1"
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(case.labels, case.affine), str(folder / "Brats18_X_1_seg.nii.gz"))
+    found = detect_format(folder.parent)
+    assert found.kind == "brats2018"
+    assert found.output_name("Brats18_X_1") == "Brats18_X_1.nii.gz"
+
+
+def test_a_folder_no_format_recognises_points_to_the_named_formats_before_a_layout_file(tmp_path: Path):
+    folder = tmp_path / "odd" / "case_1"
+    folder.mkdir(parents=True)
+    case = heldout_cases()[0]
+    nib.save(nib.Nifti1Image(case.images["flair"], case.affine), str(folder / "FLAIR_registered.nii.gz"))
+    with pytest.raises(DataError) as error:
+        detect_format(folder.parent)
+    message = str(error.value)
+    assert "'case_1' holds ['FLAIR_registered.nii.gz']" in message
+    named, layout = message.index("--format NAME"), message.index("--format FILE.yaml")
+    assert named < layout and all(name in message[named:layout] for name in ("nnunet", "msd", "brats2018", "brats2023"))
