@@ -240,3 +240,37 @@ def test_a_folder_no_format_recognises_points_to_the_named_formats_before_a_layo
     assert "'case_1' holds ['FLAIR_registered.nii.gz']" in message
     named, layout = message.index("--format NAME"), message.index("--format FILE.yaml")
     assert named < layout and all(name in message[named:layout] for name in ("nnunet", "msd", "brats2018", "brats2023"))
+
+
+def test_two_sources_in_their_own_formats_and_labels_make_one_cache_whose_missing_sequences_are_real(tmp_path: Path):
+    from seg_helpers import make_case, write_brats
+
+    from conftest import ROOT
+
+    brats = write_brats(tmp_path / "brats", heldout_cases()[:1])  # all four sequences, BraTS 2018 labels, no mask file
+    made = make_case("brats_2013_pat0003_1", "brats2013", "brats_2013_pat0003_1")
+    labels_2013 = made.labels.copy()
+    half = np.zeros(labels_2013.shape, bool)
+    half[: labels_2013.shape[0] // 2] = True
+    labels_2013[(labels_2013 == 1) & half] = 3  # BraTS 2013's non-enhancing core: a core class like 1
+    case = tmp_path / "b2013" / made.name
+    case.mkdir(parents=True)
+    for sequence, name in (("flair", "Flair_subtrMeanDivStd"), ("t1ce", "T1c_subtrMeanDivStd")):
+        nib.save(nib.Nifti1Image(made.images[sequence], made.affine), str(case / f"{name}.nii.gz"))
+    nib.save(nib.Nifti1Image(labels_2013, made.affine), str(case / "OTMultiClass.nii.gz"))
+    brain = (made.images["flair"] != made.images["flair"][0, 0, 0]).astype(np.uint8)
+    nib.save(nib.Nifti1Image(brain, made.affine), str(case / "brainmask.nii.gz"))
+    out = tmp_path / "cache"
+    assert main(["prepare", "seg", str(brats), str(tmp_path / "b2013"), str(out), "--format", "auto",
+                 "--format", str(ROOT / "configs" / "brats2013_layout.yaml"), "--allow-missing", "--workers", "1",
+                 "--no-progress"]) == 0
+    record = read_dataset_record(out)
+    assert tuple(record["modalities"]) == SEQUENCES and sorted(record["cases"]) == ["HELD_001", made.name]
+    assert [s["labels"] for s in record["sources"]] == ["brats2018", "brats2013"]
+    held, old = (CachedCase(out, name, SEQUENCES) for name in ("HELD_001", made.name))
+    assert held.present.tolist() == [True, True, True, True] and old.present.tolist() == [True, False, True, False]
+    assert old.image("t1") is None and "mask" in old.meta["files"] and "mask" not in held.meta["files"]
+    # each source's labels onto the cache's classes (1 core, 2 oedema, 3 enhancing): the tumour lies inside the crop
+    cached = np.bincount(np.asarray(old.labels()).ravel(), minlength=4)
+    expected = [np.isin(labels_2013, values).sum() for values in ((1, 3), (2,), (4,))]
+    assert cached[1:].tolist() == expected
