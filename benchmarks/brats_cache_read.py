@@ -22,9 +22,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mckd.data.brats import BratsCases
-from mckd.data.brats_cache import prepare_cache, read_dataset_record
-from mckd.data.brats_layout import case_folders, detect_layout
+from mckd.seg.cache import read_dataset_record
+from mckd.seg.dataset import SegCases
+from mckd.seg.formats import detect_format
+from mckd.seg.prepare import prepare_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,29 +45,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     source = Path(args.source)
-    layout = detect_layout(source)
+    found = detect_format(source)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         start = time.perf_counter()
-        prepare_cache(source, cache, layout, workers=1, progress=False)
+        prepare_segmentation(source, cache, workers=1, progress=False, say=lambda _: None)
         record = read_dataset_record(cache)
         print(f"prepare (once, {len(record['cases'])} cases, 1 worker): {time.perf_counter() - start:.2f} s")
         print(f"{'case':22s} {'NIfTI decode':>13s} {'cache, whole':>13s} {'cache, crop':>12s}  (median of {args.repeats}, s)")
-        for folder in case_folders(source, layout):
+        for case in found.cases(labelled=True):
+            folder = Path(case.label).parent
             files = sorted(folder.glob("*.nii*"))
 
             def nifti() -> None:
                 for f in files:
                     np.asanyarray(nib.load(str(f)).dataobj)
 
-            cases = BratsCases(cache, [folder.name], record["modalities"], 1)
+            cases = SegCases(cache, [folder.name], record["modalities"], 1)
 
             def whole() -> None:
-                fresh = BratsCases(cache, [folder.name], record["modalities"], 1)  # new memory maps each time
+                fresh = SegCases(cache, [folder.name], record["modalities"], 1)  # new memory maps each time
                 fresh.read(0)
 
             def one_crop() -> None:
-                fresh = BratsCases(cache, [folder.name], record["modalities"], 1)
+                fresh = SegCases(cache, [folder.name], record["modalities"], 1)
                 fresh.read(0, [(40, 88), (60, 108), (40, 88)])
 
             shape = cases.shape(0)

@@ -41,9 +41,9 @@ def main() -> None:
     import torch
 
     from mckd.config import apply_overrides, config_from_dict, load_raw
-    from mckd.data.seg_prepare import prepare_segmentation
-    from mckd.predict import predict_folder
-    from mckd.segment import SegmentOptions
+    from mckd.seg.predict import predict_folder
+    from mckd.seg.prepare import prepare_segmentation
+    from mckd.seg.segment import SegmentOptions
     from mckd.train import train
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mckd_predict_speed_"))

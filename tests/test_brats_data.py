@@ -10,19 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_helpers import LAYOUT_2013, cache2013, cache4  # noqa: F401 (fixtures)
+from brats_helpers import LAYOUT_2013, brats_regions, cache2013, cache4, read_case  # noqa: F401 (fixtures)
 from conftest import shared_path
-from mckd.data.brats_cache import CachedCase, prepare_cache, read_dataset_record, write_nifti_like
-from mckd.data.brats_layout import (
-    BUILTIN_LAYOUTS,
-    convert_labels,
-    detect_layout,
-    labels_to_regions,
-    load_layout,
-    read_case,
-    to_convention,
-)
 from mckd.errors import DataError
+from mckd.seg.cache import CachedCase, read_dataset_record
+from mckd.seg.formats import detect_format
+from mckd.seg.labels import convention
+from mckd.seg.layouts import BUILTIN_LAYOUTS, load_layout
+from mckd.seg.predict import write_nifti
+from mckd.seg.prepare import prepare_segmentation
 
 
 def _load(path: Path) -> np.ndarray:
@@ -60,7 +56,7 @@ def test_brats2018_layout_reads_four_sequences_and_the_2018_labels():
     seg = _load(case / "Brats18_2013_21_1_seg.nii.gz")
     assert list(read.images) == ["flair", "t1", "t1ce", "t2"] and read.missing == []
     assert read.images["t1ce"].shape == (240, 240, 155)
-    et, tc, wt = labels_to_regions(read.labels)
+    et, tc, wt = brats_regions(read.labels)
     assert np.array_equal(et, seg == 4)
     assert np.array_equal(tc, np.isin(seg, [1, 4]))
     assert np.array_equal(wt, seg > 0)
@@ -68,11 +64,11 @@ def test_brats2018_layout_reads_four_sequences_and_the_2018_labels():
 
 def test_auto_layout_recognises_brats2021_names():
     source = shared_path("brats4")
-    layout = detect_layout(source)
+    layout = detect_format(source).layout
     assert layout.name == "brats2018"
     read = read_case(source / "BraTS2021_00006", layout)
     seg = _load(source / "BraTS2021_00006" / "BraTS2021_00006_seg.nii.gz")
-    assert np.array_equal(labels_to_regions(read.labels)[0], seg == 4)
+    assert np.array_equal(brats_regions(read.labels)[0], seg == 4)
 
 
 def test_uncompressed_nii_files_are_read_by_the_gz_pattern(small_case: Path):
@@ -91,7 +87,7 @@ def test_brats2023_layout_maps_its_sequence_names_and_label_3_to_enhancing(small
         if old == "seg":
             data = np.where(data == 4, 3, data).astype(np.uint8)  # 2023: enhancing is 3
         nib.save(nib.Nifti1Image(data, image.affine), str(folder / f"{folder.name}-{new}.nii.gz"))
-    assert detect_layout(tmp_path).name == "brats2023"
+    assert detect_format(tmp_path).kind == "brats2023"
     read = read_case(folder, BUILTIN_LAYOUTS["brats2023"])
     reference = read_case(small_case, BUILTIN_LAYOUTS["brats2018"])
     assert np.array_equal(read.labels, reference.labels)
@@ -103,7 +99,7 @@ def test_mapping_layout_reads_brats2013_with_its_old_label_convention():
     read = read_case(case, load_layout(LAYOUT_2013))
     assert list(read.images) == ["flair", "t1ce"]
     raw = _load(case / "OTMultiClass.nii.gz")
-    et, tc, wt = labels_to_regions(read.labels)
+    et, tc, wt = brats_regions(read.labels)
     assert np.array_equal(et, raw == 4)
     assert np.array_equal(tc, np.isin(raw, [1, 3, 4]))
     assert np.array_equal(wt, raw > 0)
@@ -114,14 +110,14 @@ def test_both_label_conventions_give_the_same_regions_for_the_same_patient():
     # Brats18_2013_21_1 and brats_2013_pat0004_1 are one patient (data README).
     old = read_case(shared_path("brats2013", "brats_2013_pat0004_1"), load_layout(LAYOUT_2013)).labels
     new = read_case(shared_path("brats4", "Brats18_2013_21_1"), BUILTIN_LAYOUTS["brats2018"]).labels
-    assert np.array_equal(labels_to_regions(old), labels_to_regions(new))
+    assert np.array_equal(brats_regions(old), brats_regions(new))
 
 
 def test_internal_labels_go_back_to_each_convention():
     internal = np.array([0, 1, 2, 3], dtype=np.uint8)
-    assert to_convention(internal, "brats2018").tolist() == [0, 1, 2, 4]
-    assert to_convention(internal, "brats2023").tolist() == [0, 1, 2, 3]
-    assert convert_labels(np.array([0, 1, 2, 3, 4]), "brats2013").tolist() == [0, 1, 2, 1, 3]
+    assert convention("brats2018").to_file_values(internal).tolist() == [0, 1, 2, 4]
+    assert convention("brats2023").to_file_values(internal).tolist() == [0, 1, 2, 3]
+    assert convention("brats2013").to_internal(np.array([0, 1, 2, 3, 4])).tolist() == [0, 1, 2, 1, 3]
 
 
 # --- input checks ----------------------------------------------------------------------------
@@ -228,14 +224,13 @@ def test_a_prediction_written_back_lands_on_the_original_grid(cache4: Path, tmp_
     case = CachedCase(cache4, "Brats18_2013_21_1", ["flair", "t1", "t1ce", "t2"])
     prediction = np.asarray(case.labels())  # a perfect "prediction" on the cached grid
     restored = case.restore(prediction)
-    out = write_nifti_like(to_convention(restored, "brats2018"), source / "Brats18_2013_21_1_flair.nii.gz",
-                           tmp_path / "pred.nii.gz")
+    flair = source / "Brats18_2013_21_1_flair.nii.gz"
+    out = write_nifti(convention("brats2018").to_file_values(restored), flair, tmp_path / "pred.nii.gz",
+                      nib.load(str(flair)).affine)
     written, original = nib.load(str(out)), nib.load(str(source / "Brats18_2013_21_1_seg.nii.gz"))
     assert written.shape == original.shape
     assert np.allclose(written.affine, original.affine)
     assert np.array_equal(np.asanyarray(written.dataobj), np.asanyarray(original.dataobj))
-    with pytest.raises(DataError, match="exists; pass --force"):
-        write_nifti_like(restored, source / "Brats18_2013_21_1_flair.nii.gz", out)
 
 
 def test_prepare_refuses_to_overwrite_without_force(cache2013: Path, tmp_path: Path):
@@ -244,10 +239,9 @@ def test_prepare_refuses_to_overwrite_without_force(cache2013: Path, tmp_path: P
     out = tmp_path / "c"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    layout = load_layout(LAYOUT_2013)
     with pytest.raises(DataError, match="not empty; pass --force"):
-        prepare_cache(shared_path("brats2013"), out, layout, progress=False)
+        prepare_segmentation(shared_path("brats2013"), out, LAYOUT_2013, progress=False)
     with pytest.raises(DataError, match="not an mckd cache"):
-        prepare_cache(shared_path("brats2013"), out, layout, force=True, progress=False)
+        prepare_segmentation(shared_path("brats2013"), out, LAYOUT_2013, force=True, progress=False)
     assert main(["prepare", "brats", str(shared_path("brats2013")), str(cache2013), "--layout", LAYOUT_2013,
                  "--no-progress"]) == 2

@@ -13,19 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from brats_helpers import cache2013, cache4  # noqa: F401 (fixtures)
+from brats_helpers import brats_regions, cache2013, cache4  # noqa: F401 (fixtures)
 from conftest import ROOT, shared_path
 from mckd.config import apply_overrides, config_from_dict, load_raw
-from mckd.data.brats import BratsCaseDataset, BratsCases
 from mckd.evaluation import all_subsets, evaluate_subsets
-from mckd.tasks.segmentation import (
-    HD95_ONE_EMPTY,
-    SegmentationTask,
-    labels_from_regions,
-    regions_from_labels,
-    relabel_small_enhancing,
-)
 from mckd.report import table1
+from mckd.seg.dataset import CaseDataset, SegCases
+from mckd.seg.labels import convention
+from mckd.tasks.segmentation import HD95_ONE_EMPTY, SegmentationTask, decode_regions, relabel_small_region
 
 TINY = [
     "data.downsample=4", "data.crop=[16,16,16]", "data.val_crops=2", "data.crops_per_epoch=4",
@@ -64,7 +59,7 @@ def test_the_small_and_paper_configs_load():
 
 def test_fifteen_subsets_of_four_sequences_are_evaluated(cache4: Path):
     assert len(all_subsets(["flair", "t1", "t1ce", "t2"])) == 15
-    cases = BratsCases(cache4, ["BraTS2021_00006"], ["flair", "t1", "t1ce", "t2"], downsample=8)
+    cases = SegCases(cache4, ["BraTS2021_00006"], ["flair", "t1", "t1ce", "t2"], downsample=8)
     config = tiny_config(cache4)
     from mckd.build import build_method, build_model
 
@@ -72,7 +67,7 @@ def test_fifteen_subsets_of_four_sequences_are_evaluated(cache4: Path):
     model = build_model(config, modalities, {m: (1, 16, 16, 16) for m in modalities}, 3,
                         build_method(config, modalities))
     task = SegmentationTask(3, roi=[16, 16, 16], overlap=0.0, sw_batch_size=8, spacing=[8, 8, 8])
-    rows = evaluate_subsets(model, task, BratsCaseDataset(cases), 1, torch.device("cpu"))
+    rows = evaluate_subsets(model, task, CaseDataset(cases), 1, torch.device("cpu"))
     assert len(rows) == 15 and rows[-1]["subset"] == "flair+t1+t1ce+t2"
     assert all(0 <= r["dice_et"] <= 1 and r["hd95_wt"] >= 0 for r in rows)
 
@@ -157,11 +152,11 @@ def test_plot_of_a_case_and_subset(trained_run: Path, cache2013: Path, tmp_path:
 
 def _logits(labels: torch.Tensor) -> torch.Tensor:
     """Region logits (+10 inside, -10 outside) that decode to ``labels`` ``[B, *S]``."""
-    return regions_from_labels(labels).float() * 20 - 10
+    return torch.from_numpy(brats_regions(labels.numpy())).float().movedim(0, 1) * 20 - 10
 
 
 def test_dice_and_hd95_on_a_hand_made_prediction(cache2013: Path):
-    truth = torch.from_numpy(np.asarray(BratsCases(cache2013, ["brats_2013_pat0004_1"], ["flair"], 2).read(0)["target"]))
+    truth = torch.from_numpy(np.asarray(SegCases(cache2013, ["brats_2013_pat0004_1"], ["flair"], 2).read(0)["target"]))
     truth = truth.long()[None]  # (1, X, Y, Z)
     prediction = truth.clone()
     enhancing = (truth == 3).nonzero()
@@ -198,7 +193,7 @@ def test_small_enhancing_tumour_is_relabelled_as_core():
     labels = torch.zeros(2, 10, 10, 10, dtype=torch.uint8)
     labels[0, :2, :2, :2] = 3  # 8 voxels
     labels[1, :5, :5, :5] = 3  # 125 voxels
-    out = relabel_small_enhancing(labels, 100)
+    out = relabel_small_region(labels, (3,), 1, 100)  # BraTS: enhancing -> core
     assert int((out[0] == 3).sum()) == 0 and int((out[0] == 1).sum()) == 8
     assert int((out[1] == 3).sum()) == 125
     task = SegmentationTask(3, roi=[8, 8, 8], et_min_voxels=100)
@@ -210,7 +205,7 @@ def test_region_channels_decode_nested():
     regions[0, 2, :2] = True  # WT
     regions[0, 1, :1] = True  # TC
     regions[0, 0, 0, 0] = True  # ET
-    labels = labels_from_regions(regions)
+    labels = decode_regions(regions, convention("brats2023"))
     assert labels[0, 0, 0, 0] == 3 and labels[0, 0, 1, 0] == 1 and labels[0, 1, 0, 0] == 2 and labels[0, 3, 0, 0] == 0
 
 

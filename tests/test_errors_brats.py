@@ -19,20 +19,23 @@ import pytest
 nib = pytest.importorskip("nibabel")
 
 from helpers import SEQUENCES, SHAPE, Payload, make_brats_case, save_nifti, synthetic_head  # noqa: E402
-from mckd.data.brats import BratsOptions, build_brats, split_cases  # noqa: E402
-from mckd.data.brats_cache import DATASET_FILE, CachedCase, prepare_cache, read_dataset_record  # noqa: E402
-from mckd.data.brats_layout import (  # noqa: E402
-    BUILTIN_LAYOUTS,
-    convert_labels,
-    detect_layout,
-    load_layout,
-    read_case,
-    read_nifti,
-)
+from brats_helpers import read_case  # noqa: E402
 from mckd.errors import ConfigError, DataError, MckdError  # noqa: E402
+from mckd.seg.cache import DATASET_FILE, CachedCase, read_dataset_record  # noqa: E402
+from mckd.seg.cases import read_nifti  # noqa: E402
+from mckd.seg.dataset import SegOptions, build_seg, split_cases  # noqa: E402
+from mckd.seg.formats import detect_format  # noqa: E402
+from mckd.seg.labels import convention  # noqa: E402
+from mckd.seg.layouts import BUILTIN_LAYOUTS, load_layout  # noqa: E402
+from mckd.seg.prepare import prepare_segmentation  # noqa: E402
 
 LAYOUT = BUILTIN_LAYOUTS["brats2018"]
 save, head, make_case = save_nifti, synthetic_head, make_brats_case
+
+
+def prepare_cache(source: Path, out: Path, **kwargs):
+    """``mckd prepare seg SRC OUT --format brats2018``, quietly."""
+    return prepare_segmentation(source, out, "brats2018", progress=False, say=lambda message: None, **kwargs)
 
 
 @pytest.fixture
@@ -119,21 +122,21 @@ def test_a_case_with_every_sequence_empty_is_an_error_even_when_missing_is_allow
 
 
 @pytest.mark.parametrize(
-    "value,convention",
+    "value,name",
     [(7, "brats2018"), (3, "brats2018"), (4, "brats2023"), (255, "brats2013"), (-1, "brats2018")],
 )
-def test_label_values_outside_the_convention_are_named_with_the_convention(value, convention):
+def test_label_values_outside_the_convention_are_named_with_the_convention(value, name):
     labels = np.zeros(SHAPE, np.int16)
     labels[1, 1, 1] = value
-    with pytest.raises(DataError, match=rf"label values \[{value}\] \(1 voxels\) are not in the {convention} convention"):
-        convert_labels(labels, convention, "seg.nii.gz")
+    with pytest.raises(DataError, match=rf"label values \[{value}\] \(1 voxels\) are not in the {name} convention"):
+        convention(name).to_internal(labels, "seg.nii.gz")
 
 
 def test_non_integer_labels_are_refused():
     labels = np.zeros(SHAPE, np.float32)
     labels[1, 1, 1] = 1.5
     with pytest.raises(DataError, match=r"non-integer values \[1.5\]"):
-        convert_labels(labels, "brats2018", "seg.nii.gz")
+        convention("brats2018").to_internal(labels, "seg.nii.gz")
 
 
 def test_labels_outside_the_convention_in_a_case_name_the_label_file(case):
@@ -173,21 +176,22 @@ def test_reading_a_nifti_that_does_not_exist_says_so(tmp_path):
 
 def test_a_source_folder_that_does_not_exist_or_holds_no_cases_is_named(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        detect_layout(tmp_path / "nowhere")
+        detect_format(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no case folders"):
-        detect_layout(tmp_path / "empty")
+        detect_format(tmp_path / "empty")
     with pytest.raises(DataError, match="no case folders matching"):
-        prepare_cache(tmp_path / "empty", tmp_path / "out", LAYOUT, progress=False)
+        prepare_cache(tmp_path / "empty", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-def test_unrecognised_file_names_ask_for_a_layout(tmp_path):
+def test_unrecognised_file_names_ask_for_a_named_format_then_a_layout(tmp_path):
     folder = tmp_path / "src" / "c0"
     folder.mkdir(parents=True)
     save(folder / "scan_a.nii.gz", head())
-    with pytest.raises(DataError, match="match neither BraTS .* pass --layout"):
-        detect_layout(tmp_path / "src")
+    with pytest.raises(DataError, match=r"no named format's file names match; .* --format NAME \(nnunet .*brats2023 "
+                                        r".*\), else .* --format FILE.yaml"):
+        detect_format(tmp_path / "src")
 
 
 def _layout_file(tmp_path: Path, text: str | bytes) -> Path:
@@ -214,7 +218,7 @@ def test_a_bad_layout_file_is_a_one_line_error(tmp_path, text, message):
 
 
 def test_an_unknown_layout_name_lists_the_built_in_ones():
-    with pytest.raises(DataError, match="neither a built-in layout .*brats2018, brats2023"):
+    with pytest.raises(DataError, match="neither a named format .*brats2018, brats2023"):
         load_layout("brats2099")
 
 
@@ -225,21 +229,21 @@ def test_an_unknown_layout_name_lists_the_built_in_ones():
 def cache(tmp_path: Path) -> Path:
     for n in range(4):
         make_case(tmp_path / "src", f"c{n}")
-    prepare_cache(tmp_path / "src", tmp_path / "cache", LAYOUT, progress=False)
+    prepare_cache(tmp_path / "src", tmp_path / "cache")
     return tmp_path / "cache"
 
 
 def test_prepare_refuses_an_existing_output_unless_forced_and_never_a_foreign_folder(cache, tmp_path):
     before = (cache / DATASET_FILE).read_text()
     with pytest.raises(DataError, match="exists and is not empty; pass --force"):
-        prepare_cache(tmp_path / "src", cache, LAYOUT, progress=False)
+        prepare_cache(tmp_path / "src", cache)
     assert (cache / DATASET_FILE).read_text() == before
-    prepare_cache(tmp_path / "src", cache, LAYOUT, force=True, progress=False)
+    prepare_cache(tmp_path / "src", cache, force=True)
     foreign = tmp_path / "my_documents"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     with pytest.raises(DataError, match="not an mckd cache .* refusing to replace it even with --force"):
-        prepare_cache(tmp_path / "src", foreign, LAYOUT, force=True, progress=False)
+        prepare_cache(tmp_path / "src", foreign, force=True)
     assert (foreign / "thesis.tex").read_text() == "precious"
 
 
@@ -247,10 +251,10 @@ def test_a_prepare_that_fails_midway_leaves_neither_a_cache_nor_its_staging_fold
     save(tmp_path / "src" / "c3" / "c3_t1.nii.gz", np.full(SHAPE, np.nan, np.float32))  # the last case is bad
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(DataError, match="NaN or Inf"):
-        prepare_cache(tmp_path / "src", tmp_path / "new_cache", LAYOUT, progress=False)
+        prepare_cache(tmp_path / "src", tmp_path / "new_cache")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no new_cache, no .new_cache.*.tmp
     with pytest.raises(DataError, match="NaN or Inf"):
-        prepare_cache(tmp_path / "src", cache, LAYOUT, force=True, progress=False)
+        prepare_cache(tmp_path / "src", cache, force=True)
     assert read_dataset_record(cache)["cases"] == ["c0", "c1", "c2", "c3"]  # the old cache is intact
 
 
@@ -259,14 +263,14 @@ def test_a_prepare_that_fails_midway_leaves_neither_a_cache_nor_its_staging_fold
     [
         (lambda c: (c / DATASET_FILE).write_text("{not json"), r"dataset.json \(the cache's record\) is damaged"),
         (lambda c: (c / DATASET_FILE).write_text("[1, 2]"), "holds a list, expected a JSON mapping"),
-        (lambda c: (c / DATASET_FILE).unlink(), "is not a BraTS cache"),
+        (lambda c: (c / DATASET_FILE).unlink(), "is not a segmentation cache"),
         (lambda c: (c / DATASET_FILE).write_text('{"format": "mckd-brats-cache", "version": 99}'), "version 99"),
     ],
 )
 def test_a_damaged_cache_record_is_named(cache, damage, message):
     damage(cache)
     with pytest.raises(DataError, match=message):
-        build_brats(BratsOptions(cache=str(cache), crop=[8, 8, 8]), 0)
+        build_seg(SegOptions(cache=str(cache), crop=[8, 8, 8]), 0)
 
 
 @pytest.mark.parametrize(
@@ -298,13 +302,13 @@ def test_too_few_cases_for_the_splits_is_a_clear_error(tmp_path):
 
 def test_unknown_modality_names_in_the_config_are_refused(cache):
     with pytest.raises(ConfigError, match=r"data.modalities \['flair', 'dwi'\]: must be distinct names from the cache's"):
-        build_brats(BratsOptions(cache=str(cache), modalities=["flair", "dwi"], crop=[8, 8, 8]), 0)
+        build_seg(SegOptions(cache=str(cache), modalities=["flair", "dwi"], crop=[8, 8, 8]), 0)
     with pytest.raises(ConfigError, match="data.test_cases names"):
-        build_brats(BratsOptions(cache=str(cache), train_cases=["c0"], val_cases=["c1"], test_cases=["c9"], crop=[8, 8, 8]), 0)
+        build_seg(SegOptions(cache=str(cache), train_cases=["c0"], val_cases=["c1"], test_cases=["c9"], crop=[8, 8, 8]), 0)
 
 
 def test_predict_refuses_to_overwrite_an_output_before_reading_anything(tmp_path):
-    from mckd.predict import predict_files
+    from mckd.seg.predict import predict_files
 
     out = tmp_path / "seg.nii.gz"
     out.write_bytes(b"an earlier result")

@@ -120,7 +120,7 @@ def test_fuzzed_wav_files(tmp_path, data):
 @FUZZ
 @given(data=st.data(), compressed=st.booleans())
 def test_fuzzed_nifti_files(tmp_path, data, compressed):
-    from mckd.data.brats_layout import check_finite, read_nifti
+    from mckd.seg.cases import check_finite, read_nifti
 
     path = tmp_path / ("scan.nii.gz" if compressed else "scan.nii")
     path.write_bytes(data.draw(damaged(_nifti(compressed))))
@@ -179,7 +179,7 @@ def test_fuzzed_multiview_csv_files(tmp_path, data):
 @given(text=st.text(max_size=200))
 def test_fuzzed_config_and_layout_files(tmp_path, text):
     from mckd.config import load_config
-    from mckd.data.brats_layout import load_layout
+    from mckd.seg.layouts import load_layout
 
     path = tmp_path / "config.yaml"
     path.write_text(text)

@@ -492,7 +492,7 @@ def test_a_folder_a_device_or_a_fifo_given_as_a_config_says_what_it_is(tmp_path,
 def test_an_empty_nifti_and_a_nan_affine_are_named_for_what_they_are(tmp_path):
     import nibabel as nib
 
-    from mckd.data.brats_layout import read_nifti
+    from mckd.seg.cases import read_nifti
 
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((0, 12, 10), np.float32), np.eye(4)), str(empty))

@@ -219,9 +219,8 @@ def test_every_result_writer_keeps_the_previous_version_when_the_write_fails(tmp
 ALLOWED_DIRECT_WRITES = {
     ("io.py", "atomic_write_text"): "writes the temporary file of atomic_write",
     ("checkpoint.py", "save_checkpoint"): "writes the temporary file of atomic_write",
-    ("brats_cache.py", "_prepare_one"): "writes into the staging folder that is renamed into place at the end",
-    ("brats_cache.py", "prepare_cache"): "writes into the staging folder that is renamed into place at the end",
-    ("brats_cache.py", "write_nifti_like"): "writes a temporary file, then os.replace",
+    ("cache.py", "_prepare_one"): "writes into the staging folder that is renamed into place at the end",
+    ("cache.py", "prepare_cache"): "writes into the staging folder that is renamed into place at the end",
 }
 WRITE_CALLS = {"write_text", "write_bytes", "savefig", "save", "dump", "save_file", "to_csv", "tofile", "savez"}
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from mckd.cli import main
-from mckd.data.brats_cache import CachedCase, read_dataset_record
-from mckd.data.brats_layout import read_case_files
-from mckd.data.formats import canonical_sequence, detect_format
 from mckd.errors import DataError
+from mckd.seg.cache import CachedCase, read_dataset_record
+from mckd.seg.cases import read_case_files
+from mckd.seg.formats import canonical_sequence, detect_format
 from seg_helpers import (  # noqa: F401 (fixtures)
     BRATS_TO_MSD,
     SEQUENCES,
@@ -114,9 +114,9 @@ def test_a_case_at_another_spacing_is_resampled_onto_the_common_grid(seg_cache: 
 
 
 def test_the_validation_case_has_every_sequence(seg_cache: Path):
-    from mckd.data.brats import BratsOptions, build_brats
+    from mckd.seg.dataset import SegOptions, build_seg
 
-    bundle = build_brats(BratsOptions(cache=str(seg_cache), crop=[16, 16, 16], downsample=2), 0)
+    bundle = build_seg(SegOptions(cache=str(seg_cache), crop=[16, 16, 16], downsample=2), 0)
     val = bundle.info["cases"]["val"]
     assert all(CachedCase(seg_cache, c, SEQUENCES).present.all() for c in val)
     assert bundle.num_classes == 4 and bundle.facts["labels"]["name"] == "msd_brats"
@@ -156,7 +156,7 @@ def test_brats_2018_and_2019_folders_with_hgg_and_lgg_are_one_set(seg_folders, t
 
 
 def test_a_v1_cache_of_mckd_01_still_trains_with_the_brats_classes(seg_cache: Path, tmp_path: Path):
-    from mckd.data.brats import BratsOptions, build_brats
+    from mckd.seg.dataset import SegOptions, build_seg
 
     old = tmp_path / "v1"
     shutil.copytree(seg_cache, old)
@@ -165,12 +165,12 @@ def test_a_v1_cache_of_mckd_01_still_trains_with_the_brats_classes(seg_cache: Pa
         record.pop(key)
     record.update({"format": "mckd-brats-cache", "version": 1, "source_label_convention": "brats2018"})
     (old / "dataset.json").write_text(json.dumps(record))
-    bundle = build_brats(BratsOptions(cache=str(old), crop=[16, 16, 16]), 0)
+    bundle = build_seg(SegOptions(cache=str(old), crop=[16, 16, 16]), 0)
     assert bundle.facts["labels"]["name"] == "brats2018" and bundle.facts["plan"]["orientation"] == ""
 
 
 def test_a_nifti_written_back_for_a_4d_reference_is_3d(seg_folders, tmp_path: Path):
-    from mckd.predict import write_nifti
+    from mckd.seg.predict import write_nifti
 
     reference = seg_folders["train_msd"] / "imagesTr" / "BRATS_001.nii.gz"
     image = nib.load(str(reference))
@@ -181,7 +181,7 @@ def test_a_nifti_written_back_for_a_4d_reference_is_3d(seg_folders, tmp_path: Pa
 
 
 def test_brats_2023_names_are_recognised_their_labels_chosen_from_the_values_and_outputs_named_alike(tmp_path: Path):
-    from mckd.data.seg_prepare import resolve_scheme
+    from mckd.seg.prepare import resolve_scheme
 
     case = heldout_cases()[0]
     folder = tmp_path / "BraTS2023" / "BraTS-GLI-00001-000"
@@ -196,12 +196,11 @@ def test_brats_2023_names_are_recognised_their_labels_chosen_from_the_values_and
     cases = found.cases(labelled=True)
     scheme, reason = resolve_scheme(found, "auto", cases)
     assert scheme.name == "brats2023" and "3 = enhancing" in reason
-    assert found.output_name(folder.name) == f"{folder.name}/{folder.name}-seg.nii.gz"
-    assert found.output_name(folder.name, challenge=True) == f"{folder.name}.nii.gz"
+    assert found.output_name(folder.name) == f"{folder.name}.nii.gz"  # BraTS's submission name, never the labels
 
 
 def test_the_meta_validation_split_is_drawn_from_complete_cases_and_the_plain_cut_is_kept_when_it_has_them():
-    from mckd.data.brats import split_cases
+    from mckd.seg.dataset import split_cases
 
     ids = [f"c{i}" for i in range(10)]
     plain = split_cases(ids, [0.6, 0.2, 0.2], 3)
@@ -211,10 +210,67 @@ def test_the_meta_validation_split_is_drawn_from_complete_cases_and_the_plain_cu
 
 
 def test_which_sequences_each_sample_has_is_read_from_the_records_without_drawing_crops(seg_cache: Path):
-    from mckd.data.brats import BratsOptions, build_brats
+    from mckd.seg.dataset import SegOptions, build_seg
 
-    bundle = build_brats(BratsOptions(cache=str(seg_cache), crop=[16, 16, 16], downsample=2, crops_per_epoch=6), 0)
+    bundle = build_seg(SegOptions(cache=str(seg_cache), crop=[16, 16, 16], downsample=2, crops_per_epoch=6), 0)
     train_ids = bundle.info["cases"]["train"]
     expected = [CachedCase(seg_cache, train_ids[i % len(train_ids)], SEQUENCES).present for i in range(6)]
     assert np.array_equal(bundle.train.presence().numpy(), np.stack(expected))
     assert np.array_equal(bundle.train.presence().numpy()[0], bundle.train[0]["present"].numpy())
+
+
+def test_a_brats_case_folder_holding_only_its_label_file_is_a_brats_case(tmp_path: Path):
+    case = heldout_cases()[0]
+    folder = tmp_path / "labels_only" / "Brats18_X_1"
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(case.labels, case.affine), str(folder / "Brats18_X_1_seg.nii.gz"))
+    found = detect_format(folder.parent)
+    assert found.kind == "brats2018"
+    assert found.output_name("Brats18_X_1") == "Brats18_X_1.nii.gz"
+
+
+def test_a_folder_no_format_recognises_points_to_the_named_formats_before_a_layout_file(tmp_path: Path):
+    folder = tmp_path / "odd" / "case_1"
+    folder.mkdir(parents=True)
+    case = heldout_cases()[0]
+    nib.save(nib.Nifti1Image(case.images["flair"], case.affine), str(folder / "FLAIR_registered.nii.gz"))
+    with pytest.raises(DataError) as error:
+        detect_format(folder.parent)
+    message = str(error.value)
+    assert "'case_1' holds ['FLAIR_registered.nii.gz']" in message
+    named, layout = message.index("--format NAME"), message.index("--format FILE.yaml")
+    assert named < layout and all(name in message[named:layout] for name in ("nnunet", "msd", "brats2018", "brats2023"))
+
+
+def test_two_sources_in_their_own_formats_and_labels_make_one_cache_whose_missing_sequences_are_real(tmp_path: Path):
+    from seg_helpers import make_case, write_brats
+
+    from conftest import ROOT
+
+    brats = write_brats(tmp_path / "brats", heldout_cases()[:1])  # all four sequences, BraTS 2018 labels, no mask file
+    made = make_case("brats_2013_pat0003_1", "brats2013", "brats_2013_pat0003_1")
+    labels_2013 = made.labels.copy()
+    half = np.zeros(labels_2013.shape, bool)
+    half[: labels_2013.shape[0] // 2] = True
+    labels_2013[(labels_2013 == 1) & half] = 3  # BraTS 2013's non-enhancing core: a core class like 1
+    case = tmp_path / "b2013" / made.name
+    case.mkdir(parents=True)
+    for sequence, name in (("flair", "Flair_subtrMeanDivStd"), ("t1ce", "T1c_subtrMeanDivStd")):
+        nib.save(nib.Nifti1Image(made.images[sequence], made.affine), str(case / f"{name}.nii.gz"))
+    nib.save(nib.Nifti1Image(labels_2013, made.affine), str(case / "OTMultiClass.nii.gz"))
+    brain = (made.images["flair"] != made.images["flair"][0, 0, 0]).astype(np.uint8)
+    nib.save(nib.Nifti1Image(brain, made.affine), str(case / "brainmask.nii.gz"))
+    out = tmp_path / "cache"
+    assert main(["prepare", "seg", str(brats), str(tmp_path / "b2013"), str(out), "--format", "auto",
+                 "--format", str(ROOT / "configs" / "brats2013_layout.yaml"), "--allow-missing", "--workers", "1",
+                 "--no-progress"]) == 0
+    record = read_dataset_record(out)
+    assert tuple(record["modalities"]) == SEQUENCES and sorted(record["cases"]) == ["HELD_001", made.name]
+    assert [s["labels"] for s in record["sources"]] == ["brats2018", "brats2013"]
+    held, old = (CachedCase(out, name, SEQUENCES) for name in ("HELD_001", made.name))
+    assert held.present.tolist() == [True, True, True, True] and old.present.tolist() == [True, False, True, False]
+    assert old.image("t1") is None and "mask" in old.meta["files"] and "mask" not in held.meta["files"]
+    # each source's labels onto the cache's classes (1 core, 2 oedema, 3 enhancing): the tumour lies inside the crop
+    cached = np.bincount(np.asarray(old.labels()).ravel(), minlength=4)
+    expected = [np.isin(labels_2013, values).sum() for values in ((1, 3), (2,), (4,))]
+    assert cached[1:].tolist() == expected

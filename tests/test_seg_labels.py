@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mckd.data.labels import (
+from mckd.seg.labels import (
     CONVENTIONS,
     check_declared_names,
     choose_brats_convention,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ from seg_helpers import REGIONS_BRATS, REGIONS_MSD, seg_cache, seg_folders, seg_
 FORMATS = {
     "msd": ("held_msd", {0, 1, 2, 3}, REGIONS_MSD, "{case}.nii.gz", "labelsTr/{case}.nii.gz"),
     "nnunet": ("held_nnunet", {0, 1, 2, 3}, REGIONS_MSD, "{case}.nii.gz", "labelsTr/{case}.nii.gz"),
-    "brats": ("held_brats", {0, 1, 2, 4}, REGIONS_BRATS, "{case}/{case}_seg.nii.gz", "{case}/{case}_seg.nii.gz"),
+    "brats": ("held_brats", {0, 1, 2, 4}, REGIONS_BRATS, "{case}.nii.gz", "{case}/{case}_seg.nii.gz"),
 }
 CASES = ("HELD_001", "HELD_002", "HELD_003", "HELD_004")
 
@@ -137,13 +138,13 @@ def test_tta_probabilities_and_post_processing_are_options_stated_in_the_record(
 
     out = tmp_path / "out"
     assert main(["predict", str(seg_run), "--input", str(seg_folders["held_brats"]), "--output", str(out),
-                 "--tta", "--probabilities", "--largest-component", "--et-min-voxels", "5", "--naming", "challenge",
+                 "--tta", "--probabilities", "--largest-component", "--et-min-voxels", "5",
                  "--sequences", "flair,t1ce", "--device", "cpu"]) == 0
     record = json.loads((out / "predict.json").read_text())
     assert record["options"]["tta"].startswith("8 mirrorings") and record["options"]["largest_component"]
     assert record["postprocessing"]["et_min_voxels"] == 5 and record["labels"]["probabilities"] == ["ET", "TC", "WT"]
     for case in CASES:
-        labels = _array(out / f"{case}.nii.gz")  # BraTS challenge names
+        labels = _array(out / f"{case}.nii.gz")  # BraTS's submission names
         probabilities = _array(out / f"{case}_probabilities.nii.gz")
         assert probabilities.shape == labels.shape + (3,) and 0 <= probabilities.min() and probabilities.max() <= 1
         assert ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))[1] <= 1
@@ -187,7 +188,7 @@ def test_cases_with_real_missing_sequences_train_and_are_evaluated_as_observed(s
 
 
 def test_small_components_go_and_the_largest_stays():
-    from mckd.segment import remove_small_components
+    from mckd.seg.segment import remove_small_components
 
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[0:3, 0:3, 0:3] = 2  # 27 voxels
@@ -200,7 +201,7 @@ def test_small_components_go_and_the_largest_stays():
 
 
 def test_upsampling_keeps_the_values_the_model_saw_at_their_voxels():
-    from mckd.segment import upsample_strided
+    from mckd.seg.segment import upsample_strided
 
     coarse = torch.rand(1, 2, 4, 5, 3)
     fine = upsample_strided(coarse, 2, (8, 10, 5))
@@ -210,7 +211,7 @@ def test_upsampling_keeps_the_values_the_model_saw_at_their_voxels():
 
 
 def test_mirroring_averages_over_the_eight_flips_of_three_axes():
-    from mckd.segment import mirrorings
+    from mckd.seg.segment import mirrorings
 
     flips = mirrorings(True)
     assert len(flips) == 8 and len(set(flips)) == 8 and mirrorings(False) == [()]
@@ -292,3 +293,68 @@ def test_plot_seg_draws_a_run_of_the_seg_dataset(seg_cache, tmp_path):
     out = tmp_path / "case.png"
     assert main(["plot-seg", str(run), "--case", case, "--subset", sequence, "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_predict_never_writes_over_a_file_an_input_case_reads_even_with_force(seg_run, seg_folders, tmp_path, capsys):
+    nnunet = tmp_path / "nnunet"
+    shutil.copytree(seg_folders["held_nnunet"], nnunet)
+    label = nnunet / "labelsTr" / "HELD_001.nii.gz"
+    before = label.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(seg_run), "--input", str(nnunet / "imagesTr"), "--output", str(nnunet / "labelsTr"),
+                 "--force", "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to write {label}: it is case HELD_001's label file (its ground truth)" in err
+    assert label.read_bytes() == before
+    msd = tmp_path / "msd"
+    shutil.copytree(seg_folders["held_msd"], msd)
+    assert main(["predict", str(seg_run), "--input", str(msd / "imagesTr"), "--output", str(msd / "imagesTr"),
+                 "--force", "--device", "cpu", "--no-progress"]) == 2
+    assert "it is case HELD_001's flair image" in capsys.readouterr().err
+    flair = seg_folders["held_brats"] / "HELD_001" / "HELD_001_flair.nii.gz"
+    assert main(["predict", str(seg_run), f"flair={flair}", "--out", str(flair), "--force", "--device", "cpu"]) == 2
+    assert f"refusing to write {flair}: it is the flair image given" in capsys.readouterr().err
+    # a BraTS folder written into itself: outputs take BraTS's prediction names, beside the case folders
+    brats = tmp_path / "brats"
+    shutil.copytree(seg_folders["held_brats"], brats)
+    labels = {p: p.read_bytes() for p in brats.glob("*/*_seg.nii.gz")}
+    assert main(["predict", str(seg_run), "--input", str(brats), "--output", str(brats), "--force", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert all(path.read_bytes() == data for path, data in labels.items())
+    assert sorted(p.name for p in brats.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in CASES]
+
+
+def test_a_brats_folder_whose_cases_lack_flair_is_recognised_from_their_other_files(seg_run, seg_folders, tmp_path,
+                                                                                     capsys):
+    from mckd.seg.formats import detect_format
+
+    brats = tmp_path / "no_flair"
+    shutil.copytree(seg_folders["held_brats"], brats)
+    for path in brats.glob("*/*_flair.nii.gz"):
+        path.unlink()
+    found = detect_format(brats)
+    assert found.kind == "brats2018" and all("flair" not in case.images for case in found.cases(labelled=True))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["predict", str(seg_run), "--input", str(brats), "--output", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    # each case's sequences, from its files: the header and the record say those, never the model's
+    has = {case: [m for m in ("flair", "t1", "t1ce", "t2") if (brats / case / f"{case}_{m}.nii.gz").is_file()]
+           for case in CASES}
+    record = json.loads((out / "predict.json").read_text())
+    assert {c["case"]: c["sequences"] for c in record["cases"]} == has
+    patterns = {}
+    for sequences in has.values():
+        patterns["+".join(sequences)] = patterns.get("+".join(sequences), 0) + 1
+    for pattern, n in patterns.items():
+        assert f"{pattern}: {n} case{'s' if n > 1 else ''}" in said, said
+    assert "flair+" not in said
+
+
+def test_an_option_a_command_does_not_have_is_named_with_the_command_once(seg_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(seg_run), "--allow-missing"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mckd: error: mckd predict: unrecognized arguments: --allow-missing") and "mckd: mckd" not in err

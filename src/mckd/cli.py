@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -121,7 +122,7 @@ def _print_evaluation(result, samples: str = "test samples") -> None:
 
 
 def _segment_options(args: argparse.Namespace) -> "object":
-    from mckd.segment import SegmentOptions
+    from mckd.seg.segment import SegmentOptions
 
     from mckd.bounds import check_bound
 
@@ -263,7 +264,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from mckd.predict import predict_files, predict_folder
+    from mckd.seg.predict import predict_files, predict_folder
 
     if args.force and args.resume:
         raise MckdError("--force overwrites the outputs that exist and --continue keeps them: give one of them")
@@ -275,7 +276,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             raise MckdError("--input DIR needs --output DIR (and the other way round)")
         predict_folder(args.checkpoint, args.input, args.output, data_format=args.format,
                        channels=_split_names(args.channels), sequences=_split_names(args.sequences),
-                       naming=args.naming, labels=args.labels, options=_segment_options(args), device=args.device,
+                       labels=args.labels, options=_segment_options(args), device=args.device,
                        force=args.force, resume=args.resume, progress=not args.no_progress)
         return
     if not args.inputs or not args.out:
@@ -307,7 +308,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_seg(args: argparse.Namespace) -> None:
-    from mckd.plot_seg import plot_case
+    from mckd.seg.plot import plot_case
 
     from mckd.io import claim_output
 
@@ -323,8 +324,8 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from mckd import components
-    from mckd.data.formats import FORMATS
-    from mckd.data.labels import CONVENTIONS
+    from mckd.seg.formats import format_descriptions
+    from mckd.seg.labels import CONVENTIONS
 
     if args.config:
         from mckd.config import load_raw
@@ -346,7 +347,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         for name, cls in sorted(registered.items()):
             print(f"  {name:22s} {cls.description}")
     print("segmentation formats (mckd prepare seg --format, mckd predict --format; auto recognises them):")
-    for name, description in FORMATS.items():
+    for name, description in format_descriptions():
         print(f"  {name:22s} {description}")
     print("label conventions (--labels; also: dataset = the dataset.json's own, or a YAML label file):")
     for name, scheme in sorted(CONVENTIONS.items()):
@@ -355,14 +356,79 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 # Modules that add a ``mckd prepare <dataset>`` command: each defines
-# ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser.
-PREPARE_MODULES: list[str] = ["mckd.data.brats", "mckd.data.avmnist"]
+# ``add_prepare_parser(subparsers)`` and sets ``func`` on its parser (``prepare seg`` is below).
+PREPARE_MODULES: list[str] = ["mckd.data.avmnist"]
+
+
+def _add_prepare_seg_parsers(datasets: Any) -> None:
+    """``mckd prepare seg SRC [SRC ...] OUT`` (and ``mckd prepare brats``, the same): the cache training reads."""
+    for name, help_text in (("seg", "cache a segmentation dataset in any format (nnU-Net v2, MSD, BraTS, a layout "
+                                    "file), or several into one cache"),
+                            ("brats", "the same as `prepare seg` (its name in mckd 0.1)")):
+        p = datasets.add_parser(
+            name, help=help_text,
+            description="Detect the format of each SRC (nnU-Net v2 raw, Medical Segmentation Decathlon, BraTS "
+                        "2017-2024 case folders, or a YAML layout) and say what was found; read every case, check "
+                        "it, put it on one grid (orientation and spacing, MONAI), crop it to the brain's bounding "
+                        "box, z-score each sequence inside the brain and write memory-mappable arrays plus what is "
+                        "needed to put predictions back on the original grid. Several SRC go into one cache: its "
+                        "sequences are all of theirs, and a case lacks those its dataset does not have "
+                        "(--allow-missing). Training and evaluation read only this cache.",
+        )
+        p.add_argument("paths", nargs="+", metavar="SRC ... OUT",
+                       help="the dataset's folder (or several), then the cache folder to write")
+        p.add_argument("--format", "--layout", dest="format", action="append", metavar="FORMAT",
+                       help="auto (default: recognise it), nnunet, msd, brats2018 (2017-2021 names), brats2023 "
+                            "(2023-2024 names), or a YAML layout file (e.g. configs/brats2013_layout.yaml); once for "
+                            "every SRC, or once per SRC in order (--format auto --format FILE.yaml)")
+        p.add_argument("--labels", default="auto",
+                       help="auto (default: the dataset's own description; for BraTS layouts the convention the label "
+                            "values found make certain), dataset, a convention (brats2018, brats2023, brats2024, "
+                            "brats2013, msd_brats: see mckd list) or a YAML label file (nnU-Net notation)")
+        p.add_argument("--spacing", nargs="+", default=["auto"], metavar="MM",
+                       help="target voxel size: auto (default: the median over the cases) or three sizes in mm")
+        p.add_argument("--orientation", default="RAS", help="target axis codes (default RAS), or none to keep each file's")
+        p.add_argument("--channels", help="sequence names in channel order, for a folder without a dataset.json")
+        p.add_argument("--workers", type=_workers, default=min(4, os.cpu_count() or 1),
+                       help="parallel processes (default: up to 4)")
+        p.add_argument("--allow-missing", action="store_true",
+                       help="treat absent or empty (all one value) sequences as missing instead of failing")
+        p.add_argument("--force", action="store_true", help="replace an existing cache at OUT")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=cmd_prepare_seg)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def cmd_prepare_seg(args: argparse.Namespace) -> None:
+    from mckd.seg.prepare import prepare_segmentation
+
+    if len(args.paths) < 2:
+        raise MckdError(f"mckd prepare {args.dataset} needs SRC and OUT (the dataset's folder, then the cache to "
+                        f"write), got {' '.join(args.paths)}")
+    *sources, out = args.paths
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    record = prepare_segmentation(sources, out, args.format or ["auto"], args.labels, args.spacing, args.orientation,
+                                  workers=args.workers, force=args.force, allow_missing=args.allow_missing,
+                                  progress=not args.no_progress, channels=channels)
+    kinds = ", ".join(dict.fromkeys(s["format"]["kind"] for s in record["sources"])) if record.get("sources") \
+        else record["source_format"]["kind"]
+    print(f"prepared {len(record['cases'])} cases ({kinds}, {', '.join(record['modalities'])}) into {out}")
 
 
 # Arguments that name files or folders (or a name that may be a file: --labels, --format): every one goes through
 # the one path validator (mckd.io.path_problem) as it is parsed, whichever command defines it.
 PATH_ARGUMENTS = {"config", "out", "resume", "run_dir", "data", "run_a", "run_b", "checkpoint", "input", "output",
-                  "mask", "source", "images", "labels", "recordings", "format"}
+                  "mask", "source", "images", "labels", "recordings", "format", "paths"}
 
 
 def _path_argument(text: str) -> str:
@@ -388,8 +454,17 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a wrong argument reported as every other error: one ``mckd: error:`` line, exit 2."""
 
     def error(self, message: str) -> Any:
-        command = self.prog if self.prog != "mckd" else "mckd"
-        self.exit(2, f"mckd: error: {command}: {' '.join(message.split())} (see {command} --help)\n")
+        where = f"{self.prog}: " if self.prog != "mckd" else ""
+        self.exit(2, f"mckd: error: {where}{' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Unknown options are named with the command they were given to (``mckd predict: unrecognized ...``)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            words = [self.prog, getattr(parsed, "command", None), getattr(parsed, "dataset", None)]
+            command = " ".join(w for w in words if w)
+            self.exit(2, f"mckd: error: {command}: unrecognized arguments: {' '.join(extra)} (see {command} --help)\n")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,15 +563,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = commands.add_parser("prepare", help="prepare a dataset from its raw files, once",
                                 description="Read raw files and write a prepared dataset that training reads.")
         datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+        _add_prepare_seg_parsers(datasets)
         for module in PREPARE_MODULES:
             importlib.import_module(module).add_prepare_parser(datasets)
 
     p = commands.add_parser("predict", help="segment a folder of cases (any format), or one case, with a trained run",
                             description="Segment every case of --input DIR (nnU-Net v2, MSD, BraTS case folders or a "
                                         "layout file) from the sequences it has, each output on its input's grid, "
-                                        "named as the format expects, with predict.json recording the options and "
-                                        "cases; or one case from MODALITY=FILE inputs into --out FILE. Under torchrun "
-                                        "the cases are shared out between the processes.")
+                                        "named as the format names predictions ({case}.nii.gz; nnU-Net: its "
+                                        "file_ending), with predict.json recording the options and cases; or one case "
+                                        "from MODALITY=FILE inputs into --out FILE. Sequences the model does not take "
+                                        "are not used, in both forms (a line says which). A prediction never replaces "
+                                        "a file an input case reads (image, label, mask), even with --force. Under "
+                                        "torchrun the cases are shared out between the processes.")
     p.add_argument("checkpoint", help="run directory or checkpoint.safetensors")
     p.add_argument("inputs", nargs="*", metavar="MODALITY=FILE",
                    help="one case: e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz (with --out)")
@@ -506,9 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the input's format: auto (default), nnunet, msd, brats2018, brats2023, or a YAML layout")
     p.add_argument("--channels", help="sequence names in channel order, for images without a dataset.json "
                                       "(default: the run's)")
-    p.add_argument("--sequences", help="use only these sequences, e.g. flair,t1ce (default: all each case has)")
-    p.add_argument("--naming", choices=["format", "challenge"], default="format",
-                   help="output names: as the format expects (default) or BraTS's challenge names ({case}.nii.gz)")
+    p.add_argument("--sequences", help="use only these of the model's sequences, e.g. flair,t1ce (default: all each "
+                                       "case has that the model takes)")
     p.add_argument("--labels", default="auto",
                    help="output label values: auto (the input's declared labels when they fit the run, else the "
                         "run's; one case: brats2018 for runs on a BraTS convention, else the run's), run, a "
@@ -519,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="one case: the output .nii.gz")
     p.add_argument("--mask", help="one case: brain mask NIfTI (default: voxels that differ from the background)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing outputs (never a file an input case reads: refused, naming it)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="keep the outputs that exist and predict the other cases")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")

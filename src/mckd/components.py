@@ -36,7 +36,7 @@ BUILTIN_MODULES: list[str] = [
     "mckd.tasks.classification",
     "mckd.tasks.segmentation",
     "mckd.data.multiview",
-    "mckd.data.brats",
+    "mckd.seg.dataset",
     "mckd.data.avmnist",
     "mckd.data.files",
     "mckd.data.from_python",

@@ -132,7 +132,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
 
     With ``data`` (segmentation runs): score other labelled cases instead, a
     cache made by ``mckd prepare seg`` or a dataset folder in any format
-    (:func:`evaluate_run_on_data`), into ``eval_<data>/``.
+    (:mod:`mckd.seg.evaluate`), into ``eval_<data>/``.
     """
     if data is not None:
         return evaluate_run_on_data(run_dir, data, device, **data_options)
@@ -170,114 +170,13 @@ OBSERVED_NOTE = ("`all`: every test sample predicted from the modalities it has;
 # --- segmentation on other labelled data (mckd evaluate RUN --data) ----------------------------------
 
 
-def evaluate_run_on_data(run_dir: str | Path, data: str | Path, device: str = "auto", data_format: str = "auto",
-                         labels: str = "auto", subsets: str | list[list[str]] = "all", options: Any = None,
-                         channels: list[str] | None = None, out: str | Path | None = None,
-                         progress: bool = True) -> Evaluation:
-    """Score a segmentation run on the labelled cases of ``data``; write ``RUN/eval_<data>/`` (or ``out``).
-
-    ``data`` is a cache (``mckd prepare seg``; made on the run's grid, scored
-    there, as the run's own test split) or a dataset folder in any format,
-    whose cases are each segmented as ``mckd predict`` would and scored on
-    their own grid (:mod:`mckd.seg_evaluation`).
-    """
-    import json
-
-    from mckd.data.brats_cache import DATASET_FILE
-    from mckd.segment import SegmentOptions
+def evaluate_run_on_data(run_dir: str | Path, data: str | Path, device: str = "auto", out: str | Path | None = None,
+                         **options: Any) -> Evaluation:
+    """Score a segmentation run on the labelled cases of ``data`` (:func:`mckd.seg.evaluate.evaluate_on_data`),
+    into ``RUN/eval_<data>/`` (or ``out``)."""
+    from mckd.seg.evaluate import evaluate_on_data
 
     run = RunDir(run_dir)
     device_obj = distributed.local_device(device)
-    loaded = load_model(run.path, device_obj)
-    if loaded.config.task.name != "segmentation":
-        raise MckdError(f"--data evaluates segmentation runs; {str(run.path)!r} is a {loaded.config.task.name} run")
     target = Path(out) if out else run.data_eval_dir(data)
-    options = options or SegmentOptions()
-    description = Path(data) / DATASET_FILE
-    is_cache = description.is_file() and str(_json_field(description, "format")).startswith("mckd-")
-    if is_cache:
-        result, cases, about = _evaluate_cache(loaded, Path(data), device_obj)
-    else:
-        result, cases, about = _evaluate_folder(loaded, Path(data), device_obj, data_format, labels, subsets,
-                                                options, channels, progress)
-    if distributed.is_main():
-        name = Path(data).name
-        write_table(result.subsets, target / "subsets", title=f"{run.path.name} on {name}: every subset",
-                    notes=SUBSETS_NOTE.replace("test samples", "cases"))
-        write_table(result.observed, target / "observed", title=f"{run.path.name} on {name} as observed",
-                    notes=OBSERVED_NOTE.replace("test sample", "case"))
-        if cases:
-            write_table(cases, target / "cases", title=f"{run.path.name} on {name}: each case",
-                        notes="Each case predicted from each subset of the sequences it has, scored on its own grid.")
-        write_task_tables(loaded.task, result.subsets, target / "table", loaded.model.modalities)
-        from mckd.io import atomic_write_text
-
-        atomic_write_text(target / "evaluation.json", json.dumps({
-            "run": str(run.path.resolve()), "data": str(Path(data).resolve()), **about,
-            "options": options.to_json()}, indent=2) + "\n")
-    return result
-
-
-def _json_field(path: Path, key: str) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None
-
-
-def _evaluate_cache(loaded: LoadedModel, cache: Path, device: torch.device) -> tuple[Evaluation, list, dict]:
-    """A cache on the run's grid, scored there (the run's downsampling), as the run's own test split."""
-    import numpy as np
-
-    from mckd.data.brats import BratsCaseDataset, BratsCases
-    from mckd.data.brats_cache import cache_plan, cache_scheme, read_dataset_record
-    from mckd.data.labels import class_map
-    from mckd.segment import run_plan
-
-    record = read_dataset_record(cache)
-    plan, mine = cache_plan(record), run_plan(loaded.facts)
-    if plan.orientation != mine.orientation or (plan.spacing and mine.spacing and not np.allclose(plan.spacing, mine.spacing)):
-        raise MckdError(f"cache {str(cache)!r} is on a {plan.describe()} grid, the run's on {mine.describe()}: "
-                        "evaluate the dataset's folder instead (--data SRC), or prepare it with the run's "
-                        f"--spacing {' '.join(f'{s:g}' for s in mine.spacing)} --orientation {mine.orientation or 'none'}")
-    lookup = class_map(cache_scheme(record), loaded.task.scheme, f"cache {cache}")
-    step = int(loaded.facts.get("downsample", 1))
-    cases = BratsCases(cache, record["cases"], loaded.model.modalities, step, label_lookup=lookup)
-    result = evaluate(loaded.model, loaded.task, BratsCaseDataset(cases), 1, device)
-    return result, [], {"kind": "cache", "cases": len(record["cases"]), "grid": "the cache's, downsampled as in training"}
-
-
-def _evaluate_folder(loaded: LoadedModel, folder: Path, device: torch.device, data_format: str, labels: str,
-                     subsets: Any, options: Any, channels: list[str] | None, progress: bool) -> tuple[Evaluation, list, dict]:
-    """A dataset folder in any format: each case segmented as mckd predict would, scored on its own grid."""
-    from mckd.data.formats import detect_format
-    from mckd.progress import CaseProgress
-    from mckd.data.seg_prepare import resolve_scheme
-    from mckd.seg_evaluation import evaluate_cases
-    from mckd.segment import file_grid_task
-
-    found = detect_format(folder, data_format, record=loaded.facts.get("plan", {}).get("source_format"),
-                          channels=channels)
-    cases = found.cases(labelled=True, allow_missing=True)
-    scheme, reason = resolve_scheme(found, labels, cases)
-    task = file_grid_task(loaded)
-    if distributed.is_main():
-        print(f"evaluating {len(cases)} cases of {found.title}; labels: {reason}")
-    rank, size = distributed.rank_and_size()
-    bar = CaseProgress(len(cases[rank::size]), "evaluate", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
-
-    def done(case_id: str, rows: list) -> None:
-        observed = [r for r in rows if r["as_observed"] == "yes"]
-        count = f"{len(rows)} subset{'s' if len(rows) != 1 else ''}"
-        note = (f"{count}; from {observed[0]['subset']}: dice_mean {observed[0]['dice_mean']:.4f}"
-                if observed else count)
-        bar.update(case_id, note)
-
-    result = evaluate_cases(loaded, task, cases, found.modalities, scheme, subsets, options, device, progress=done)
-    bar.close()
-    about = {"kind": found.kind, "format": found.title, "labels": reason, "cases": len(cases),
-             "grid": "each case's own (the files' voxels, HD95 in their mm)",
-             "subsets": subsets if isinstance(subsets, str) else ["+".join(s) for s in subsets]}
-    return Evaluation(result.subsets, result.observed), result.cases, about
+    return evaluate_on_data(load_model(run.path, device_obj), run.path.name, data, target, device_obj, **options)

@@ -184,7 +184,7 @@ def _read_sample(path: Path, name: str) -> np.ndarray:
             raise DataError(f"{path} ({name}) has no array 'data'; it has {list(arrays.keys())}")
         return arrays["data"]
     if suffix in (".nii.gz", ".nii"):
-        from mckd.data.brats_layout import read_nifti
+        from mckd.seg.cases import read_nifti
 
         return read_nifti(path, f"{name} sample").array.astype(np.float32)[None]  # (1, X, Y, Z)
     array = open_image(path, name)  # its pixel count checked before it is decoded

@@ -1,6 +1,6 @@
 """3D segmentation for any declared label set: losses, Dice and HD95 per class or region, sliding-window inference.
 
-The data declare their labels (:class:`mckd.data.labels.LabelScheme`, in the
+The data declare their labels (:class:`mckd.seg.labels.LabelScheme`, in the
 task's facts as ``labels``): classes ``0..K-1`` (0 the background) and,
 optionally, nested regions (nnU-Net's region-based labels; BraTS's ET / TC /
 WT). The evaluated targets are the regions when there are any, else the
@@ -15,6 +15,22 @@ classes other than background. Two heads:
 
 ``head: auto`` (the default) is ``regions`` when the data declare regions and
 ``labels`` otherwise.
+
+**The head starts at the targets' priors** (``output_prior: true``, as the
+shipped configs set it):
+the logits are the network's output plus a fixed offset, the log-odds of each
+region's share of the training cases' voxels (``regions``; BraTS: ET about 1%,
+TC 2%, WT 5%) or the log of each class's share (``labels``), so an untrained
+model predicts each target at its frequency, as RetinaNet's prior
+initialisation of its classification bias does (Lin et al., 2017). Without it
+the sigmoid channels start at p = 0.5 on every voxel; Adam moves the output
+bias by at most the learning rate per step, so the small nested regions (ET,
+TC) spend hundreds of iterations unlearning that start, and a short run (the
+300-iteration CPU recipe) may end before they cross 0.5 anywhere: ET = TC = 0
+for some seeds. The offset is what a bias initialised at the prior would be
+(the learned bias starts at 0 on top of it). The option's default is false,
+so a run whose config predates it (its stored config has no such key)
+evaluates and predicts as it was trained.
 
 Metrics per sample and target (MONAI ``compute_dice`` and
 ``compute_hausdorff_distance`` at the 95th percentile, in mm):
@@ -40,14 +56,12 @@ from typing import Literal, Sequence
 import torch
 from torch.nn import functional as F
 
-from mckd.data.labels import LabelScheme, convention
+from mckd.seg.labels import LabelScheme, convention
 from mckd.errors import ConfigError
 from mckd.registry import register_task
 from mckd.tasks.base import Facts, Forward, MeanOfSampleMetrics, require_target
 
-REGIONS = ("ET", "TC", "WT")  # the BraTS regions
 HD95_ONE_EMPTY = 373.13  # mm: BraTS's value when exactly one of prediction and ground truth is empty
-NECROSIS, EDEMA, ENHANCING = 1, 2, 3
 BRATS = convention("brats2023")  # the BraTS classes (every BraTS convention shares them)
 
 
@@ -65,16 +79,6 @@ def decode_regions(regions: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
     return labels
 
 
-def regions_from_labels(labels: torch.Tensor) -> torch.Tensor:
-    """BraTS internal labels ``[B, *S]`` -> bool regions ``[B, 3, *S]`` (ET, TC, WT)."""
-    return target_masks(labels, BRATS)
-
-
-def labels_from_regions(regions: torch.Tensor) -> torch.Tensor:
-    """Bool BraTS regions ``[B, 3, *S]`` (ET, TC, WT) -> internal labels ``[B, *S]``: WT, then TC, then ET overwrite."""
-    return decode_regions(regions, BRATS)
-
-
 def relabel_small_region(labels: torch.Tensor, classes: Sequence[int], into: int, min_voxels: int) -> torch.Tensor:
     """Per sample: if fewer than ``min_voxels`` voxels hold ``classes``, give them class ``into``."""
     if min_voxels <= 0:
@@ -86,11 +90,6 @@ def relabel_small_region(labels: torch.Tensor, classes: Sequence[int], into: int
         if 0 < count < min_voxels:
             labels[b][inside] = into
     return labels
-
-
-def relabel_small_enhancing(labels: torch.Tensor, min_voxels: int) -> torch.Tensor:
-    """BraTS labels, per sample: if fewer than ``min_voxels`` voxels are enhancing, make them core (necrosis)."""
-    return relabel_small_region(labels, (ENHANCING,), NECROSIS, min_voxels)
 
 
 def small_et_rule(scheme: LabelScheme) -> tuple[tuple[int, ...], int] | None:
@@ -139,6 +138,7 @@ class SegmentationOptions:
     overlap: float = 0.5  # sliding-window overlap at evaluation
     sw_batch_size: int = 2  # windows per forward pass at evaluation
     et_min_voxels: int = 0  # post-processing: an ET prediction under this many voxels (original grid) becomes core; 0 off, 500 in the BraTS literature
+    output_prior: bool = False  # true (the shipped configs): the head starts at each target's share of the training voxels (log-odds), not at p = 0.5; false, and configs without the key (runs made before it): mckd 0.1's start
 
     @property
     def primary_metric(self) -> str:
@@ -152,6 +152,25 @@ class SegmentationOptions:
             raise ConfigError(f"{path}.sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.et_min_voxels < 0:
             raise ConfigError(f"{path}.et_min_voxels must be >= 0, got {self.et_min_voxels}")
+
+
+def prior_offset(head: str, scheme: LabelScheme, class_shares: Sequence[float] | None) -> torch.Tensor:
+    """``[C]`` logit offset of a head starting at the targets' priors (zeros without ``class_shares``).
+
+    ``class_shares``: each internal class's share of the training voxels
+    (summing to 1). ``regions``: log-odds of each region's share (the sum of
+    its classes'); ``labels``: log of each class's share. Shares are clipped
+    to [1e-4, 1 - 1e-4] so a class the training cases lack stays finite.
+    """
+    if not class_shares:
+        return torch.zeros(num_outputs(head, scheme))
+    shares = torch.tensor([float(v) for v in class_shares], dtype=torch.float64)
+    if shares.numel() != scheme.num_classes:
+        raise ConfigError(f"the data's class shares have {shares.numel()} values, the labels {scheme.num_classes} classes")
+    if resolve_head(head, scheme) == "regions":
+        priors = torch.stack([shares[list(r.classes)].sum() for r in scheme.regions]).clamp(1e-4, 1 - 1e-4)
+        return torch.log(priors / (1 - priors)).float()
+    return torch.log(shares.clamp(1e-4, 1 - 1e-4)).float()
 
 
 def resolve_head(head: str, scheme: LabelScheme) -> str:
@@ -181,6 +200,8 @@ class SegmentationTask:
         et_min_voxels: post-processing threshold on this grid (0: off).
         spacing: voxel size in mm for HD95.
         scheme: the labels (default: the BraTS classes and regions).
+        class_shares: each internal class's share of the training voxels; the head then starts at the
+            targets' priors (:func:`prior_offset`); None: no offset.
     """
 
     name = "segmentation"
@@ -196,6 +217,7 @@ class SegmentationTask:
         et_min_voxels: int = 0,
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         scheme: LabelScheme | None = None,
+        class_shares: Sequence[float] | None = None,
     ) -> None:
         from monai.losses import DiceCELoss, DiceLoss
 
@@ -222,12 +244,18 @@ class SegmentationTask:
         keys = self.scheme.metric_keys()
         self.metric_names = ("dice_mean", *(f"dice_{k}" for k in keys), *(f"hd95_{k}" for k in keys))
         self.higher_is_better = {name: name.startswith("dice") for name in self.metric_names}
+        self.logit_offset = prior_offset(head, self.scheme, class_shares)  # (C,)
         self._dice = DiceLoss(sigmoid=True)  # regions: mean over samples and channels
         self._dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)  # labels
 
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        """The network's output ``[B, C, *S]`` -> the head's logits: plus the prior offset per channel, float32."""
+        offset = self.logit_offset.to(output.device).view(1, -1, *([1] * (output.dim() - 2)))
+        return output.float() + offset
+
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Soft Dice + (binary) cross-entropy of logits ``[B, C, *S]`` against labels ``[B, 1, *S]``; float32."""
-        prediction = prediction.float()
+        """Soft Dice + (binary) cross-entropy of the network's output ``[B, C, *S]`` against labels ``[B, 1, *S]``."""
+        prediction = self.logits(prediction)
         if self.head == "regions":
             regions = target_masks(target[:, 0].long(), self.scheme).float()  # (B, R, *S)
             return self._dice(prediction, regions) + F.binary_cross_entropy_with_logits(prediction, regions)
@@ -295,7 +323,7 @@ class SegmentationTask:
         return MeanOfSampleMetrics(self)
 
     def infer(self, forward: Forward, inputs: Sequence[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        """Sliding-window logits ``[B, C, X, Y, Z]`` for inputs ``N x [B, 1, X, Y, Z]`` (Gaussian blending)."""
+        """Sliding-window logits ``[B, C, X, Y, Z]`` (the head's: prior offset added) for inputs ``N x [B, 1, X, Y, Z]``."""
         from monai.inferers import sliding_window_inference
 
         stacked = torch.cat(list(inputs), dim=1)  # (B, N, X, Y, Z)
@@ -309,7 +337,7 @@ class SegmentationTask:
 
             outputs.append(sliding_window_inference(
                 stacked[b : b + 1], self.roi, self.sw_batch_size, predictor, overlap=self.overlap, mode="gaussian"))
-        return torch.cat(outputs, dim=0)
+        return self.logits(torch.cat(outputs, dim=0))
 
 
 def scheme_from_facts(facts: Facts) -> LabelScheme:
@@ -336,4 +364,5 @@ def build_segmentation(options: SegmentationOptions, facts: Facts) -> Segmentati
         et_min_voxels=int(round(options.et_min_voxels / step**3)),  # the threshold is on the original grid
         spacing=facts.get("spacing", (1.0, 1.0, 1.0)),
         scheme=scheme,
+        class_shares=facts.get("class_shares") if options.output_prior else None,
     )

@@ -193,12 +193,6 @@ class LabelScheme:
             raise DataError(f"{where}: target names {list(self.target_names())} must differ after lower-casing and "
                             "must not be 'mean'")
 
-    def same_classes(self, other: "LabelScheme") -> bool:
-        """Whether the two schemes' internal classes mean the same (BraTS conventions, or identical declarations)."""
-        if self.tissues and other.tissues:
-            return self.tissues == other.tissues
-        return (self.classes == other.classes and self.regions == other.regions)
-
     def describe(self) -> str:
         """One line: file values and names, then the regions."""
         names: dict[int, list[int]] = {}
@@ -224,12 +218,14 @@ def slug(name: str) -> str:
 
 # --- built-in conventions ------------------------------------------------------------------------
 
-_BRATS_REGIONS = (Region("ET", (ENHANCING,), ENHANCING), Region("TC", (CORE, ENHANCING), CORE),
-                  Region("WT", (CORE, OEDEMA, ENHANCING), OEDEMA))
+# The BraTS regions, in the order of region channels and metric columns (the one definition of their names).
+BRATS_REGIONS = (Region("ET", (ENHANCING,), ENHANCING), Region("TC", (CORE, ENHANCING), CORE),
+                 Region("WT", (CORE, OEDEMA, ENHANCING), OEDEMA))
+BRATS_REGION_NAMES = tuple(region.name for region in BRATS_REGIONS)
 
 
 def _brats(name: str, source: Mapping[int, int], description: str, cavity: bool = False) -> LabelScheme:
-    classes, tissues, regions, order = BRATS_CLASSES, BRATS_TISSUES, _BRATS_REGIONS, (2, 1, 0)
+    classes, tissues, regions, order = BRATS_CLASSES, BRATS_TISSUES, BRATS_REGIONS, (2, 1, 0)
     if cavity:
         classes, tissues = classes + ("resection cavity",), tissues + ("cavity",)
         regions, order = regions + (Region("RC", (CAVITY,), CAVITY),), (2, 1, 0, 3)
@@ -273,6 +269,11 @@ def from_msd_labels(labels: Mapping[str, Any], where: str) -> LabelScheme:
                         f"got {dict(labels)}") from None
     if not pairs or pairs[0][0] != 0:
         raise DataError(f"{where}: 'labels' must declare 0 (the background), got {dict(labels)}")
+    return _one_class_per_value(pairs, where)
+
+
+def _one_class_per_value(pairs: Sequence[tuple[int, str]], where: str) -> LabelScheme:
+    """Declared ``(file value, name)`` pairs, sorted by value from 0 -> one internal class per value."""
     names = tuple(name for _, name in pairs)
     scheme = LabelScheme(where, names, tuple((v, k) for k, (v, _) in enumerate(pairs)),
                          tissues=named_tissues(names), description=f"as declared in {where}")
@@ -319,11 +320,7 @@ def from_nnunet_labels(labels: Mapping[str, Any], regions_class_order: Sequence[
         pairs = sorted((values[0], name) for name, values in entries)
         if len({v for v, _ in pairs}) != len(pairs):
             raise DataError(f"{where}: two labels share a value: {dict(labels)}")
-        names = tuple(name for _, name in pairs)
-        scheme = LabelScheme(where, names, tuple((v, k) for k, (v, _) in enumerate(pairs)),
-                             tissues=named_tissues(names), description=f"as declared in {where}")
-        scheme.check(where)
-        return scheme
+        return _one_class_per_value(pairs, where)
     regions = [(name, values) for name, values in entries if values != (0,)]
     if regions_class_order is None or len(regions_class_order) != len(regions):
         raise DataError(f"{where}: region-based labels ({len(regions)} regions) need 'regions_class_order' with one "

@@ -17,8 +17,6 @@ every sequence, as the meta step needs). The target is the internal label map
 
 from __future__ import annotations
 
-import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,17 +25,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mckd.data.brats_cache import CachedCase, cache_plan, cache_scheme, read_dataset_record
 from mckd.data.bundle import DataBundle
 from mckd.data.recorded_split import recorded_cases
 from mckd.registry import PATH
-from mckd.data.labels import LabelScheme
 from mckd.errors import ConfigError, DataError
 from mckd.registry import register_dataset
+from mckd.seg.cache import CachedCase, cache_plan, cache_scheme, read_dataset_record
+from mckd.seg.labels import LabelScheme
 
 
 @dataclass
-class BratsOptions:
+class SegOptions:
     """Options of the ``seg`` (``brats``) dataset (the segmentation head and inference settings are the task's)."""
 
     cache: str = field(default="", metadata=PATH)  # folder written by `mckd prepare seg SRC OUT`
@@ -72,7 +70,7 @@ def _view(array: np.ndarray, step: int) -> np.ndarray:
     return array if step == 1 else array[::step, ::step, ::step]
 
 
-class BratsCases:
+class SegCases:
     """Cached cases of one split, seen through ``downsample``."""
 
     def __init__(self, cache: str | Path, case_ids: Sequence[str], modalities: Sequence[str], downsample: int,
@@ -127,16 +125,16 @@ def _to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class BratsCropDataset(Dataset):
+class CropDataset(Dataset):
     """Random crops for training (flips on) or for the meta step (flips off).
 
     Randomness comes from torch's global generator, which the training seed
     fixes and DataLoader workers each reseed, so every worker draws differently.
     """
 
-    def __init__(self, cases: BratsCases, crop: Sequence[int], length: int, foreground_prob: float, flip: bool) -> None:
+    def __init__(self, cases: SegCases, crop: Sequence[int], length: int, foreground_prob: float, flip: bool) -> None:
         if len(cases) == 0:
-            raise DataError("a BraTS split has no cases")
+            raise DataError("a segmentation split has no cases")
         self.cases = cases
         self.crop = tuple(int(c) for c in crop)
         self.length = length
@@ -172,10 +170,10 @@ class BratsCropDataset(Dataset):
         return _to_tensors(sample)
 
 
-class BratsCaseDataset(Dataset):
+class CaseDataset(Dataset):
     """Whole cases (cropped to the brain) for evaluation; shapes differ, so batch size 1."""
 
-    def __init__(self, cases: BratsCases) -> None:
+    def __init__(self, cases: SegCases) -> None:
         self.cases = cases
 
     def __len__(self) -> int:
@@ -217,13 +215,33 @@ def split_cases(case_ids: Sequence[str], fractions: Sequence[float], seed: int,
     return train, val, test
 
 
-def data_facts(options: BratsOptions, spacing: Sequence[float], scheme: LabelScheme | None = None,
-               plan: dict[str, Any] | None = None) -> dict[str, Any]:
+def class_shares(cases: "SegCases", num_classes: int) -> list[float]:
+    """Each internal class's share of the voxels of ``cases`` (their brain boxes), summing to 1.
+
+    Read from each case's record (``label_voxels``, written by ``prepare``), or
+    counted from its label map when the record lacks them.
+    """
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for case in cases.cases:
+        recorded = case.meta.get("label_voxels")
+        if isinstance(recorded, dict):
+            for value, count in recorded.items():
+                if 0 <= int(value) < num_classes:
+                    counts[int(value)] += float(count)
+        else:
+            counts += np.bincount(np.asarray(case.labels()).ravel(), minlength=num_classes)[:num_classes]
+    total = counts.sum()
+    return [float(c / total) for c in counts] if total > 0 else []
+
+
+def data_facts(options: SegOptions, spacing: Sequence[float], scheme: LabelScheme | None = None,
+               plan: dict[str, Any] | None = None, shares: Sequence[float] | None = None) -> dict[str, Any]:
     """What the segmentation task needs to know (recorded in the run's data.json and checkpoint).
 
     ``roi`` the window, ``spacing`` the model's voxel size (mm), ``downsample``,
     ``labels`` the label scheme, ``plan`` how new data are put on the cache's
-    grid (source format, sequences, orientation, the cache's spacing).
+    grid (source format, sequences, orientation, the cache's spacing),
+    ``class_shares`` each class's share of the training voxels (where the head starts).
     """
     step = options.downsample
     facts: dict[str, Any] = {"target": "label_map", "roi": list(options.crop),
@@ -232,15 +250,14 @@ def data_facts(options: BratsOptions, spacing: Sequence[float], scheme: LabelSch
         facts["labels"] = scheme.to_json()
     if plan is not None:
         facts["plan"] = plan
+    if shares:
+        facts["class_shares"] = [round(float(v), 6) for v in shares]
     return facts
 
 
-NUM_LABELS = 4  # internal labels of the BraTS conventions: background, core, oedema, enhancing
-
-
-@register_dataset("seg", BratsOptions,
+@register_dataset("seg", SegOptions,
                   "3D segmentation from a `mckd prepare seg` cache (BraTS, MSD, nnU-Net, layouts); any sequences, crops")
-def build_brats(options: BratsOptions, seed: int) -> DataBundle:
+def build_seg(options: SegOptions, seed: int) -> DataBundle:
     """Read the cache's record, split its cases and make the three datasets."""
     if not options.cache:
         raise ConfigError("data.cache is empty: set it to a folder made by `mckd prepare seg SRC OUT`")
@@ -268,83 +285,27 @@ def build_brats(options: BratsOptions, seed: int) -> DataBundle:
             print(f"mckd: warning: meta-validation cases {lacking} lack a sequence ({len(complete)} of "
                   f"{len(record['cases'])} cases have every one); the meta step uses every sequence")
     splits = recorded_cases(record["cases"], splits)  # a run's own split, when it recorded one
-    train_cases, val_cases, test_cases = (BratsCases(options.cache, ids, modalities, options.downsample) for ids in splits)
+    train_cases, val_cases, test_cases = (SegCases(options.cache, ids, modalities, options.downsample) for ids in splits)
     spacing = train_cases.cases[0].meta.get("spacing", [1.0, 1.0, 1.0])
     scheme = cache_scheme(record)
     plan = {**cache_plan(record).to_json(), "spacing": [float(s) for s in spacing],
             "source_format": record.get("source_format", {"kind": record.get("layout", "brats2018"),
                                                           "modalities": record["modalities"]})}
+    if record.get("sources"):  # a cache of several datasets: the run reads more folders of each kind
+        plan["other_source_formats"] = [s.get("format", {}) for s in record["sources"][1:]]
     return DataBundle(
         modalities=modalities,
-        train=BratsCropDataset(train_cases, options.crop, options.crops_per_epoch, options.foreground_prob, options.flip),
-        val=BratsCropDataset(val_cases, options.crop, options.val_crops, options.foreground_prob, flip=False),
-        test=BratsCaseDataset(test_cases),
+        train=CropDataset(train_cases, options.crop, options.crops_per_epoch, options.foreground_prob, options.flip),
+        val=CropDataset(val_cases, options.crop, options.val_crops, options.foreground_prob, flip=False),
+        test=CaseDataset(test_cases),
         num_classes=scheme.num_classes,
         input_shapes={m: (1, *options.crop) for m in modalities},
         info={
             "source": str(options.cache),
             "cases": {"train": splits[0], "val": splits[1], "test": splits[2]},
         },
-        facts=data_facts(options, spacing, scheme, plan),
+        facts=data_facts(options, spacing, scheme, plan, class_shares(train_cases, scheme.num_classes)),
     )
 
 
-register_dataset("brats", BratsOptions, "alias of seg (the name of mckd 0.1's BraTS dataset)")(build_brats)
-
-
-# --- mckd prepare seg (and its alias, prepare brats) ------------------------------------------------
-
-
-def add_prepare_parser(datasets: Any) -> None:
-    """``mckd prepare seg SRC OUT`` (and ``mckd prepare brats``, the same): the cache that training reads."""
-    for name, help_text in (("seg", "cache a segmentation dataset in any format: nnU-Net v2, MSD, BraTS, a layout file"),
-                            ("brats", "the same as `prepare seg` (its name in mckd 0.1)")):
-        p = datasets.add_parser(
-            name, help=help_text,
-            description="Detect the format of SRC (nnU-Net v2 raw, Medical Segmentation Decathlon, BraTS 2017-2024 "
-                        "case folders, or a YAML layout) and say what was found; read every case, check it, put it "
-                        "on one grid (orientation and spacing, MONAI), crop it to the brain's bounding box, z-score "
-                        "each sequence inside the brain and write memory-mappable arrays plus what is needed to put "
-                        "predictions back on the original grid. Training and evaluation read only this cache.",
-        )
-        p.add_argument("source", metavar="SRC", help="the dataset's folder")
-        p.add_argument("out", metavar="OUT", help="cache folder to write")
-        p.add_argument("--format", "--layout", dest="format", default="auto",
-                       help="auto (default: recognise it), nnunet, msd, brats2018 (2017-2021 names), brats2023 "
-                            "(2023-2024 names), or a YAML layout file (e.g. configs/brats2013_layout.yaml)")
-        p.add_argument("--labels", default="auto",
-                       help="auto (default: the dataset's own description; for BraTS layouts the convention the label "
-                            "values found make certain), dataset, a convention (brats2018, brats2023, brats2024, "
-                            "brats2013, msd_brats: see mckd list) or a YAML label file (nnU-Net notation)")
-        p.add_argument("--spacing", nargs="+", default=["auto"], metavar="MM",
-                       help="target voxel size: auto (default: the median over the cases) or three sizes in mm")
-        p.add_argument("--orientation", default="RAS", help="target axis codes (default RAS), or none to keep each file's")
-        p.add_argument("--channels", help="sequence names in channel order, for a folder without a dataset.json")
-        p.add_argument("--workers", type=_workers, default=min(4, os.cpu_count() or 1), help="parallel processes (default: up to 4)")
-        p.add_argument("--allow-missing", action="store_true",
-                       help="treat absent or empty (all one value) sequences as missing instead of failing")
-        p.add_argument("--force", action="store_true", help="replace an existing cache at OUT")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.set_defaults(func=_cmd_prepare)
-
-
-def _workers(text: str) -> int:
-    """``--workers``: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _cmd_prepare(args: argparse.Namespace) -> None:
-    from mckd.data.seg_prepare import prepare_segmentation
-
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
-    record = prepare_segmentation(args.source, args.out, args.format, args.labels, args.spacing, args.orientation,
-                                  workers=args.workers, force=args.force, allow_missing=args.allow_missing,
-                                  progress=not args.no_progress, channels=channels)
-    print(f"prepared {len(record['cases'])} cases ({record['source_format']['kind']}, "
-          f"{', '.join(record['modalities'])}) into {args.out}")
+register_dataset("brats", SegOptions, "alias of seg (the name of mckd 0.1's BraTS dataset)")(build_seg)

@@ -16,19 +16,20 @@ import numpy as np
 import torch
 
 from mckd.errors import MckdError
+from mckd.seg.labels import LabelScheme, convention
 
-COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.9, 0.0)}  # core, oedema, enhancing
-NAMES = {1: "core (NCR/NET)", 2: "oedema", 3: "enhancing"}
 TISSUE_COLOURS = {"core": (0.9, 0.1, 0.1), "oedema": (0.1, 0.8, 0.2), "enhancing": (1.0, 0.9, 0.0),
                   "cavity": (0.2, 0.5, 1.0)}
 OTHER_COLOURS = ((0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (1.0, 0.9, 0.0), (0.2, 0.5, 1.0), (0.8, 0.3, 0.9),
                  (1.0, 0.5, 0.0), (0.0, 0.8, 0.8), (0.6, 0.4, 0.2))
 
 
-def class_colours(scheme: Any = None) -> tuple[dict[int, tuple[float, float, float]], dict[int, str]]:
-    """Colour and name per internal class but background: BraTS tissues in their usual colours, others in turn."""
-    if scheme is None:
-        return COLOURS, NAMES
+def class_colours(scheme: LabelScheme | None = None) -> tuple[dict[int, tuple[float, float, float]], dict[int, str]]:
+    """Colour and name per internal class but background: BraTS tissues in their usual colours, others in turn.
+
+    ``scheme``: the run's labels (None: the BraTS classes, as runs of mckd 0.1 had).
+    """
+    scheme = scheme or convention("brats2023")
     colours, names = {}, {}
     for k in range(1, scheme.num_classes):
         tissue = scheme.tissues[k] if scheme.tissues else ""
@@ -37,7 +38,7 @@ def class_colours(scheme: Any = None) -> tuple[dict[int, tuple[float, float, flo
     return colours, names
 
 
-def _overlay(labels: np.ndarray, alpha: float = 0.45, colours: dict[int, tuple[float, float, float]] = COLOURS) -> np.ndarray:
+def _overlay(labels: np.ndarray, colours: dict[int, tuple[float, float, float]], alpha: float = 0.45) -> np.ndarray:
     rgba = np.zeros(labels.shape + (4,), dtype=np.float32)
     for value, colour in colours.items():
         rgba[labels == value] = (*colour, alpha)
@@ -92,10 +93,11 @@ def overlay_figure(
 def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str | Path,
               slice_index: int | None = None, device: str = "cpu") -> Path:
     """Segment cached case ``case_id`` with a trained run using only ``subset``, and draw the figure."""
-    from mckd.data.brats import BratsCases
-    from mckd.data.brats_cache import read_dataset_record
-    from mckd.predict import SEGMENTATION_DATASETS
     from mckd.runs import RunDir, checkpoint_config, load_run, read_checkpoint
+    from mckd.seg.cache import read_dataset_record
+    from mckd.seg.dataset import SegCases
+    from mckd.seg.predict import SEGMENTATION_DATASETS
+    from mckd.seg.segment import no_usable_sequence
 
     checkpoint = RunDir(run_dir).checkpoint
     if Path(run_dir).is_dir() and checkpoint.is_file():
@@ -115,13 +117,13 @@ def plot_case(run_dir: str | Path, case_id: str, subset: Sequence[str], out: str
     record = read_dataset_record(options.cache)
     if case_id not in record["cases"]:
         raise MckdError(f"case {case_id!r} is not in the cache {options.cache}; it has {record['cases'][:10]}...")
-    cases = BratsCases(options.cache, [case_id], modalities, options.downsample)
+    cases = SegCases(options.cache, [case_id], modalities, options.downsample)
     sample = cases.read(0)
     torch_device = next(experiment.model.parameters()).device
     inputs = [torch.from_numpy(x)[None, None].to(torch_device) for x in sample["inputs"]]
     present = torch.tensor([[m in subset and bool(p) for m, p in zip(modalities, sample["present"])]], device=torch_device)
     if not bool(present.any()):
-        raise MckdError(f"case {case_id} has none of {list(subset)}")
+        raise no_usable_sequence(case_id, [m for m, p in zip(modalities, sample["present"]) if p], subset)
     model = experiment.model.eval()
     logits = experiment.task.infer(lambda xs, pr: model(xs, pr).prediction, inputs, present)
     prediction = experiment.task.to_labels(logits)[0].cpu().numpy()

@@ -1,4 +1,4 @@
-"""The segmentation cache: made once by ``mckd prepare seg``, read by training and evaluation.
+"""The segmentation cache: written once by ``mckd prepare seg``, read by training and evaluation.
 
 Layout of a cache folder::
 
@@ -10,11 +10,11 @@ Layout of a cache folder::
     OUT/<case>/meta.json         crop box, the plan's grid (shape, affine), the file's grid, spacing,
                                  z-score statistics
 
-Every case is first put on the plan's grid (:mod:`mckd.data.grid`: MONAI
-``Orientation`` and ``Spacing``; version 1 caches kept each file's grid), then
-cropped to the brain's bounding box, so a prediction on the cached grid goes
-back into the file's volume by :meth:`CachedCase.restore`. Every ``.npy``
-opens with ``np.load(path, mmap_mode="r", allow_pickle=False)``.
+Every case is preprocessed as inference preprocesses it (:mod:`mckd.seg.preprocess`:
+the plan's grid, MONAI ``Orientation`` and ``Spacing``, version 1 caches kept
+each file's grid; the brain's box; z-scores), so a prediction on the cached
+grid goes back into the file's volume by :meth:`CachedCase.restore`. Every
+``.npy`` opens with ``np.load(path, mmap_mode="r", allow_pickle=False)``.
 
 The cache is written into a temporary sibling folder and renamed into place
 when every case is done, so an interrupted prepare leaves no half cache.
@@ -28,16 +28,17 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mckd.data.brats_layout import Case, CaseFiles, Layout, case_folders, layout_case_files, read_case_files
-from mckd.data.grid import GridPlan, same_grid, spacing_of, to_file_grid, to_plan_grid
-from mckd.data.labels import LabelScheme, convention
 from mckd.errors import DataError
+from mckd.seg.cases import CaseFiles, read_case_files
+from mckd.seg.grid import GridPlan, same_grid, spacing_of, to_file_grid
+from mckd.seg.labels import LabelScheme, convention
+from mckd.seg.preprocess import PreprocessedCase, preprocess_case, uncrop
 
 FORMAT_VERSION = 2
 FORMAT_NAME = "mckd-seg-cache"
@@ -49,123 +50,60 @@ LABEL_FILE = "label.npy"
 META_FILE = "meta.json"
 
 
-def bounding_box(mask: np.ndarray) -> list[list[int]]:
-    """``[[start, stop], ...]`` per axis of the ``True`` voxels (stop exclusive)."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append([int(hits[0]), int(hits[-1]) + 1])
-    return box
 
+@dataclass(frozen=True)
+class CaseJob:
+    """One case to cache: its files, how they are read, and how its labels become the cache's classes.
 
-def crop(array: np.ndarray, box: Sequence[Sequence[int]]) -> np.ndarray:
-    return array[tuple(slice(a, b) for a, b in box)]
-
-
-def uncrop(cropped: np.ndarray, box: Sequence[Sequence[int]], shape: Sequence[int], fill: Any = 0) -> np.ndarray:
-    """Put an array on the cropped grid back into a volume of the original ``shape``."""
-    expected = tuple(b - a for a, b in box)
-    if tuple(cropped.shape) != expected:
-        raise DataError(f"uncrop: array has shape {tuple(cropped.shape)}, the crop box {list(box)} has {expected}")
-    out = np.full(tuple(shape), fill, dtype=cropped.dtype)
-    out[tuple(slice(a, b) for a, b in box)] = cropped
-    return out
-
-
-def zscore_in_brain(image: np.ndarray, brain: np.ndarray, name: str) -> tuple[np.ndarray, float, float]:
-    """``(image - mean) / std`` over the brain voxels, 0 outside; returns (float32 array, mean, std)."""
-    values = image[brain].astype(np.float64)
-    mean, std = float(values.mean()), float(values.std())
-    if std < 1e-8:
-        raise DataError(f"{name}: constant inside the brain (value {mean}); cannot z-score it")
-    out = ((image - mean) / std).astype(np.float32)
-    out[~brain] = 0.0
-    return out, mean, std
-
-
-def to_plan(case: Case, plan: GridPlan) -> tuple[Case, np.ndarray]:
-    """The case on the plan's grid (images trilinear, labels and brain nearest), and that grid's affine."""
-    images = {}
-    grid_affine = case.affine
-    for modality, image in case.images.items():
-        images[modality], grid_affine = to_plan_grid(image, case.affine, plan, "bilinear")
-    brain, grid_affine = to_plan_grid(case.brain.astype(np.uint8), case.affine, plan, "nearest")
-    labels = None
-    if case.labels is not None:
-        labels, _ = to_plan_grid(case.labels, case.affine, plan, "nearest")
-    moved = replace(case, images=images, labels=labels, brain=brain.astype(bool), affine=grid_affine,
-                    zooms=spacing_of(grid_affine), shape=tuple(brain.shape))
-    if not moved.brain.any():
-        raise DataError(f"case {case.case_id}: the brain mask is empty on the {plan.describe()} grid")
-    return moved, grid_affine
-
-
-def preprocess_case(case: Case, plan: GridPlan | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, Any]]:
-    """Put the case on the plan's grid, crop to the brain's box and z-score each sequence inside the brain.
-
-    Args:
-        case: as read, on its file's grid.
-        plan: the grid (None: the file's own, as version 1 caches did).
-
-    Returns:
-        (images float16 per present modality, labels uint8 or None, meta).
+    Attributes:
+        files: the case's files.
+        modalities: the sequences its format names (the cache's others are missing for it).
+        scheme: what its label files' values mean (None: no labels are read).
+        lookup: its scheme's internal classes -> the cache's (identity for one source).
     """
-    file_shape = list(case.brain.shape)
-    file_affine = case.affine
-    if plan is not None:
-        case, _ = to_plan(case, plan)
-    box = bounding_box(case.brain)
-    brain = crop(case.brain, box)
-    images, stats = {}, {}
-    for modality, image in case.images.items():
-        normalised, mean, std = zscore_in_brain(crop(image, box), brain, f"case {case.case_id} {modality}")
-        if np.abs(normalised).max() > 60000:
-            raise DataError(f"case {case.case_id} {modality}: z-scores beyond float16 range; check the image")
-        images[modality] = normalised.astype(np.float16)
-        stats[modality] = {"mean": mean, "std": std}
-    labels = crop(case.labels, box).astype(np.uint8) if case.labels is not None else None
+
+    files: CaseFiles
+    modalities: tuple[str, ...]
+    scheme: LabelScheme | None
+    lookup: tuple[int, ...] = ()
+
+
+def case_meta(pre: PreprocessedCase, modalities: Sequence[str]) -> dict[str, Any]:
+    """A cached case's record (``meta.json``): what it has, its grids and crop box, its z-score statistics."""
+    case = pre.case
     meta = {
         "case": case.case_id,
-        "present": list(case.images),
-        "missing": list(case.missing),
-        "original_shape": file_shape,
-        "affine": np.asarray(file_affine).tolist(),
-        "grid_shape": list(case.brain.shape),
-        "grid_affine": np.asarray(case.affine).tolist(),
-        "spacing": [float(z) for z in case.zooms],
-        "crop_box": box,
-        "cropped_shape": [b - a for a, b in box],
-        "zscore": stats,
+        "present": list(pre.images),
+        "missing": [m for m in modalities if m not in pre.images],
+        "original_shape": list(case.brain.shape),
+        "affine": np.asarray(case.affine).tolist(),
+        "grid_shape": list(pre.grid_shape),
+        "grid_affine": np.asarray(pre.grid_affine).tolist(),
+        "spacing": [float(z) for z in spacing_of(pre.grid_affine)],
+        "crop_box": pre.box,
+        "cropped_shape": list(pre.crop_shape),
+        "zscore": pre.zscore,
         "files": case.files,
         "warnings": case.warnings,
     }
-    if labels is not None:
-        meta["label_voxels"] = {str(v): int(c) for v, c in zip(*np.unique(labels, return_counts=True))}
-    return images, labels, meta
+    if pre.labels is not None:
+        meta["label_voxels"] = {str(v): int(c) for v, c in zip(*np.unique(pre.labels, return_counts=True))}
+    return meta
 
 
-@dataclass(frozen=True)
-class CaseReader:
-    """How every case of a dataset is read: its sequences, what its labels mean, the grid it goes on."""
-
-    modalities: tuple[str, ...]
-    scheme: LabelScheme | None
-    plan: GridPlan | None = None
-
-    def read(self, files: CaseFiles, allow_missing: bool, need_labels: bool = True) -> Case:
-        return read_case_files(files, self.modalities, self.scheme, allow_missing, need_labels)
-
-
-def _prepare_one(files: CaseFiles, reader: CaseReader, out_dir: str, allow_missing: bool) -> dict[str, Any]:
-    case = reader.read(files, allow_missing=allow_missing)
-    images, labels, meta = preprocess_case(case, reader.plan)
+def _prepare_one(job: CaseJob, modalities: Sequence[str], plan: GridPlan | None, out_dir: str,
+                 allow_missing: bool) -> dict[str, Any]:
+    case = read_case_files(job.files, job.modalities, job.scheme, allow_missing, need_labels=job.scheme is not None)
+    if job.lookup and case.labels is not None:
+        case.labels = np.asarray(job.lookup, dtype=np.uint8)[case.labels]
+    pre = preprocess_case(case, plan)
     target = Path(out_dir) / case.case_id
     target.mkdir(parents=True, exist_ok=False)
-    for modality, array in images.items():
+    for modality, array in pre.images.items():
         np.save(target / f"{modality}.npy", array, allow_pickle=False)
-    if labels is not None:
-        np.save(target / LABEL_FILE, labels, allow_pickle=False)
+    if pre.labels is not None:
+        np.save(target / LABEL_FILE, pre.labels, allow_pickle=False)
+    meta = case_meta(pre, modalities)
     (target / META_FILE).write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -221,31 +159,28 @@ def check_cache_output(out: Path, force: bool) -> None:
 
 
 def prepare_cache(
-    source: str | Path,
     out: str | Path,
-    layout: Layout | Any,
+    jobs: Sequence[CaseJob],
+    modalities: Sequence[str],
+    scheme: LabelScheme | None,
+    plan: GridPlan | None = None,
     workers: int = 1,
     force: bool = False,
     allow_missing: bool = False,
     progress: bool = True,
-    scheme: LabelScheme | None = None,
-    plan: GridPlan | None = None,
-    cases: Sequence[CaseFiles] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Read every case of ``source`` and write the cache at ``out``.
+    """Read, check and preprocess every case of ``jobs`` and write the cache at ``out``.
 
     Args:
-        layout: a :class:`~mckd.data.brats_layout.Layout` (case folders) or a
-            :class:`~mckd.data.formats.SourceFormat` (any format).
+        jobs: the cases (:class:`CaseJob`), from one dataset or several.
+        modalities: the cache's sequences, in order (a case lacking one has it missing).
+        scheme: the cache's label classes (the cases' labels mapped onto them by each job's ``lookup``).
+        plan: the grid every case is put on (None: each file's own grid).
         workers: processes reading cases in parallel (1: in this process).
         force: replace an existing cache at ``out`` (only one mckd wrote).
-        allow_missing: absent or empty sequences are treated as missing
-            instead of being an error.
-        scheme: what the label files' values mean (default: the layout's convention).
-        plan: the grid every case is put on (default: each file's own grid).
-        cases: the cases to read (default: every case the layout finds).
-        extra: more entries for the record (the source format, how the labels were chosen).
+        allow_missing: absent or empty sequences are treated as missing instead of being an error.
+        extra: more entries for the record (the source formats, how the labels were chosen).
 
     The cache is built in a hidden staging folder beside ``out``
     (``.<name>.<pid>.stage-<random>.tmp``) and renamed into place when
@@ -259,32 +194,18 @@ def prepare_cache(
     from mckd.io import claim_output, environment_errno, temporary_name, write_failure
     from mckd.progress import CaseProgress
 
-    source, out = Path(source), Path(out)
+    out = Path(out)
     if workers < 1:
         raise DataError(f"workers must be >= 1, got {workers}")
     check_cache_output(out, force)
-    if isinstance(layout, Layout):
-        modalities = layout.modalities
-        scheme = scheme or layout.label_scheme
-        if cases is None:
-            cases = [layout_case_files(c, layout, allow_missing, need_labels=bool(layout.label))
-                     for c in case_folders(source, layout)]
-        has_labels = bool(layout.label)
-        layout_name = layout.name
-    else:
-        modalities = layout.modalities
-        if cases is None:
-            cases = layout.cases(labelled=True, allow_missing=allow_missing)
-        has_labels = all(c.label for c in cases)
-        layout_name = layout.kind
-    if not cases:
-        raise DataError(f"no cases found in {source}")
+    if not jobs:
+        raise DataError("no cases to prepare")
     if not allow_missing:
-        lacking = [c for c in cases if c.absent]
-        if lacking:
-            raise DataError(f"case {lacking[0].case_id}: no {lacking[0].absent[0]!r} sequence file; pass "
-                            "--allow-missing to treat absent sequences as missing")
-    reader = CaseReader(tuple(modalities), scheme if has_labels else None, plan)
+        for job in jobs:
+            lacking = [m for m in modalities if m not in job.files.images]
+            if lacking:
+                raise DataError(f"case {job.files.case_id}: no {lacking[0]!r} sequence file; pass --allow-missing "
+                                "to treat absent sequences as missing")
     with claim_output(out, replace=True, kind="dir", what="cache"):
         staging = temporary_name(out, "stage-")
         try:
@@ -294,16 +215,17 @@ def prepare_cache(
         metas: dict[str, dict[str, Any]] = {}
         pool: ProcessPoolExecutor | None = None
         try:
-            bar = CaseProgress(len(cases), "prepare seg", enabled=progress)
+            bar = CaseProgress(len(jobs), "prepare seg", enabled=progress)
             if workers <= 1:
-                for case in cases:
-                    metas[case.case_id] = _prepare_one(case, reader, str(staging), allow_missing)
-                    bar.update(case.case_id, _summary(metas[case.case_id]))
+                for job in jobs:
+                    metas[job.files.case_id] = _prepare_one(job, modalities, plan, str(staging), allow_missing)
+                    bar.update(job.files.case_id, _summary(metas[job.files.case_id]))
             else:
                 pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init)
-                futures = {pool.submit(_prepare_one, c, reader, str(staging), allow_missing): c for c in cases}
+                futures = {pool.submit(_prepare_one, job, modalities, plan, str(staging), allow_missing): job
+                           for job in jobs}
                 for future in as_completed(futures):
-                    case_id = futures[future].case_id
+                    case_id = futures[future].files.case_id
                     metas[case_id] = future.result()
                     bar.update(case_id, _summary(metas[case_id]))
                 pool.shutdown(wait=True)
@@ -318,13 +240,11 @@ def prepare_cache(
                 "version": FORMAT_VERSION,
                 "modalities": list(modalities),
                 "cases": sorted(metas),
-                "has_labels": has_labels,
-                "layout": layout_name,
+                "has_labels": all(job.scheme is not None for job in jobs),
                 "source_label_convention": labels_of.name,
                 "labels": {str(k): name for k, name in enumerate(labels_of.classes)},
                 "label_scheme": labels_of.to_json(),
                 "plan": (plan or GridPlan("", ())).to_json(),
-                "source": str(source.resolve()),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **(extra or {}),
             }
@@ -402,7 +322,7 @@ def read_dataset_record(cache: str | Path) -> dict[str, Any]:
     """``dataset.json`` of a cache, checked."""
     path = Path(cache) / DATASET_FILE
     if not path.is_file():
-        raise DataError(f"{cache} is not a BraTS cache (no {DATASET_FILE}); make one with `mckd prepare brats SRC OUT`")
+        raise DataError(f"{cache} is not a segmentation cache (no {DATASET_FILE}); make one with `mckd prepare seg SRC OUT`")
     record = read_json(path, "the cache's record")
     if (record.get("format"), record.get("version")) not in READABLE:
         raise DataError(f"{path}: format {record.get('format')!r} version {record.get('version')!r}; expected "
@@ -481,30 +401,3 @@ def cache_scheme(record: dict[str, Any]) -> LabelScheme:
 def cache_plan(record: dict[str, Any]) -> GridPlan:
     """The grid a cache's cases were put on (version 1 caches: each file's own)."""
     return GridPlan.from_json(record.get("plan"))
-
-
-def write_nifti_like(array: np.ndarray, reference_path: str | Path, out: str | Path, force: bool = False) -> Path:
-    """Write ``array`` (on the reference's grid) as NIfTI with the reference's affine and header, atomically.
-
-    The data type is the array's (uint8 for label maps); the header's scaling
-    is reset. Written through :func:`mckd.io.atomic_write` (a full disk or a
-    read-only folder is one error naming ``out``; an earlier ``out`` stays).
-    """
-    import nibabel as nib
-
-    from mckd.io import atomic_write
-
-    out = Path(out)
-    if out.exists() and not force:
-        raise DataError(f"{out} exists; pass --force to overwrite it")
-    reference = nib.load(str(reference_path))
-    if tuple(array.shape) != tuple(reference.shape[:3]):
-        raise DataError(f"cannot write {out}: array shape {tuple(array.shape)} is not the reference's "
-                        f"{tuple(reference.shape[:3])} ({reference_path})")
-    header = reference.header.copy()
-    header.set_data_dtype(array.dtype)
-    image = nib.Nifti1Image(array, reference.affine, header)
-    image.header.set_slope_inter(1.0, 0.0)
-    suffix = ".tmp.nii.gz" if out.name.endswith(".nii.gz") else f".tmp{out.suffix}"  # nibabel reads the name
-    atomic_write(out, lambda tmp: nib.save(image, tmp), suffix=suffix)
-    return out

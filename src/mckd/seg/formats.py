@@ -1,4 +1,4 @@
-"""The dataset formats users bring, read into one list of cases (:class:`~mckd.data.brats_layout.CaseFiles`).
+"""The dataset formats users bring, each a registered detector, read into one list of cases (:class:`~mckd.seg.cases.CaseFiles`).
 
 - **nnU-Net v2 raw** (``DatasetXXX_Name/``): ``imagesTr/{case}_{XXXX}{file_ending}``
   (one file per channel, 4 digits), ``labelsTr/{case}{file_ending}``,
@@ -15,14 +15,26 @@
 - **BraTS layouts** (a folder of case folders): 2017-2021 names
   ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` and 2023-2024 names
   ``<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz``, or any layout of a YAML file
-  (:func:`mckd.data.brats_layout.load_layout`).
+  (:func:`mckd.seg.layouts.load_layout`). A case folder is recognised from
+  any one of its sequence files or its label file, so a case without FLAIR is
+  still a BraTS case.
+
+Each named format is registered (:func:`register_format`) with its
+description (``mckd list``), how ``--format NAME`` opens a folder, and how
+``--format auto`` recognises one; auto tries them in registration order
+(described datasets first, then case-folder layouts), then the layout a run
+was trained on, then a flat folder of images.
+
+Predictions are named as each format names them: ``{case}{file_ending}``
+(nnU-Net, MSD) and ``{case}.nii.gz`` for case-folder layouts (BraTS's
+submission name), never a case's own label file.
 
 Sequence names come from the dataset's description; the usual names of the
 four MRI sequences are written as BraTS's (``FLAIR``, ``T2f`` -> ``flair``;
 ``T1w``, ``T1n`` -> ``t1``; ``t1gd``, ``T1c`` -> ``t1ce``; ``T2w`` -> ``t2``), so
 a model trained in one format reads the others; any other name is kept
 (lower case). Labels come from the description (MSD, nnU-Net), the layout,
-or ``--labels``; see :mod:`mckd.data.labels`.
+or ``--labels``; see :mod:`mckd.seg.labels`.
 """
 
 from __future__ import annotations
@@ -31,20 +43,12 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from mckd.data.brats_layout import (
-    BUILTIN_LAYOUTS,
-    CaseFiles,
-    ImageFile,
-    Layout,
-    case_folders,
-    find_file,
-    layout_case_files,
-    load_layout,
-)
-from mckd.data.labels import LabelScheme, declared_names, from_msd_labels, from_nnunet_labels, slug
 from mckd.errors import DataError
+from mckd.seg.cases import CaseFiles, ImageFile
+from mckd.seg.labels import LabelScheme, declared_names, from_msd_labels, from_nnunet_labels, slug
+from mckd.seg.layouts import BUILTIN_LAYOUTS, Layout, case_folders, holds_any_file, layout_case_files, load_layout
 
 DESCRIPTION = "dataset.json"
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -56,19 +60,6 @@ SEQUENCE_SYNONYMS: dict[str, frozenset[str]] = {
     "t1ce": frozenset({"t1ce", "t1c", "t1gd", "t1wce", "t1post", "t1contrast", "t1wgd"}),
     "t2": frozenset({"t2", "t2w"}),
 }
-
-# What `mckd list` shows: format -> how it is recognised.
-FORMATS: dict[str, str] = {
-    "nnunet": "nnU-Net v2 raw: dataset.json with channel_names/labels/file_ending, imagesTr/{case}_{XXXX}.nii.gz, "
-              "labelsTr/ (region-based labels too); a folder of {case}_{XXXX} files to predict",
-    "msd": "Medical Segmentation Decathlon: dataset.json with modality/labels/training, one 4D NIfTI per case "
-           "(nnU-Net v1 tasks with {case}_{XXXX} files too); a folder of 4D files to predict",
-    "brats2018": "BraTS 2017-2021 case folders: <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz",
-    "brats2023": "BraTS 2023-2024 case folders: <case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz",
-    "FILE.yaml": "a layout file: sequence -> file pattern in each case folder, label, mask, labels "
-                 "(e.g. configs/brats2013_layout.yaml)",
-}
-
 
 def canonical_sequence(name: str) -> str:
     """A sequence's name in mckd: BraTS's for the usual names of the four MRI sequences, else lower case."""
@@ -87,6 +78,15 @@ def _strip_nifti(name: str) -> str | None:
         if name.endswith(ending):
             return name[: -len(ending)]
     return None
+
+
+def _label_beside(images: Path, root: Path, case_id: str, ending: str) -> str:
+    """A case's label file in the ``labelsTr`` beside its images (or the dataset's), when there is one; else ""."""
+    for folder in (images.parent / "labelsTr", root / "labelsTr"):
+        path = folder / f"{case_id}{ending}"
+        if path.is_file():
+            return str(path)
+    return ""
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -132,7 +132,7 @@ class SourceFormat:
         modalities: the sequences, in the description's order.
         channels: modality -> the name the description gives it (with its channel number).
         declared: the labels the description or layout declares (None: a BraTS layout's labels are
-            decided from the values found, see :func:`mckd.data.labels.choose_brats_convention`).
+            decided from the values found, see :func:`mckd.seg.labels.choose_brats_convention`).
         label_names: file value -> name as the description gives them (to refuse contradicting conventions).
     """
 
@@ -148,13 +148,28 @@ class SourceFormat:
         """The cases: with their label files (``labelled``) for preparing and evaluating, or every image to predict."""
         raise NotImplementedError
 
-    def output_name(self, case_id: str, challenge: bool = False) -> str:
-        """Where a case's prediction goes, relative to the output folder, named as the format expects."""
-        raise NotImplementedError
+    def output_name(self, case_id: str) -> str:
+        """Where a case's prediction goes, relative to the output folder, named as the format names predictions."""
+        return f"{case_id}.nii.gz"
 
     def record(self) -> dict[str, Any]:
         """What the cache and the run keep of the format (to read more data of the same kind)."""
         return {"kind": self.kind, "modalities": list(self.modalities), "channels": dict(self.channels)}
+
+    def files_used(self, cases: Sequence[CaseFiles]) -> dict[Path, str]:
+        """Every file the dataset's ``cases`` read (images, labels, masks) and its description, with what it is."""
+        used: dict[Path, str] = {}
+        description = self.root / DESCRIPTION
+        if description.is_file():
+            used[description.resolve()] = "the dataset's description"
+        for case in cases:
+            for modality, image in case.images.items():
+                used.setdefault(Path(image.path).resolve(), f"case {case.case_id}'s {modality} image")
+            if case.label:
+                used[Path(case.label).resolve()] = f"case {case.case_id}'s label file (its ground truth)"
+            if case.mask:
+                used.setdefault(Path(case.mask).resolve(), f"case {case.case_id}'s brain mask")
+        return used
 
 
 @dataclass
@@ -168,15 +183,11 @@ class LayoutFormat(SourceFormat):
         return [layout_case_files(case, self.layout, allow_missing, need_labels=labelled and bool(self.layout.label))
                 for case in folders]
 
-    def output_name(self, case_id: str, challenge: bool = False) -> str:
-        if challenge or not self.layout.label or any(c in self.layout.label for c in "*?["):
-            return f"{case_id}.nii.gz"
-        return f"{case_id}/{self.layout.label.replace('{case}', case_id)}"
+    def output_name(self, case_id: str) -> str:
+        return f"{case_id}.nii.gz"  # BraTS's submission name: never the case's own label file
 
     def record(self) -> dict[str, Any]:
-        layout = self.layout
-        return {**super().record(), "layout": {"name": layout.name, "sequences": dict(layout.sequences),
-                                               "label": layout.label, "mask": layout.mask, "cases": layout.cases}}
+        return {**super().record(), "layout": self.layout.to_json()}
 
 
 @dataclass
@@ -231,13 +242,10 @@ class DecathlonFormat(SourceFormat):
                     continue
                 stem = match.group(1)
                 seen.add(stem)
-            out.append(self._case(stem, path, ""))
+            out.append(self._case(stem, path, _label_beside(folder, self.root, stem, ".nii.gz")))
         if not out:
             raise DataError(f"{folder} holds no NIfTI images to predict")
         return out
-
-    def output_name(self, case_id: str, challenge: bool = False) -> str:
-        return f"{case_id}.nii.gz"
 
 
 @dataclass
@@ -291,10 +299,11 @@ class NnUNetFormat(SourceFormat):
         grouped = self._grouped(folder) if folder.is_dir() else {}
         if not grouped:
             raise DataError(f"{folder} holds no images named {{case}}_{{XXXX}}{self.file_ending}")
-        return [self._case(case_id, images, "") for case_id, images in sorted(grouped.items())]
+        return [self._case(case_id, images, _label_beside(folder, self.root, case_id, self.file_ending))
+                for case_id, images in sorted(grouped.items())]
 
-    def output_name(self, case_id: str, challenge: bool = False) -> str:
-        return f"{case_id}{self.file_ending}"
+    def output_name(self, case_id: str) -> str:
+        return f"{case_id}{self.file_ending}"  # as nnUNetv2_predict names its outputs
 
 
 # --- reading descriptions --------------------------------------------------------------------------
@@ -352,13 +361,16 @@ def _layout_format(root: Path, layout: Layout, kind: str) -> LayoutFormat:
                         {}, layout)
 
 
-def layout_from_record(record: Mapping[str, Any]) -> Layout | None:
-    """The layout a run's plan kept (to read case folders of the same kind), or None."""
+def layout_from_record(record: Mapping[str, Any], fallback: LabelScheme | None = None) -> Layout | None:
+    """The layout a run's record kept (to read case folders of the same kind), labels included, or None.
+
+    ``fallback``: the labels of runs whose record kept no labels (before
+    mckd 0.2): the run's own label scheme, which its cache read from this layout.
+    """
     saved = record.get("layout")
     if not isinstance(saved, Mapping):
         return None
-    return Layout(str(saved.get("name", "run")), {str(k): str(v) for k, v in dict(saved.get("sequences", {})).items()},
-                  str(saved.get("label", "")), str(saved.get("mask", "")), "brats2018", str(saved.get("cases", "*")))
+    return Layout.from_json(saved, fallback)
 
 
 def _flat_format(folder: Path, record: Mapping[str, Any] | None, explicit_channels: bool) -> SourceFormat:
@@ -388,53 +400,149 @@ def _flat_format(folder: Path, record: Mapping[str, Any] | None, explicit_channe
                            folder, False)
 
 
+# --- the registry of formats -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormatEntry:
+    """A named format: what ``mckd list`` says, how ``--format NAME`` opens a folder, how auto recognises one.
+
+    Attributes:
+        name: the ``--format`` name.
+        description: one line for ``mckd list``.
+        open: (folder, the run's record or None) -> the format (``--format NAME``); a :class:`DataError`
+            when the folder is not one.
+        recognise: folder -> the format, or None when the folder is not recognisably one (auto).
+    """
+
+    name: str
+    description: str
+    open: Callable[[Path, Mapping[str, Any] | None], SourceFormat]
+    recognise: Callable[[Path], SourceFormat | None]
+
+
+FORMATS: dict[str, FormatEntry] = {}  # in the order auto tries them
+
+
+def register_format(name: str, description: str, recognise: Callable[[Path], SourceFormat | None]) -> Callable:
+    """Register ``open`` (the decorated function) as format ``name``, recognised by ``recognise``."""
+
+    def decorate(open_folder: Callable[..., SourceFormat]) -> Callable[..., SourceFormat]:
+        FORMATS[name] = FormatEntry(name, description, open_folder, recognise)
+        return open_folder
+
+    return decorate
+
+
+def _open_described(kind: str) -> Callable[..., SourceFormat]:
+    def open_folder(root: Path, record: Mapping[str, Any] | None = None) -> SourceFormat:
+        description = root / DESCRIPTION
+        if description.is_file():
+            found = _from_description(root, description)
+            if found.kind != kind:
+                raise DataError(f"{description} describes a {found.kind} dataset, not {kind}")
+            return found
+        flat = _flat_format(root, record, bool(record and record.get("told")))
+        if flat.kind != kind:
+            raise DataError(f"{root} looks like a {flat.kind} folder, not {kind}")
+        return flat
+    return open_folder
+
+
+def _recognise_described(kind: str) -> Callable[[Path], SourceFormat | None]:
+    def recognise(root: Path) -> SourceFormat | None:
+        description = root / DESCRIPTION
+        if not description.is_file():
+            return None
+        found = _from_description(root, description)
+        return found if found.kind == kind else None
+    return recognise
+
+
+def _case_folders_of(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _recognise_layout(name: str) -> Callable[[Path], SourceFormat | None]:
+    """Case folders of a built-in layout: a case holding any of its sequence files or its label file."""
+
+    def recognise(root: Path) -> SourceFormat | None:
+        if (root / DESCRIPTION).is_file():
+            return None
+        layout = BUILTIN_LAYOUTS[name]
+        folders = _case_folders_of(root)
+        if any(holds_any_file(case, layout) for case in folders[:3]):
+            return _layout_format(root, layout, name)
+        # BraTS 2018-2019 ship HGG/ and LGG/ folders of case folders: the cases are one level down
+        nested = [c for group in folders[:3] for c in sorted(group.iterdir())[:2] if c.is_dir()]
+        if nested and all(holds_any_file(c, layout) for c in nested):
+            return _layout_format(root, replace(layout, cases="*/*"), name)
+        return None
+
+    return recognise
+
+
+def _open_layout(name: str) -> Callable[..., SourceFormat]:
+    def open_folder(root: Path, record: Mapping[str, Any] | None = None) -> SourceFormat:
+        return _recognise_layout(name)(root) or _layout_format(root, BUILTIN_LAYOUTS[name], name)
+    return open_folder
+
+
+register_format("nnunet", "nnU-Net v2 raw: dataset.json with channel_names/labels/file_ending, "
+                "imagesTr/{case}_{XXXX}.nii.gz, labelsTr/ (region-based labels too); a folder of {case}_{XXXX} "
+                "files to predict", _recognise_described("nnunet"))(_open_described("nnunet"))
+register_format("msd", "Medical Segmentation Decathlon: dataset.json with modality/labels/training, one 4D NIfTI "
+                "per case (nnU-Net v1 tasks with {case}_{XXXX} files too); a folder of 4D files to predict",
+                _recognise_described("msd"))(_open_described("msd"))
+register_format("brats2018", "BraTS 2017-2021 case folders: <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz "
+                "(recognised from any one of them)", _recognise_layout("brats2018"))(_open_layout("brats2018"))
+register_format("brats2023", "BraTS 2023-2024 case folders: <case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz "
+                "(recognised from any one of them)", _recognise_layout("brats2023"))(_open_layout("brats2023"))
+
+LAYOUT_FILE = ("FILE.yaml", "a layout file: sequence -> file pattern in each case folder, label, mask, labels "
+                            "(e.g. configs/brats2013_layout.yaml)")
+
+
+def format_descriptions() -> list[tuple[str, str]]:
+    """``(name, description)`` of every format ``--format`` takes, for ``mckd list``."""
+    return [(entry.name, entry.description) for entry in FORMATS.values()] + [LAYOUT_FILE]
+
+
 def detect_format(path: str | Path, hint: str = "auto", record: Mapping[str, Any] | None = None,
-                  channels: Sequence[str] | None = None) -> SourceFormat:
+                  channels: Sequence[str] | None = None, run_labels: LabelScheme | None = None) -> SourceFormat:
     """The format of the dataset at ``path``.
 
     Args:
-        hint: ``auto`` (recognise it), ``nnunet``, ``msd``, ``brats2018``, ``brats2023``, or a YAML layout file.
+        hint: ``auto`` (recognise it), a registered format's name (:data:`FORMATS`), or a YAML layout file.
         record: a run's record of the format it was trained on (:meth:`SourceFormat.record`): names the
-            channels of a folder of images without a description, and gives the layout of case folders.
+            channels of a folder of images without a description, and gives the layout of case folders
+            that no named format recognises.
         channels: sequence names in channel order (``--channels``), for a folder without a description.
+        run_labels: the run's label scheme (the labels of a layout its record kept without them).
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root} does not exist or is not a folder")
     if channels:
-        record = {**(record or {}), "modalities": [canonical_sequence(c) for c in channels]}
-    if hint not in ("auto", "nnunet", "msd") and hint not in BUILTIN_LAYOUTS:
-        layout = load_layout(hint)
-        return _layout_format(root, layout, "layout")
-    if hint in BUILTIN_LAYOUTS:
-        return _layout_format(root, BUILTIN_LAYOUTS[hint], hint)
-    description = root / DESCRIPTION
-    if description.is_file():
-        found = _from_description(root, description)
-        if hint != "auto" and found.kind != hint:
-            raise DataError(f"{description} describes a {found.kind} dataset, not {hint}")
-        return found
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if folders and hint == "auto":
-        saved = layout_from_record(record or {})
-        if saved is not None and saved.name not in BUILTIN_LAYOUTS:
-            if find_file(folders[0], next(iter(saved.sequences.values())), required=False) is not None:
+        record = {**(record or {}), "modalities": [canonical_sequence(c) for c in channels], "told": True}
+    if hint in FORMATS:
+        return FORMATS[hint].open(root, record)
+    if hint != "auto":
+        return _layout_format(root, load_layout(hint), "layout")
+    for entry in FORMATS.values():
+        found = entry.recognise(root)
+        if found is not None:
+            return found
+    folders = _case_folders_of(root)
+    if folders:
+        for kept in [record or {}, *((record or {}).get("others") or [])]:  # the run's own layouts, after the named ones
+            saved = layout_from_record(kept, run_labels)
+            if saved is not None and any(holds_any_file(case, saved) for case in folders[:3]):
                 return _layout_format(root, saved, "layout")
-        for name, layout in BUILTIN_LAYOUTS.items():
-            for case in folders[:3]:
-                if find_file(case, next(iter(layout.sequences.values())), required=False) is not None:
-                    return _layout_format(root, layout, name)
-            # BraTS 2018-2019 ship HGG/ and LGG/ folders of case folders: the cases are one level down
-            nested = [c for group in folders[:3] for c in sorted(group.iterdir())[:2] if c.is_dir()]
-            if nested and all(find_file(c, next(iter(layout.sequences.values())), required=False) is not None
-                              for c in nested):
-                return _layout_format(root, replace(layout, cases="*/*"), name)
         listed = sorted(p.name for p in folders[0].iterdir())[:8]
+        named = ", ".join(f"{name} ({entry.description.split(':')[0]})" for name, entry in FORMATS.items())
         raise DataError(
             f"cannot tell the format of {root}: no {DESCRIPTION}, and case folder {folders[0].name!r} holds {listed}, "
-            "which match neither BraTS 2017-2021 (<case>_flair.nii.gz) nor BraTS 2023-2024 (<case>-t2f.nii.gz) names; "
-            "pass --format with a YAML layout (sequence -> file pattern, labels)")
-    flat = _flat_format(root, record, bool(channels))
-    if hint != "auto" and flat.kind != hint:
-        raise DataError(f"{root} looks like a {flat.kind} folder, not {hint}")
-    return flat
+            f"which no named format's file names match; if it is one of them, say which with --format NAME "
+            f"({named}), else describe its files with --format FILE.yaml (a layout: sequence -> file pattern, labels)")
+    return _flat_format(root, record, bool(channels))

@@ -1,8 +1,9 @@
 """Segmenting one case with a trained model, on the case's own grid: what ``mckd predict`` and ``evaluate --data`` share.
 
-The case goes through the same steps as ``mckd prepare seg`` (the run's
-plan: MONAI ``Orientation`` and ``Spacing`` to the cache's grid, a crop to the
-brain's box, a z-score inside the brain, the run's ``downsample``), then:
+The case goes through the steps of ``mckd prepare seg``, by the same code
+(:func:`mckd.seg.preprocess.preprocess_case`: the run's plan, MONAI
+``Orientation`` and ``Spacing`` to the cache's grid, a crop to the brain's
+box, a z-score inside the brain), then the run's ``downsample``, and:
 
 1. sliding-window inference from the chosen sequences (the others marked
    absent), optionally averaged over the 8 mirrorings of the three axes
@@ -24,16 +25,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mckd.data.brats_cache import bounding_box, crop, uncrop, zscore_in_brain
-from mckd.data.brats_layout import Case
-from mckd.data.grid import GridPlan, same_grid, spacing_of, to_file_grid, to_plan_grid
 from mckd.errors import DataError
+from mckd.seg.cases import Case
+from mckd.seg.grid import GridPlan, spacing_of, to_file_grid
+from mckd.seg.preprocess import PreprocessedCase, preprocess_case, uncrop
 
 
 @dataclass(frozen=True)
@@ -66,22 +67,22 @@ class PreparedCase:
     """A case on the model's grid, ready to be segmented from any subset of its sequences.
 
     Attributes:
-        case: the case as read (file grid).
-        inputs: per present sequence, the z-scored volume the model sees ``[1, 1, x, y, z]``.
-        box: the brain's box on the plan's grid; ``crop_shape`` its size.
-        grid_affine, grid_shape: the plan's grid of this case.
-        resampled: whether the plan's voxel size differs from the file's (an input at another spacing).
+        pre: the case preprocessed (:class:`mckd.seg.preprocess.PreprocessedCase`: plan's grid, box, z-scores).
+        inputs: per present sequence, what the model sees ``[1, 1, x, y, z]`` (float32, strided by ``downsample``).
         grid_change: in words: the file's grid, reoriented, or resampled from which spacing.
     """
 
-    case: Case
+    pre: PreprocessedCase
     inputs: dict[str, torch.Tensor]
-    box: list[list[int]]
-    crop_shape: tuple[int, ...]
-    grid_affine: np.ndarray
-    grid_shape: tuple[int, ...]
-    resampled: bool
     grid_change: str = ""
+
+    @property
+    def case(self) -> Case:
+        return self.pre.case
+
+    @property
+    def resampled(self) -> bool:
+        return self.pre.resampled
 
 
 @dataclass
@@ -93,6 +94,12 @@ class Segmentation:
     sequences: tuple[str, ...]
 
 
+def no_usable_sequence(case_id: str, has: Sequence[str], takes: Sequence[str]) -> DataError:
+    """The one error for a case that has none of the sequences the model takes (or ``--sequences`` chose)."""
+    return DataError(f"case {case_id} has none of the sequences the model takes ({', '.join(takes)}); it has "
+                     f"{', '.join(has) if has else 'no sequence that is present and non-empty'}")
+
+
 def run_plan(facts: dict[str, Any]) -> GridPlan:
     """The grid a run's cache was made on (runs before plans: the files' axes at the cache's spacing)."""
     plan = facts.get("plan")
@@ -102,34 +109,29 @@ def run_plan(facts: dict[str, Any]) -> GridPlan:
     return GridPlan("", tuple(float(s) / step for s in facts.get("spacing", (1.0, 1.0, 1.0))))
 
 
+def run_format_record(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The format record of the data a run was trained on, or {} (:func:`mckd.seg.formats.detect_format`'s ``record``).
+
+    A cache of several sources keeps each one's (``others``), so the run reads
+    more folders of any of their kinds.
+    """
+    plan = facts.get("plan") or {}
+    first = dict(plan.get("source_format") or {})
+    others = [dict(record) for record in plan.get("other_source_formats") or [] if isinstance(record, Mapping)]
+    return {**first, "others": others} if others else first
+
+
 def prepare_case(case: Case, plan: GridPlan, downsample: int, device: torch.device) -> PreparedCase:
-    """The cache's steps on a case read from its files (see the module docstring)."""
-    images, grid_affine = {}, case.affine
-    for modality, image in case.images.items():
-        images[modality], grid_affine = to_plan_grid(image, case.affine, plan, "bilinear")
-    brain, grid_affine = to_plan_grid(case.brain.astype(np.uint8), case.affine, plan, "nearest")
-    brain = brain.astype(bool)
-    if not brain.any():
-        raise DataError(f"case {case.case_id}: the brain mask is empty on the run's grid ({plan.describe()})")
-    box = bounding_box(brain)
-    cropped_brain = crop(brain, box)
+    """The cache's steps on a case read from its files, then the run's ``downsample`` (see the module docstring)."""
+    from dataclasses import replace
+
+    pre = preprocess_case(replace(case, labels=None), plan)  # the labels stay on the file's grid, to score there
+    pre.case = case
     inputs = {}
-    for modality, image in images.items():
-        normalised, _, _ = zscore_in_brain(crop(image, box), cropped_brain, f"case {case.case_id} {modality}")
-        normalised = normalised.astype(np.float16).astype(np.float32)  # as the cache stores it
-        view = normalised[::downsample, ::downsample, ::downsample]
+    for modality, image in pre.images.items():
+        view = image.astype(np.float32)[::downsample, ::downsample, ::downsample]
         inputs[modality] = torch.from_numpy(np.ascontiguousarray(view))[None, None].to(device)  # (1, 1, x, y, z)
-    file_spacing, grid_spacing = sorted(spacing_of(case.affine)), sorted(spacing_of(grid_affine))
-    resampled = not np.allclose(file_spacing, grid_spacing, atol=1e-3)
-    if resampled:
-        change = (f"resampled from {'x'.join(f'{v:g}' for v in spacing_of(case.affine))} mm to "
-                  f"{'x'.join(f'{v:g}' for v in spacing_of(grid_affine))} mm")
-    elif same_grid(grid_affine, brain.shape, case.affine, case.brain.shape):
-        change = "the file's own"
-    else:
-        change = f"reoriented to {plan.orientation}"
-    return PreparedCase(case, inputs, box, tuple(b - a for a, b in box), grid_affine, tuple(brain.shape), resampled,
-                        change)
+    return PreparedCase(pre, inputs, pre.grid_change(plan))
 
 
 def mirrorings(tta: bool) -> list[tuple[int, ...]]:
@@ -181,10 +183,10 @@ def remove_small_components(labels: np.ndarray, min_voxels: int, largest_only: b
 def segment_prepared(model: Any, task: Any, prepared: PreparedCase, sequences: Sequence[str], downsample: int,
                      options: SegmentOptions = SegmentOptions()) -> Segmentation:
     """Segment a prepared case from ``sequences`` (a non-empty subset of what it has and the model takes)."""
-    chosen = [m for m in model.modalities if m in sequences]
-    if not chosen or any(m not in prepared.inputs for m in chosen):
-        raise DataError(f"case {prepared.case.case_id}: sequences {list(sequences)} are not among the ones it has "
-                        f"({', '.join(prepared.inputs)}) and the model takes ({', '.join(model.modalities)})")
+    chosen = [m for m in model.modalities if m in sequences and m in prepared.inputs]
+    if not chosen:
+        raise no_usable_sequence(prepared.case.case_id, list(prepared.inputs), [m for m in model.modalities
+                                                                               if m in sequences])
     template = prepared.inputs[chosen[0]]
     batch = [prepared.inputs[m] if m in chosen else torch.zeros_like(template) for m in model.modalities]
     present = torch.tensor([[m in chosen for m in model.modalities]], dtype=torch.bool, device=template.device)
@@ -196,12 +198,13 @@ def segment_prepared(model: Any, task: Any, prepared: PreparedCase, sequences: S
         probabilities = torch.flip(probabilities, axes) if axes else probabilities
         total = probabilities if total is None else total + probabilities
     probabilities = (total / len(passes)).cpu()  # (1, C, x, y, z)
-    probabilities = upsample_strided(probabilities, downsample, prepared.crop_shape)[0].numpy()  # (C, *crop)
+    pre = prepared.pre
+    probabilities = upsample_strided(probabilities, downsample, pre.crop_shape)[0].numpy()  # (C, *crop)
     background = task.background_probabilities().numpy()
-    on_grid = np.stack([uncrop(probabilities[c], prepared.box, prepared.grid_shape, fill=float(background[c]))
+    on_grid = np.stack([uncrop(probabilities[c], pre.box, pre.grid_shape, fill=float(background[c]))
                         for c in range(probabilities.shape[0])])  # (C, *grid)
     case = prepared.case
-    on_file = to_file_grid(on_grid, prepared.grid_affine, case.affine, case.brain.shape)  # (C, *file)
+    on_file = to_file_grid(on_grid, pre.grid_affine, case.affine, case.brain.shape)  # (C, *file)
     labels = task.labels_from_probabilities(torch.from_numpy(on_file)[None], postprocess=False)[0].numpy()
     labels[~case.brain] = 0
     labels = remove_small_components(labels, options.min_component_voxels, options.largest_component)
@@ -212,11 +215,6 @@ def segment_prepared(model: Any, task: Any, prepared: PreparedCase, sequences: S
         kept = on_file.astype(np.float32)
         kept[:, ~case.brain] = background[:, None]
     return Segmentation(labels, kept, tuple(chosen))
-
-
-def case_spacing(case: Case) -> tuple[float, ...]:
-    """The file grid's voxel size in mm (from its affine)."""
-    return spacing_of(case.affine)
 
 
 def file_grid_task(loaded: Any) -> Any:

@@ -49,7 +49,8 @@ class GridPlan:
 
     def describe(self) -> str:
         spacing = "x".join(f"{s:g}" for s in self.spacing) + " mm" if self.spacing else "each case's own spacing"
-        return f"{spacing}, {self.orientation or 'the files own'} orientation"
+        orientation = f"{self.orientation} orientation" if self.orientation else "the files' own orientation"
+        return f"{spacing}, {orientation}"
 
 
 def check_orientation(codes: str) -> str:
