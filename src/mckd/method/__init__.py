@@ -21,7 +21,7 @@ more file and one more import below.
 Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """
 
-from mckd.method import autoencoder, gan, lckd, mckd, shaspec, uniform_ckd  # noqa: F401  (registers the methods)
+from mckd.method import autoencoder, full2miss, gan, lckd, mckd, shaspec, smil, uniform_ckd  # noqa: F401  (registers the methods)
 from mckd.method.base import (
     PRESETS,
     TRAINING_METHODS,

@@ -16,11 +16,14 @@ stepped on their own loss every ``disc_every`` iterations after the model's
 step, on the features and guesses of that step. They are training-only: a
 trained run's model is the autoencoder's.
 
-Differences from the published baseline (SMIL's Table 2, no code published):
-any number of modalities, guesses from the mean of the present features and
-the presence mask (see the autoencoder), the discriminator on the
-distillation level only; the choices of loss (non-saturating BCE), optimiser
-and schedule are ours.
+Differences from the published baseline (SMIL's Table 2, no code published;
+SMIL's repository has only the autoencoder's hook): trained in the one run
+with the classifier, whose input the guess enters detached (``end_to_end``,
+as the autoencoder); any number of modalities, guesses from the mean of the
+present features and the presence mask (see the autoencoder), the
+discriminator on the distillation level only; the choices of loss
+(non-saturating BCE), weight 0.1, optimiser (Adam 1e-4, betas (0.5, 0.999)
+as DCGAN) and its step frequency are ours.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ class GAN(Autoencoder):
         step = super().training_step(model, batch, present)
         assert step.output is not None
         level = model.distill_level
-        real = step.output.levels[level]
+        real = self.generator_view(step.output.levels)[level]
         guesses, pairs = generated_features(model.fill_module, real, present, level)  # type: ignore[arg-type]
         self._last = (real.detach(), guesses.detach(), pairs)
         if not bool(pairs.any()):
