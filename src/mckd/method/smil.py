@@ -232,6 +232,15 @@ def kmeans_centres(points: torch.Tensor, clusters: int, start: torch.Tensor | No
     return torch.from_numpy(fitted.cluster_centers_).to(points.dtype)
 
 
+def every_rank(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every process of a torch.distributed group, concatenated in rank order (itself without one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered)
+
+
 @dataclass
 class SMILOptions:
     """Options of the ``smil`` method."""
@@ -321,8 +330,12 @@ class SMIL(TrainingMethod):
         return float(optimizer.param_groups[0]["lr"])
 
     def on_batch_end(self, iteration: int, batch: Batch, present: torch.Tensor, step: StepOutput) -> None:
-        """Bank the complete batch's clean features; K-means when first possible and every ``cluster_every``."""
-        self.add_to_bank(self._clean)
+        """Bank the complete batch's clean features; K-means when first possible and every ``cluster_every``.
+
+        Under torchrun every rank banks every rank's features (in rank order), so
+        the banks, the centres and a checkpoint's bank are the same on every rank.
+        """
+        self.add_to_bank([every_rank(level) for level in self._clean])
         due = iteration % self.options.cluster_every == 0 or not self.clustered
         if due and min(self.banked, self.options.bank_size) >= self.options.clusters:
             self.update_centres(iteration)
@@ -344,9 +357,10 @@ class SMIL(TrainingMethod):
         count = min(self.banked, self.options.bank_size)
         for level, bank in enumerate(self.bank):
             current = self._fill.centres(level)  # (N, K, *F)
+            points = bank[:count]
             for n in range(bank.shape[1]):
                 start = current[n].flatten(start_dim=1) if self.clustered else None
-                centres = kmeans_centres(bank[:count, n].flatten(start_dim=1), self.options.clusters, start,
+                centres = kmeans_centres(points[:, n].flatten(start_dim=1), self.options.clusters, start,
                                          self.seed + iteration)
                 current[n].copy_(centres.reshape(current[n].shape).to(current.device))
         self.clustered = True
