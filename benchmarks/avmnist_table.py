@@ -547,8 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         files = prepare_draws(args)
         specs = table_plan(args.rates, args.directions, args.models) if args.part == "table" else protocol_plan()
-        for spec in (s for s in specs if args.only in s.name):  # draws and seeds innermost: whole cells early
-            for draw in args.draws:
+        # the first draw of every model first (its seeds innermost), then the next draw: a study stopped early
+        # has every cell, with fewer runs
+        for draw in args.draws:
+            for spec in (s for s in specs if args.only in s.name):
                 for seed in args.seeds:
                     run_one(spec, files[draw], run_dir_of(out, args.data_name, draw, spec, seed), seed)
     print(report_table(out, args, command) if args.part == "table" else report_protocol(out, args, command))

@@ -15,8 +15,8 @@ interface of :mod:`mckd.method.base`, each registered under its name:
 :mod:`mckd.method.mckd` (with the presets ``baseline``, ``zero_fill``,
 ``hemis``, ``mckd_bilevel``), :mod:`mckd.method.lckd`,
 :mod:`mckd.method.shaspec`, :mod:`mckd.method.uniform_ckd`,
-:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`. A new method is one
-more file and one more import below.
+:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`, :mod:`mckd.method.smil`,
+:mod:`mckd.method.full2miss`. A new method is one more file and one more import below.
 
 Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """

@@ -171,7 +171,7 @@ class Autoencoder(TrainingMethod):
 
     name = "autoencoder"
     description = ("autoencoder baseline (SMIL, Table 2): a generator per modality regresses a missing feature from "
-                   "the present ones; trained by regression, used as the fill")
+                   "the present ones (by regression alone, on detached features); its guess is the fill")
 
     def wrap_model(self, model: MultiModalModel, spec: ModelSpec) -> MultiModalModel:
         return install_generated_fill(model, spec, self.options.hidden, detach=not self.options.end_to_end)

@@ -48,7 +48,11 @@ Generalised to N modalities and any classification data mckd reads:
   features (those of the clean pass). The code trains a complete-data model
   first, clusters its features once and then fine-tunes with the sound
   encoder nearly frozen; mckd trains in one run from scratch, so the centres
-  follow the encoders instead (zero until the first clustering, at iteration 1).
+  follow the encoders instead (zero until the first clustering, at iteration 1);
+- the centre fill replaces ``model.fill`` at every encoder level; the
+  network's fusion and decoder are kept. Made for classification networks
+  (vector features): the bank holds ``bank_size x N x prod(F_l)`` numbers per
+  level, which spatial feature maps make large.
 
 Differences from the authors' code, besides the above: one run, no
 pre-trained full-modality model; the noise is added once, to the fused
