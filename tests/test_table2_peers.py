@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from conftest import ROOT, shared_path
-from helpers import AtIteration
+from helpers import assert_resumes_exactly
 from mckd.checkpoint import load_checkpoint
 from mckd.config import config_from_dict, load_raw
 from mckd.errors import DataError
@@ -33,7 +30,7 @@ from mckd.method.full2miss import Full2miss, Full2missOptions
 from mckd.method.model import ModelSpec, MultiModalModel
 from mckd.method.smil import SMIL, CentreFill, FeatureNoise, SMILOptions, hidden_like_incomplete
 from mckd.rundir import RunDir
-from mckd.train import Callback, TrainingInterrupted, train
+from mckd.train import Callback, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -235,17 +232,8 @@ class Snapshots(Callback):
 @pytest.mark.parametrize("method, options", [("smil", ["method.cluster_every=3", "method.bank_size=40"]),
                                              ("full2miss", ["method.disc_every=2"])])
 def test_a_stopped_run_resumes_exactly(tmp_path, method, options):
-    config = digits(method, *options)
-    train(config, tmp_path / "straight")
-    with pytest.raises(TrainingInterrupted):
-        train(config, tmp_path / "stopped", callbacks=[AtIteration(5, lambda: os.kill(os.getpid(), signal.SIGTERM))])
-    train(config, tmp_path / "stopped", resume=True)
-    a, _ = load_checkpoint(RunDir(tmp_path / "straight").checkpoint)
-    b, _ = load_checkpoint(RunDir(tmp_path / "stopped").checkpoint)
-    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
-    assert "data.complete" in " ".join(a)  # the complete samples' stream is part of the state
-    strip = lambda run: [line.split(', "seconds"')[0] for line in RunDir(run).metrics.read_text().splitlines()]  # noqa: E731
-    assert strip(tmp_path / "straight") == strip(tmp_path / "stopped")
+    tensors = assert_resumes_exactly(digits(method, *options), tmp_path)
+    assert "data.complete" in " ".join(tensors)  # the complete samples' stream is part of the state
 
 
 # --- Full2miss -----------------------------------------------------------------------------------------------------

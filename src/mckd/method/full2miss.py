@@ -51,9 +51,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mckd.errors import ConfigError
 from mckd.method.base import Batch, Optimization, StepOutput, TrainingMethod, register_training_method
-from mckd.method.gan import FeatureDiscriminator
+from mckd.method.gan import DiscriminatorOptions, FeatureDiscriminator
 from mckd.method.model import ModelOutput, ModelSpec, MultiModalModel
 
 
@@ -84,19 +83,8 @@ def adversarial_losses(discriminator: nn.Module, real: torch.Tensor, fake: torch
 
 
 @dataclass
-class Full2missOptions:
-    """Options of the ``full2miss`` method."""
-
-    adversarial_weight: float = 0.1  # weight of the student's adversarial loss
-    disc_lr: float = 1e-4  # Adam learning rate of the discriminator (constant)
-    disc_every: int = 1  # iterations between discriminator steps
-    disc_hidden: int = 64  # hidden width of the discriminator
-
-    def validate(self, path: str) -> None:
-        if self.adversarial_weight < 0 or self.disc_lr <= 0 or self.disc_every < 1 or self.disc_hidden < 1:
-            raise ConfigError(f"{path}: adversarial_weight must be >= 0, disc_lr > 0, disc_every and disc_hidden "
-                              f">= 1; got {self.adversarial_weight}, {self.disc_lr}, {self.disc_every}, "
-                              f"{self.disc_hidden}")
+class Full2missOptions(DiscriminatorOptions):
+    """Options of the ``full2miss`` method: its discriminator's (``adversarial_weight``: the model's adversarial loss)."""
 
 
 @register_training_method(Full2missOptions)

@@ -59,20 +59,28 @@ def discriminator_logits(discriminators: nn.ModuleList, features: torch.Tensor, 
 
 
 @dataclass
-class GANOptions(AutoencoderOptions):
-    """Options of the ``gan`` method (the autoencoder's, plus the discriminators')."""
+class DiscriminatorOptions:
+    """A feature discriminator's options (the GAN's, Full2miss's)."""
 
-    adversarial_weight: float = 0.1  # weight of the generator's adversarial loss
+    adversarial_weight: float = 0.1  # weight of the adversarial loss of what the discriminator judges
     disc_lr: float = 1e-4  # Adam learning rate of the discriminators (constant)
     disc_every: int = 1  # iterations between discriminator steps
     disc_hidden: int = 64  # hidden width of each discriminator
 
     def validate(self, path: str) -> None:
-        super().validate(path)
         if self.adversarial_weight < 0 or self.disc_lr <= 0 or self.disc_every < 1 or self.disc_hidden < 1:
             raise ConfigError(f"{path}: adversarial_weight must be >= 0, disc_lr > 0, disc_every and disc_hidden "
                               f">= 1; got {self.adversarial_weight}, {self.disc_lr}, {self.disc_every}, "
                               f"{self.disc_hidden}")
+
+
+@dataclass
+class GANOptions(DiscriminatorOptions, AutoencoderOptions):
+    """Options of the ``gan`` method (the autoencoder's, then the discriminators')."""
+
+    def validate(self, path: str) -> None:
+        AutoencoderOptions.validate(self, path)
+        DiscriminatorOptions.validate(self, path)
 
 
 @register_training_method(GANOptions)
