@@ -347,7 +347,7 @@ def paired_over_rates(a: dict[int, dict], b: dict[int, dict]) -> dict[str, Any]:
         for key in sorted(set(a[rate]) & set(b.get(rate, {}))):
             differences.append(a[rate][key] - b[rate][key])
             strata.append(rate)
-    return paired_runs(differences, strata)
+    return {**paired_runs(differences, strata), "rates": sorted(set(strata))}
 
 
 def fmt(summary: dict[str, Any], key: str = "mean") -> str:
@@ -407,9 +407,9 @@ def report_table(out: Path, args: argparse.Namespace, command: str) -> str:
             if d == "audio" and label != "UpperB":
                 rows.append({"direction": direction, "model": f"paper: {label}",
                              **{f"r = {r}%": f"{values[RATES.index(r)]:.2f}" for r in rates if r in RATES}})
-        sentences.append(f"**{direction}**, every r together (each difference the mean over r = "
-                         f"{', '.join(map(str, rates))}% of the paired differences, [95% bootstrap interval over runs], "
-                         "p: two-tailed sign-flip test over runs):")
+        sentences.append(f"**{direction}**, every r together (each difference the mean over the rates where both "
+                         "models have runs, named in each clause, of the paired differences, [95% bootstrap interval "
+                         "over runs], p: two-tailed sign-flip test over runs):")
         for label, _ in models:
             verdicts = []
             for reference in REFERENCES:
@@ -460,6 +460,8 @@ def verdict(reference: str, cell: dict[str, Any]) -> str:
     if cell["difference"] is None:
         return f"no paired runs with {reference}"
     numbers = f"{cell['difference']:+.2f} [{cell['low']:+.2f}, {cell['high']:+.2f}] points, p {fmt_p(cell['p_two'])}"
+    if cell.get("rates"):  # pooled over the rates where both models have runs
+        numbers += f", r = {', '.join(map(str, cell['rates']))}%"
     if cell["too_few"]:
         return f"too few runs to tell from {reference} ({numbers}, {cell['pairs']} pairs)"
     if cell["low"] > 0 and cell["p_two"] < 0.05:
@@ -542,8 +544,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="Table 2's models besides LowerB and UpperB (default: all: " + " ".join(MODELS) + ")")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    command = " ".join(["python benchmarks/avmnist_table.py", "--part", args.part, "--draws", *map(str, args.draws),
-                        "--seeds", *map(str, args.seeds), "--data-name", args.data_name, "--out", str(out)])
+    chosen = []  # the grid as given (rates, directions, models), so the printed command rebuilds this report
+    for flag, value, default in (("--rates", args.rates, list(RATES)), ("--directions", args.directions,
+                                  ["audio", "image"]), ("--models", args.models, list(MODELS))):
+        if list(value) != list(default):
+            chosen += [flag, *map(str, value)]
+    command = " ".join(["python benchmarks/avmnist_table.py", "--part", args.part, *chosen, "--draws",
+                        *map(str, args.draws), "--seeds", *map(str, args.seeds), "--data-name", args.data_name,
+                        "--out", str(out)])
     if not args.report_only:
         files = prepare_draws(args)
         specs = table_plan(args.rates, args.directions, args.models) if args.part == "table" else protocol_plan()

@@ -66,11 +66,12 @@ def test_the_table2_benchmark_pools_every_rate_into_one_comparison_per_row():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import avmnist_table
 
-    a = {5: {(0, 0): 94.0, (0, 1): 95.0}, 20: {(0, 0): 93.0, (0, 1): 96.0}}
-    b = {5: {(0, 0): 93.0, (0, 1): 94.5}, 20: {(0, 0): 93.5, (0, 1): 94.0}}
+    a = {5: {(0, 0): 94.0, (0, 1): 95.0}, 10: {(0, 0): 90.0}, 20: {(0, 0): 93.0, (0, 1): 96.0}}
+    b = {5: {(0, 0): 93.0, (0, 1): 94.5}, 10: {}, 20: {(0, 0): 93.5, (0, 1): 94.0}}  # r = 10%: b not run
     pooled = avmnist_table.paired_over_rates(a, b)
     assert pooled["pairs"] == 4 and pooled["difference"] == pytest.approx(np.mean([1.0, 0.5, -0.5, 2.0]))
-    assert pooled["too_few"]
-    assert avmnist_table.verdict("MCKD", pooled).startswith("too few runs to tell from MCKD (+0.75")
+    assert pooled["too_few"] and pooled["rates"] == [5, 20]
+    sentence = avmnist_table.verdict("MCKD", pooled)
+    assert sentence.startswith("too few runs to tell from MCKD (+0.75") and "r = 5, 20%" in sentence
     cell = avmnist_table.summarise({(0, 0): 99.0, (1, 0): 93.0})
     assert cell["runs"] == 2 and cell["high"] <= 100
