@@ -340,13 +340,22 @@ def paired(a: dict[tuple[int, int], float], b: dict[tuple[int, int], float]) -> 
     return {**paired_runs([a[key] - b[key] for key in common]), "draws": len({d for d, _ in common})}
 
 
-def paired_over_rates(a: dict[int, dict], b: dict[int, dict]) -> dict[str, Any]:
-    """A - B over every rate together (rate -> runs): the mean of the rates' mean differences, strata = rates."""
-    differences, strata = [], []
+def paired_over_rates(a: dict[int, dict], b: dict[int, dict], b_per_rate: bool = True) -> dict[str, Any]:
+    """A - B over every rate together (rate -> runs), paired on the same draw and seed.
+
+    ``b_per_rate``: B trains a run per rate (a peer), so each (rate, draw, seed) is its own pair: the mean
+    of the rates' mean differences, bootstrap strata = rates. False: B's runs are the same at every rate
+    (LowerB), so one run of B must not count as several pairs: each (draw, seed)'s differences are
+    averaged over the rates first and the pairs are the (draw, seed)s.
+    """
+    differences, strata, by_run = [], [], {}
     for rate in a:
         for key in sorted(set(a[rate]) & set(b.get(rate, {}))):
             differences.append(a[rate][key] - b[rate][key])
             strata.append(rate)
+            by_run.setdefault(key, []).append(differences[-1])
+    if not b_per_rate:
+        return {**paired_runs([float(np.mean(v)) for v in by_run.values()]), "rates": sorted(set(strata))}
     return {**paired_runs(differences, strata), "rates": sorted(set(strata))}
 
 
@@ -408,14 +417,15 @@ def report_table(out: Path, args: argparse.Namespace, command: str) -> str:
                 rows.append({"direction": direction, "model": f"paper: {label}",
                              **{f"r = {r}%": f"{values[RATES.index(r)]:.2f}" for r in rates if r in RATES}})
         sentences.append(f"**{direction}**, every r together (each difference the mean over the rates where both "
-                         "models have runs, named in each clause, of the paired differences, [95% bootstrap interval "
-                         "over runs], p: two-tailed sign-flip test over runs):")
+                         "models have runs, named in each clause, of the paired differences; against LowerB, whose "
+                         "runs are the same at every r, each draw and seed is one pair, its differences averaged over "
+                         "r; [95% bootstrap interval over runs], p: two-tailed sign-flip test over runs):")
         for label, _ in models:
             verdicts = []
             for reference in REFERENCES:
                 if reference == label or reference not in by_label:
                     continue
-                cell = paired_over_rates(by_label[label], by_label[reference])
+                cell = paired_over_rates(by_label[label], by_label[reference], b_per_rate=reference != "LowerB")
                 csv_rows.append({"direction": d, "model": f"{label} - {reference}", "rate": "all", **cell})
                 verdicts.append(verdict(reference, cell))
             sentences.append(f"- **{label}**: " + "; ".join(verdicts) + ".")
