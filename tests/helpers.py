@@ -110,6 +110,32 @@ class AtIteration(Callback):
             self.action()
 
 
+def assert_resumes_exactly(config, folder: Path, stop_at: int = 5) -> dict[str, torch.Tensor]:
+    """Train ``config`` straight, and stopped by SIGTERM after ``stop_at`` then resumed: equal checkpoints and logs.
+
+    Returns the straight run's checkpoint tensors.
+    """
+    import os
+    import signal
+
+    import pytest
+
+    from mckd.checkpoint import load_checkpoint
+    from mckd.rundir import RunDir
+    from mckd.train import TrainingInterrupted, train
+
+    train(config, folder / "straight")
+    with pytest.raises(TrainingInterrupted):
+        train(config, folder / "stopped", callbacks=[AtIteration(stop_at, lambda: os.kill(os.getpid(), signal.SIGTERM))])
+    train(config, folder / "stopped", resume=True)
+    a, _ = load_checkpoint(RunDir(folder / "straight").checkpoint)
+    b, _ = load_checkpoint(RunDir(folder / "stopped").checkpoint)
+    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+    strip = lambda run: [line.split(', "seconds"')[0] for line in RunDir(run).metrics.read_text().splitlines()]  # noqa: E731
+    assert strip(folder / "straight") == strip(folder / "stopped")
+    return a
+
+
 @contextlib.contextmanager
 def held_by_another_process(path: Path, kind: str = "file") -> Iterator[int]:
     """Another process holds mckd's output claim on ``path`` (a file or a ``"dir"``) for the block; yields its pid."""

@@ -68,12 +68,17 @@ def test_two_ranks_agree_and_a_stopped_run_resumes_exactly(tmp_path):
 
 
 @needs_digits
-def test_a_method_with_its_own_modules_and_optimiser_runs_under_torchrun_and_resumes_exactly(tmp_path):
-    torchrun(tmp_path, "gan")  # discriminators (the method's parts) with their own optimiser, every 2 iterations
+@pytest.mark.parametrize("method, own", [("gan", "parts.discriminators."), ("full2miss", "parts.teacher."),
+                                         ("smil", "model.fill_module.centres_0")])
+def test_a_method_with_its_own_modules_and_optimiser_runs_under_torchrun_and_resumes_exactly(tmp_path, method, own):
+    # gan: discriminators (the method's parts) with their own optimiser, every 2 iterations; full2miss: a teacher
+    # and a discriminator, each with its optimiser, and batches of complete samples; smil: a second-order step and
+    # K-means centres from every rank's banked features
+    torchrun(tmp_path, method)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     for run in (straight, stopped):
         rank0, rank1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
-        assert any(name.startswith("parts.discriminators.") for name in rank0)
+        assert any(name.startswith(own) for name in rank0)
         assert [name for name in rank0 if not torch.equal(rank0[name], rank1[name])] == []  # replicas agree
     saved, _ = load_checkpoint(straight / "checkpoint.safetensors")
     resumed, _ = load_checkpoint(stopped / "checkpoint.safetensors")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from helpers import AtIteration
+from helpers import assert_resumes_exactly
 from mckd.checkpoint import load_checkpoint
 from mckd.config import config_from_dict, load_raw
 from mckd.errors import ConfigError
@@ -31,7 +30,7 @@ from mckd.method.gan import FeatureDiscriminator
 from mckd.method import Optimization, StepOutput, TrainingMethod, register_training_method
 from mckd.method.model import MultiModalModel, model_spec
 from mckd.rundir import RunDir
-from mckd.train import Callback, TrainingInterrupted, train
+from mckd.train import Callback, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,16 +140,7 @@ def test_the_discriminator_is_stepped_every_disc_every_iterations_and_only_on_it
 
 
 def test_a_stopped_gan_resumes_exactly(tmp_path):
-    config = digits("gan", "method.disc_every=2")
-    train(config, tmp_path / "straight")
-    with pytest.raises(TrainingInterrupted):
-        train(config, tmp_path / "stopped", callbacks=[AtIteration(5, lambda: os.kill(os.getpid(), signal.SIGTERM))])
-    train(config, tmp_path / "stopped", resume=True)
-    a, _ = load_checkpoint(RunDir(tmp_path / "straight").checkpoint)
-    b, _ = load_checkpoint(RunDir(tmp_path / "stopped").checkpoint)
-    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
-    strip = lambda run: [line.split(', "seconds"')[0] for line in RunDir(run).metrics.read_text().splitlines()]  # noqa: E731
-    assert strip(tmp_path / "straight") == strip(tmp_path / "stopped")
+    assert_resumes_exactly(digits("gan", "method.disc_every=2"), tmp_path)
 
 
 # --- learned fusions, methods and imports from outside mckd -----------------------------------------------------------

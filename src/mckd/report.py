@@ -146,6 +146,88 @@ def paired_test(values_a: np.ndarray, values_b: np.ndarray) -> tuple[float | Non
     return float(test.statistic), float(test.pvalue)
 
 
+# --- statistics over a few runs (data draws x training seeds) ------------------------------------------------------
+
+MIN_RUNS_TO_TELL = 6  # with fewer paired runs an exact sign-flip test cannot reach p < 0.05 (two-sided): 2 / 2^5
+
+
+def _strata_of(values: Sequence[float], strata: Sequence[Any] | None) -> list[np.ndarray]:
+    keys = [0] * len(values) if strata is None else list(strata)
+    if len(keys) != len(values):
+        raise ValueError(f"{len(values)} values but {len(keys)} strata")
+    array = np.asarray(values, dtype=float)
+    return [array[[i for i, key in enumerate(keys) if key == k]] for k in dict.fromkeys(keys)]
+
+
+def bootstrap_mean_interval(values: Sequence[float], strata: Sequence[Any] | None = None, resamples: int = 10_000,
+                            seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of the strata's means and its percentile bootstrap interval over runs.
+
+    Each resample draws, within every stratum (a rate, say; one stratum by
+    default), as many runs as it has, with replacement. The interval is made of
+    means of observed values, so it never leaves their range (an accuracy
+    interval stays within [0, 100]); with one run it is that run's value.
+    """
+    groups = _strata_of(values, strata)
+    if not groups or any(len(g) == 0 for g in groups):
+        raise ValueError("bootstrap_mean_interval: no values")
+    mean = float(np.mean([g.mean() for g in groups]))
+    rng = np.random.default_rng(seed)
+    means = np.mean([g[rng.integers(0, len(g), (resamples, len(g)))].mean(axis=1) for g in groups], axis=0)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return mean, float(low), float(high)
+
+
+def sign_flip_p(differences: Sequence[float], alternative: str = "greater", resamples: int = 100_000,
+                seed: int = 0) -> float:
+    """p of the paired sign-flip (permutation) test that the mean difference is 0.
+
+    Under the null each run's difference is as likely positive as negative;
+    ``alternative``: ``greater`` (mean > 0), ``less`` or ``two-sided``. Exact
+    (every sign pattern) up to 16 differences, Monte Carlo beyond. The smallest
+    p it can give with n differences is ``1 / 2^n`` one-tailed (``2 / 2^n`` two-tailed).
+    """
+    d = np.asarray(differences, dtype=float)
+    if len(d) == 0:
+        raise ValueError("sign_flip_p: no differences")
+    observed = d.mean()
+    if len(d) <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)  # (2^n, n) of +-1
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, len(d)))
+    null = (signs * d).mean(axis=1)
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    if alternative == "greater":
+        return float(np.mean(null >= observed - tolerance))
+    if alternative == "less":
+        return float(np.mean(null <= observed + tolerance))
+    return float(np.mean(np.abs(null) >= abs(observed) - tolerance))
+
+
+def run_cell(values: Sequence[float], strata: Sequence[Any] | None = None) -> Row:
+    """A cell over runs: ``mean``, ``low``, ``high`` (95% bootstrap over runs), ``runs``; ``None`` values without runs."""
+    if len(values) == 0:
+        return {"mean": None, "low": None, "high": None, "runs": 0}
+    mean, low, high = bootstrap_mean_interval(values, strata)
+    return {"mean": mean, "low": low, "high": high, "runs": len(values)}
+
+
+def paired_runs(differences: Sequence[float], strata: Sequence[Any] | None = None) -> Row:
+    """Paired differences A - B over runs (same data draw and seed): mean, 95% bootstrap interval, sign-flip p.
+
+    ``too_few``: fewer than :data:`MIN_RUNS_TO_TELL` pairs, so no difference can
+    be called at the 5% level however large (the interval is still given).
+    """
+    if len(differences) == 0:
+        return {"difference": None, "low": None, "high": None, "p_greater": None, "p_two": None, "pairs": 0,
+                "too_few": True}
+    mean, low, high = bootstrap_mean_interval(differences, strata)
+    return {"difference": mean, "low": low, "high": high, "p_greater": sign_flip_p(differences, "greater"),
+            "p_two": sign_flip_p(differences, "two-sided"), "pairs": len(differences),
+            "too_few": len(differences) < MIN_RUNS_TO_TELL}
+
+
 def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str, name_b: str) -> tuple[list[Row], Row]:
     """Per-row difference ``a - b`` of ``metric`` and a one-tailed paired t-test across rows.
 

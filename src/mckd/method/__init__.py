@@ -15,13 +15,13 @@ interface of :mod:`mckd.method.base`, each registered under its name:
 :mod:`mckd.method.mckd` (with the presets ``baseline``, ``zero_fill``,
 ``hemis``, ``mckd_bilevel``), :mod:`mckd.method.lckd`,
 :mod:`mckd.method.shaspec`, :mod:`mckd.method.uniform_ckd`,
-:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`. A new method is one
-more file and one more import below.
+:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`, :mod:`mckd.method.smil`,
+:mod:`mckd.method.full2miss`. A new method is one more file and one more import below.
 
 Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """
 
-from mckd.method import autoencoder, gan, lckd, mckd, shaspec, uniform_ckd  # noqa: F401  (registers the methods)
+from mckd.method import autoencoder, full2miss, gan, lckd, mckd, shaspec, smil, uniform_ckd  # noqa: F401  (registers the methods)
 from mckd.method.base import (
     PRESETS,
     TRAINING_METHODS,

@@ -16,14 +16,25 @@ from the generator's input and its guess is pulled towards the real feature,
 (the target ``f_bn`` detached, so the encoders are not pulled towards what the
 generator can guess), added to the task loss with ``recon_weight``. At test
 time, and in training for the modalities the missing policy dropped, the
-model's fill is the generator.
+model's fill is the generator; its guess enters the decoder detached, as in
+SMIL's hook (``models/soundlenet5.py::SoundLenet5AE``:
+``autoencoder(img_feature).detach()``), so the generator learns by regression
+alone and the task loss does not reach it; the regression, in turn, sees
+the encoders' features detached, so the encoders and the decoder learn from
+the task loss alone, as beside a separately trained autoencoder
+(``end_to_end: true``: the task loss trains the generators too, and the
+regression the present modalities' encoders).
 
 Differences from the published baselines (SMIL, Ma et al. 2021, which the
-MCKD paper's Table 2 copies; no code for them is published): they regress the
-missing sound feature from the image feature for two modalities; here any
-number of modalities, the input being the mean of the present features and
-the presence mask, at every encoder level (so a U-Net's skip connections are
-filled too). The task loss also trains the generator (end to end).
+MCKD paper's Table 2 copies; SMIL's repository has the hook above and no
+training code for it): SMIL's autoencoder is trained first on complete
+samples and frozen while the classifier trains; here it is trained by the
+same regression during the one run, on the samples of each batch that have
+the modality and another. SMIL regresses the missing sound feature from the
+image feature; here any number of modalities, the input being the mean of
+the present features and the presence mask, at every encoder level (so a
+U-Net's skip connections are filled too). The generator's width and depth
+(two linear layers) are ours.
 """
 
 from __future__ import annotations
@@ -72,14 +83,16 @@ class GeneratedFill(Fill):
         num_modalities: N.
         channels: ``C_l`` of every encoder level.
         hidden: width of each generator's hidden layer (0: the level's ``C_l``).
+        detach: the guess enters the model detached (no gradient reaches the generator through it).
     """
 
     description = "a missing modality's feature is a learned generator's guess from the present ones"
 
-    def __init__(self, num_modalities: int, channels: Sequence[int], hidden: int = 0) -> None:
+    def __init__(self, num_modalities: int, channels: Sequence[int], hidden: int = 0, detach: bool = False) -> None:
         super().__init__(num_modalities, channels)
         if not channels:
             raise ValueError("GeneratedFill needs the channels of every encoder level")
+        self.detach = detach
         self.generators = nn.ModuleList(
             nn.ModuleList(ChannelMLP(c + num_modalities, hidden or c, c) for _ in range(num_modalities))
             for c in channels)
@@ -92,6 +105,8 @@ class GeneratedFill(Fill):
         present = present.to(torch.bool)
         inputs = generator_input(features, present)  # (B, C + N, *S): the same for every missing modality
         guesses = torch.stack([g(inputs) for g in self.generators[level]], dim=1)  # (B, N, C, *S)
+        if self.detach:
+            guesses = guesses.detach()
         keep = present.reshape(present.shape + (1,) * (features.dim() - 2))
         return torch.where(keep, features, guesses.to(features.dtype))
 
@@ -136,15 +151,16 @@ class AutoencoderOptions:
 
     recon_weight: float = 1.0  # weight of the feature regression loss
     hidden: int = 0  # hidden width of each generator; 0: the level's channels
+    end_to_end: bool = False  # true: the task loss trains the generators and the regression the encoders; false: neither (SMIL's hook)
 
     def validate(self, path: str) -> None:
         if self.recon_weight < 0 or self.hidden < 0:
             raise ConfigError(f"{path}.recon_weight and {path}.hidden must be >= 0, got {self.recon_weight}, {self.hidden}")
 
 
-def install_generated_fill(model: MultiModalModel, spec: ModelSpec, hidden: int) -> MultiModalModel:
+def install_generated_fill(model: MultiModalModel, spec: ModelSpec, hidden: int, detach: bool = False) -> MultiModalModel:
     """Replace ``model``'s fill by a :class:`GeneratedFill` sized by ``spec``; the model's ``fill`` names it."""
-    model.fill_module = GeneratedFill(len(spec.modalities), spec.feature_channels, hidden)
+    model.fill_module = GeneratedFill(len(spec.modalities), spec.feature_channels, hidden, detach)
     model.fill = "generated"
     return model
 
@@ -155,10 +171,10 @@ class Autoencoder(TrainingMethod):
 
     name = "autoencoder"
     description = ("autoencoder baseline (SMIL, Table 2): a generator per modality regresses a missing feature from "
-                   "the present ones; trained by regression, used as the fill")
+                   "the present ones (by regression alone, on detached features); its guess is the fill")
 
     def wrap_model(self, model: MultiModalModel, spec: ModelSpec) -> MultiModalModel:
-        return install_generated_fill(model, spec, self.options.hidden)
+        return install_generated_fill(model, spec, self.options.hidden, detach=not self.options.end_to_end)
 
     def loss_names(self) -> tuple[str, ...]:
         return ("task", "recon")
@@ -167,5 +183,9 @@ class Autoencoder(TrainingMethod):
         """``l_task + recon_weight * l_rec`` (the regression of every regressable pair, at every level)."""
         step = super().training_step(model, batch, present)
         assert step.output is not None
-        recon = regression_loss(model.fill_module, step.output.levels, present)  # type: ignore[arg-type]
+        recon = regression_loss(model.fill_module, self.generator_view(step.output.levels), present)  # type: ignore[arg-type]
         return StepOutput(step.loss + self.options.recon_weight * recon, {**step.logged, "recon": recon}, step.output)
+
+    def generator_view(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The features the generators learn from: detached unless ``end_to_end`` (the encoders learn from the task alone)."""
+        return list(levels) if self.options.end_to_end else [level.detach() for level in levels]

@@ -23,6 +23,9 @@ file, a method can
   shared encoders, a learned fill or fusion is a module set there);
 - take a meta step every so many iterations (:meth:`TrainingMethod.meta_due`,
   :meth:`TrainingMethod.meta_step`; MCKD's step on the importance weights);
+- draw batches of complete training samples beside the training batch
+  (:attr:`TrainingMethod.uses_complete_batches`, :attr:`MethodServices.complete_batch`;
+  SMIL's outer objective, Full2miss's teacher);
 - act on hooks (:meth:`TrainingMethod.on_batch_end` with the batch and the
   step's output, :meth:`TrainingMethod.after_iteration`; LCKD's election);
 - save and restore plain state (:meth:`TrainingMethod.state_dict`).
@@ -120,6 +123,10 @@ class MethodServices:
         record: writes one record to the run's metrics log.
         model_optimizer: the model's optimiser (the bi-level look-ahead can
             precondition its step like it).
+        complete_batch: the next batch of the training split's *complete* samples (every
+            modality present), on the model's device, from a resumable stream of its own;
+            only for a method with :attr:`TrainingMethod.uses_complete_batches` (SMIL's
+            outer objective, Full2miss's full-modality teacher), None otherwise.
     """
 
     task_loss: LossFn
@@ -127,6 +134,7 @@ class MethodServices:
     higher_is_better: bool = True
     record: Callable[[dict[str, Any]], None] = field(default=lambda entry: None)
     model_optimizer: torch.optim.Optimizer | None = None
+    complete_batch: Callable[[], Batch] | None = None
 
 
 class TrainingMethod:
@@ -147,6 +155,7 @@ class TrainingMethod:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     supports_lookahead: ClassVar[bool] = False  # loss_terms can take in-graph weights (the bi-level step)
+    uses_complete_batches: ClassVar[bool] = False  # draws batches of complete training samples (services.complete_batch)
 
     def __init__(self, options: Any, modalities: Sequence[str], seed: int) -> None:
         self.options = options

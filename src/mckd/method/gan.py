@@ -16,11 +16,14 @@ stepped on their own loss every ``disc_every`` iterations after the model's
 step, on the features and guesses of that step. They are training-only: a
 trained run's model is the autoencoder's.
 
-Differences from the published baseline (SMIL's Table 2, no code published):
-any number of modalities, guesses from the mean of the present features and
-the presence mask (see the autoencoder), the discriminator on the
-distillation level only; the choices of loss (non-saturating BCE), optimiser
-and schedule are ours.
+Differences from the published baseline (SMIL's Table 2, no code published;
+SMIL's repository has only the autoencoder's hook): trained in the one run
+with the classifier, whose input the guess enters detached (``end_to_end``,
+as the autoencoder); any number of modalities, guesses from the mean of the
+present features and the presence mask (see the autoencoder), the
+discriminator on the distillation level only; the choices of loss
+(non-saturating BCE), weight 0.1, optimiser (Adam 1e-4, betas (0.5, 0.999)
+as DCGAN) and its step frequency are ours.
 """
 
 from __future__ import annotations
@@ -56,20 +59,28 @@ def discriminator_logits(discriminators: nn.ModuleList, features: torch.Tensor, 
 
 
 @dataclass
-class GANOptions(AutoencoderOptions):
-    """Options of the ``gan`` method (the autoencoder's, plus the discriminators')."""
+class DiscriminatorOptions:
+    """A feature discriminator's options (the GAN's, Full2miss's)."""
 
-    adversarial_weight: float = 0.1  # weight of the generator's adversarial loss
+    adversarial_weight: float = 0.1  # weight of the adversarial loss of what the discriminator judges
     disc_lr: float = 1e-4  # Adam learning rate of the discriminators (constant)
     disc_every: int = 1  # iterations between discriminator steps
     disc_hidden: int = 64  # hidden width of each discriminator
 
     def validate(self, path: str) -> None:
-        super().validate(path)
         if self.adversarial_weight < 0 or self.disc_lr <= 0 or self.disc_every < 1 or self.disc_hidden < 1:
             raise ConfigError(f"{path}: adversarial_weight must be >= 0, disc_lr > 0, disc_every and disc_hidden "
                               f">= 1; got {self.adversarial_weight}, {self.disc_lr}, {self.disc_every}, "
                               f"{self.disc_hidden}")
+
+
+@dataclass
+class GANOptions(DiscriminatorOptions, AutoencoderOptions):
+    """Options of the ``gan`` method (the autoencoder's, then the discriminators')."""
+
+    def validate(self, path: str) -> None:
+        AutoencoderOptions.validate(self, path)
+        DiscriminatorOptions.validate(self, path)
 
 
 @register_training_method(GANOptions)
@@ -102,7 +113,7 @@ class GAN(Autoencoder):
         step = super().training_step(model, batch, present)
         assert step.output is not None
         level = model.distill_level
-        real = step.output.levels[level]
+        real = self.generator_view(step.output.levels)[level]
         guesses, pairs = generated_features(model.fill_module, real, present, level)  # type: ignore[arg-type]
         self._last = (real.detach(), guesses.detach(), pairs)
         if not bool(pairs.any()):

@@ -39,7 +39,7 @@ from mckd.checkpoint import check_resume_point
 from mckd.data.bundle import complete_samples, move_batch
 from mckd.data.recorded_split import recorded_split
 from mckd.data.missing import TrainingDrops, subset_mask
-from mckd.errors import CheckpointError, ConfigError, MckdError, Stopped, TrainingDiverged
+from mckd.errors import CheckpointError, ConfigError, DataError, MckdError, Stopped, TrainingDiverged
 from mckd.io import atomic_write_text
 from mckd.method.base import Optimization, TrainingMethod
 from mckd.rundir import RunDir
@@ -235,6 +235,9 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
         "val": BatchStream(complete_samples(bundle.val, bundle.modalities) if method.takes_meta_steps else bundle.val,
                            settings.batch_size, config.seed + 1, context, settings.num_workers),
     }
+    if method.uses_complete_batches:  # a stream of its own over the training split's complete samples
+        streams["complete"] = BatchStream(complete_training_samples(bundle, method.name), settings.batch_size,
+                                          config.seed + 3, context, settings.num_workers)
     per_epoch = streams["train"].batches_per_epoch
     total = settings.iterations if settings.iterations > 0 else settings.epochs * per_epoch
     if saved is not None:
@@ -288,7 +291,10 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     trainee = distributed.wrap_model(Trainee(model, method), context, find_unused_parameters=unused)
     model.train()
     method.parts.train()
-    method.setup(method_services(experiment, device, log.record, optimizations[0].optimizer))
+    services = method_services(experiment, device, log.record, optimizations[0].optimizer)
+    if "complete" in streams:
+        services.complete_batch = lambda: move_batch(next(streams["complete"]), device)
+    method.setup(services)
     loop = Loop(experiment, state, staging, stop, trainee, list(optimizations), schedulers, streams, drops, total,
                 autocast_context(settings.precision, device), guard, progress, [*callbacks, *built_in])
     return loop
@@ -316,6 +322,16 @@ def _check_optimizations(method: TrainingMethod, optimizations: Sequence[Optimiz
                     raise ConfigError(f"{where}: a parameter of shape {tuple(param.shape)} is in the optimisers "
                                       f"{owner[id(param)]!r} and {optimization.name!r}; each may be stepped by one")
                 owner[id(param)] = optimization.name
+
+
+def complete_training_samples(bundle: Any, method: str) -> Any:
+    """The training split's samples that have every modality (what ``services.complete_batch`` draws from)."""
+    try:
+        return complete_samples(bundle.train, bundle.modalities)
+    except DataError:
+        raise DataError(f"method {method!r} trains on batches of complete samples, but none of the "
+                        f"{len(bundle.train)} training samples has every modality ({', '.join(bundle.modalities)}); "
+                        "give the training split some, or choose a method that needs none") from None
 
 
 def _what_was_kept(staging: RunStaging) -> str:
