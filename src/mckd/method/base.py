@@ -119,6 +119,8 @@ class MethodServices:
         record: writes one record to the run's metrics log.
         model_optimizer: the model's optimiser (the bi-level look-ahead can
             precondition its step like it).
+        total_iterations: the run's number of training iterations (0 when unknown), for a method whose
+            losses change part-way through training (RFNet's fusion loss, GSS's self-support start).
     """
 
     task_loss: LossFn
@@ -126,6 +128,7 @@ class MethodServices:
     higher_is_better: bool = True
     record: Callable[[dict[str, Any]], None] = field(default=lambda entry: None)
     model_optimizer: torch.optim.Optimizer | None = None
+    total_iterations: int = 0
 
 
 class TrainingMethod:

@@ -273,7 +273,7 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     trainee = distributed.wrap_model(Trainee(model, method), context, find_unused_parameters=unused)
     model.train()
     method.parts.train()
-    method.setup(method_services(experiment, device, log.record, optimizations[0].optimizer))
+    method.setup(method_services(experiment, device, log.record, optimizations[0].optimizer, total))
     loop = Loop(experiment, state, staging, stop, trainee, list(optimizations), schedulers, streams, drops, total,
                 autocast_context(settings.precision, device), guard, progress, [*callbacks, *built_in])
     return loop
