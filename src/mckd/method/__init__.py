@@ -15,13 +15,17 @@ interface of :mod:`mckd.method.base`, each registered under its name:
 :mod:`mckd.method.mckd` (with the presets ``baseline``, ``zero_fill``,
 ``hemis``, ``mckd_bilevel``), :mod:`mckd.method.lckd`,
 :mod:`mckd.method.shaspec`, :mod:`mckd.method.uniform_ckd`,
-:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`. A new method is one
-more file and one more import below.
+:mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`; the segmentation
+peers of Table 1 on the parts of :mod:`mckd.method.seg_parts`:
+:mod:`mckd.method.uhved`, :mod:`mckd.method.robust_mseg`,
+:mod:`mckd.method.mmformer`, :mod:`mckd.method.rfnet`, :mod:`mckd.method.gss`.
+A new method is one more file and one more import below.
 
 Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """
 
 from mckd.method import autoencoder, gan, lckd, mckd, shaspec, uniform_ckd  # noqa: F401  (registers the methods)
+from mckd.method import gss, mmformer, rfnet, robust_mseg, uhved  # noqa: F401  (the segmentation peers)
 from mckd.method.base import (
     PRESETS,
     TRAINING_METHODS,
