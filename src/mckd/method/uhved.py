@@ -167,9 +167,14 @@ def hved_kl(fusion: GaussianProductFusion, levels: Sequence[torch.Tensor], kept:
 def reconstruction_loss(images: Sequence[torch.Tensor], rebuilt: Sequence[torch.Tensor],
                         available: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the voxels of every (sample, modality) the data have: ``N x [B, 1, *X]`` each."""
-    squared = torch.stack([(r.float() - i.float()) ** 2 for i, r in zip(images, rebuilt)], dim=1)  # (B, N, 1, *X)
-    mask = available.reshape(available.shape + (1,) * (squared.dim() - 2)).to(squared.dtype)
-    return (squared * mask).sum() / (mask.sum() * squared[0, 0].numel()).clamp(min=1)
+    total = rebuilt[0].new_zeros((), dtype=torch.float32)
+    count = 0
+    for n, (image, guess) in enumerate(zip(images, rebuilt)):
+        rows = available[:, n].nonzero(as_tuple=True)[0]  # an image the data lack is never read
+        if rows.numel():
+            total = total + ((guess[rows].float() - image[rows].float()) ** 2).sum()
+            count += image[rows].numel()
+    return total / max(count, 1)
 
 
 @dataclass

@@ -11,13 +11,15 @@ sample keeping a random subset of its sequences, in a process of its own:
 - memory: on a GPU the peak allocated by torch; on the CPU the process's peak
   resident set (``ru_maxrss``, so it includes Python, torch and the data).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/method_cost.py --config configs/table1_cpu.yaml
-    python3 benchmarks/method_cost.py --config configs/table1_gpu.yaml --device cuda --precision bf16 \\
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/seg_method_cost.py --config configs/table1_cpu.yaml
+    python3 benchmarks/seg_method_cost.py --config configs/table1_gpu.yaml --device cuda --precision bf16 \\
         --crop-of mmformer=128,128,128          # on a GPU (benchmarks/gpu_check.sh --methods does this)
 
 Methods: ``--methods`` (default every method of Table 1); each with its
 defaults but ``method.optimizer`` (the config's for all, so the optimiser
-does not differ between rows).
+does not differ between rows). ``--rounds R`` runs the whole list R times,
+interleaved, and reports each method's median time (a shared machine's load
+then slows every method alike).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--set", nargs="*", default=[], help="more config overrides for every method")
+    parser.add_argument("--rounds", type=int, default=1, help="run every method this many times, interleaved; median")
     parser.add_argument("--budget-s", type=float, default=0.0, help="skip the methods left once this is spent (0: none)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -97,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("method_cost: no CUDA device", file=sys.stderr)
+        print("seg_method_cost: no CUDA device", file=sys.stderr)
         return 2
     crops = dict(item.split("=", 1) for item in args.crop_of)
     runs = [(m, None) for m in args.methods] + [(m, [int(v) for v in c.split(",")]) for m, c in crops.items()]
-    results, start = [], time.perf_counter()
+    runs = runs * max(1, args.rounds)
+    measured: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     for method, crop in runs:
         if args.budget_s and time.perf_counter() - start > args.budget_s:
@@ -120,9 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {method}: failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}", flush=True)
             continue
         result = json.loads(line[len("RESULT "):])
-        results.append(result)
+        measured.setdefault((method, "x".join(map(str, result["crop"]))), []).append(result)
         print(f"  {method} at {result['crop']}: {result['s_per_iteration']:.3f} s/iteration, peak "
               f"{result['peak_gib']:.2f} GiB", flush=True)
+    results = []
+    for tries in measured.values():
+        result = dict(tries[0])
+        result["s_per_iteration"] = statistics.median(r["s_per_iteration"] for r in tries)
+        result["peak_gib"] = max(r["peak_gib"] for r in tries)
+        result["rounds"] = len(tries)
+        results.append(result)
     memory = "peak GPU memory allocated" if args.device == "cuda" else "peak resident memory of the process"
     print()
     print(f"| method | crop | s / iteration | {memory} (GiB) | model parameters | training-only parameters |")
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['model_parameters'] / 1e6:.2f} M | {r['training_only_parameters'] / 1e6:.2f} M |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0 if len(results) == len(runs) else 1
+    return 0 if sum(len(t) for t in measured.values()) == len(runs) else 1
 
 
 if __name__ == "__main__":
