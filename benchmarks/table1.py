@@ -56,20 +56,21 @@ NAMES = {"mckd": "MCKD", "baseline": "baseline", "hemis": "U-HeMIS", "lckd": "LC
          "uhved": "U-HVED", "robust_mseg": "Robust-MSeg", "mmformer": "mmFormer", "rfnet": "RFNet", "gss": "GSS",
          "demoseg": "DeMoSeg", "m3ae": "M3AE"}
 
-# Published BraTS 2018 averages over the 15 subsets (Dice % ET / TC / WT) and the protocol they come from:
-# "challenge": the 66 validation cases scored online (the MCKD paper's Table 1, which copies its peers' figures);
-# "3-fold split": 199 / 29 / 57 training cases of RFNet's split, three folds (configs/splits/brats2018_rfnet.yaml).
+# Published BraTS 2018 averages over the 15 subsets (Dice % ET / TC / WT) and the protocol they come from: the
+# challenge's 66 validation cases scored online, or RFNet's three folds of the 285 training cases (199 / 29 / 57,
+# configs/splits/brats2018_rfnet.yaml). The MCKD paper's Table 1 lists its peers' figures beside its own.
 PUBLISHED = {
-    "hemis": ("challenge (MCKD paper, Table 1)", 46.10, 62.57, 74.05),
-    "uhved": ("challenge (MCKD paper, Table 1)", 46.76, 64.84, 79.16),
-    "robust_mseg": ("challenge (MCKD paper, Table 1)", 51.02, 69.78, 84.39),
-    "mmformer": ("challenge (MCKD paper, Table 1)", 59.85, 72.97, 82.94),
-    "shaspec": ("challenge (MCKD paper, Table 1)", 61.58, 77.45, 85.92),
-    "mckd": ("challenge (MCKD paper, Table 1)", 63.74, 79.15, 86.90),
-    "rfnet": ("3-fold split (RFNet, ICCV 2021)", 57.12, 76.53, 85.67),
-    "gss": ("3-fold split (GSS, ICCV 2023, on RFNet)", 63.49, 78.25, 87.20),
-    "m3ae": ("3-fold split (M3AE, AAAI 2023; not run here)", 59.9, 77.4, 85.8),
-    "demoseg": ("3-fold split (DeMoSeg, BIBM 2024; not run here)", 64.90, 79.79, 87.96),
+    "hemis": ("as listed in the MCKD paper's Table 1", 46.10, 62.57, 74.05),
+    "uhved": ("as listed in the MCKD paper's Table 1", 46.76, 64.84, 79.16),
+    "robust_mseg": ("as listed in the MCKD paper's Table 1", 51.02, 69.78, 84.39),
+    "mmformer": ("as listed in the MCKD paper's Table 1 (mmFormer's own paper: a split of the training cases)",
+                 59.85, 72.97, 82.94),
+    "shaspec": ("challenge validation set, scored online (MCKD paper, Table 1)", 61.58, 77.45, 85.92),
+    "mckd": ("challenge validation set, scored online (MCKD paper, Table 1)", 63.74, 79.15, 86.90),
+    "rfnet": ("3-fold split of the training cases (RFNet, ICCV 2021)", 57.12, 76.53, 85.67),
+    "gss": ("3-fold split of the training cases (GSS on RFNet, ICCV 2023)", 63.49, 78.25, 87.20),
+    "m3ae": ("3-fold split of the training cases (M3AE, AAAI 2023; not run here)", 59.9, 77.4, 85.8),
+    "demoseg": ("3-fold split of the training cases (DeMoSeg, BIBM 2024; not run here)", 64.90, 79.79, 87.96),
 }
 
 

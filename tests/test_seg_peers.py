@@ -235,11 +235,24 @@ def test_the_voxel_mask_drops_int_ratio_draws_with_replacement():
     assert ((dropped > 0) & (dropped <= 200)).all() and set(keep.unique().tolist()) == {0.0, 1.0}
 
 
-def test_gss_leaders_must_name_one_group_per_output_channel():
+def test_gss_leaders_given_must_name_one_group_per_output_channel():
     with pytest.raises(ConfigError, match="one list of leading modalities per channel"):
         make("gss", leaders=[["t1ce"], ["flair"]])
     with pytest.raises(ConfigError, match="no leader among the data's modalities"):
         make("gss", leaders=[["t1ce"], ["t1ce"], ["adc"]])
+    method, _ = make("gss", leaders=[["t1ce", "t9"], ["t1"], ["flair", "t2"]])
+    assert method.leader_indices == [[2], [1], [0, 3]]
+
+
+def test_gss_default_leaders_are_brats_s_where_they_fit_and_everyone_elsewhere():
+    method, _ = make("gss")
+    assert method.leader_indices == [[2], [2], [0, 3]]
+    config = config_from_dict({"task": {"name": "segmentation"}, "data": {"name": "brats", "cache": "-"},
+                               "model": {"name": "unet3d", "widths": [4, 8, 16]}, "method": {"name": "gss"}})
+    method = build_method(config, ("t2", "adc"))
+    with pytest.warns(UserWarning, match="every modality leads"):
+        build_model(config, ("t2", "adc"), {m: (1, 16, 16, 16) for m in ("t2", "adc")}, 2, method)
+    assert method.leader_indices == [[0, 1], [0, 1]]
 
 
 def test_robust_mseg_style_kl_is_the_code_s_kl_of_the_adain_parameters():
@@ -424,3 +437,26 @@ def test_gpu_check_methods_dispatches_to_the_cost_script_and_asks_for_a_gpu():
         done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--methods"], capture_output=True,
                               text=True, env=env, cwd=ROOT, timeout=120)
         assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
+# --- each peer learns: every region predicted on a training case ---------------------------------------------------
+
+LEARNING = ["data.crop=[24,24,24]", "data.downsample=2", "model.widths=[4,8,16]", "data.foreground_prob=1.0",
+            "train.lr=0.01"]  # 80 iterations: about 1.5 min for RFNet on one busy core, longer for the others
+CHEAP = {"rfnet"}  # the others run with MCKD_LEARNING_TESTS=all (benchmarks/seg_learning.py reports every method)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_a_peer_learns_every_region_of_a_training_case(shared_cache, tmp_path, name):
+    if name not in CHEAP and os.environ.get("MCKD_LEARNING_TESTS") != "all":
+        pytest.skip("minutes per method on a CPU: set MCKD_LEARNING_TESTS=all")
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seg_learning.py"), "--cases",
+                           str(shared_cache / "cases"), "--cache", str(shared_cache / "cache"), "--methods", name,
+                           "--iterations", "80", "--json", str(tmp_path / "learnt.json"), "--set", *LEARNING],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = json.loads((tmp_path / "learnt.json").read_text())
+    assert min(result["dice_et"], result["dice_tc"], result["dice_wt"]) > 0.05, result  # Dice from the label file

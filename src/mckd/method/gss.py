@@ -47,6 +47,9 @@ Differences from the authors' code (on RFNet's, PyTorch), beside RFNet's:
   T1c, ED FLAIR + T2, ET T1c); the per-category losses are averaged over the
   regions (the authors sum over their four classes); with ``region_maps:
   softmax`` the categories are the classes, normalised together, as theirs;
+  where the default leaders do not fit the data (another number of output
+  channels, or none of a group's modalities) every modality leads every
+  category (a warning says so; ``leaders`` sets them);
 - a modality the sample lacks is left out of every minimum, maximum and
   "every other modality" (theirs always has four); a category with no other
   modality never meets the "every other modality" rule;
@@ -57,6 +60,7 @@ Differences from the authors' code (on RFNet's, PyTorch), beside RFNet's:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -169,7 +173,7 @@ def support_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, temperat
 class GSSOptions(RFNetOptions):
     """Options of the ``gss`` method: RFNet's and the authors' self-support settings."""
 
-    leaders: list[list[str]] = field(default_factory=lambda: [["t1ce"], ["t1ce"], ["flair", "t2"]])  # per output channel, its leading modalities (default: BraTS regions ET, TC, WT); names the data lack are dropped
+    leaders: list[list[str]] = field(default_factory=lambda: [["t1ce"], ["t1ce"], ["flair", "t2"]])  # per output channel (the task's order), its leading modalities; default BraTS's ET, TC, WT (where it does not fit the data: every modality leads); names the data lack are dropped
     temperature: float = 8.0  # TEMP
     leader_threshold: float = 0.75  # TP: a leader is confident above it
     member_threshold: float = 0.85  # TM: every other modality is confident above it
@@ -204,17 +208,31 @@ class GSS(RFNet):
         return fused
 
     def resolve_leaders(self, spec: ModelSpec) -> list[list[int]]:
-        """The leaders of every output channel as modality indices (names the data lack dropped)."""
+        """The leaders of every output channel as modality indices.
+
+        Leaders the user gave must fit: one group per output channel, each with a
+        modality the data have (names the data lack are dropped). The default
+        (BraTS's) is used where it fits; where it does not (another number of
+        outputs, none of a group's modalities), every modality leads every
+        category, with a warning.
+        """
         groups = self.options.leaders
-        if len(groups) != spec.num_outputs:
-            raise ConfigError(f"method.leaders gives {len(groups)} groups; the task has {spec.num_outputs} output "
-                              "channels: give one list of leading modalities per channel")
+        given = groups != GSSOptions().leaders
         resolved = [[spec.modalities.index(m) for m in group if m in spec.modalities] for group in groups]
-        empty = [k for k, group in enumerate(resolved) if not group]
-        if empty:
+        fits = len(groups) == spec.num_outputs and all(resolved)
+        if fits:
+            return resolved
+        if given:
+            if len(groups) != spec.num_outputs:
+                raise ConfigError(f"method.leaders gives {len(groups)} groups; the task has {spec.num_outputs} output "
+                                  "channels: give one list of leading modalities per channel")
+            empty = [k for k, group in enumerate(resolved) if not group]
             raise ConfigError(f"method.leaders: output channel(s) {empty} have no leader among the data's modalities "
                               f"{list(spec.modalities)} (leaders {groups})")
-        return resolved
+        warnings.warn(f"gss: the default leaders {groups} (BraTS's ET, TC, WT) do not fit {spec.num_outputs} output "
+                      f"channels of {list(spec.modalities)}; every modality leads every category (set method.leaders)",
+                      stacklevel=2)
+        return [list(range(len(spec.modalities))) for _ in range(spec.num_outputs)]
 
     def loss_names(self) -> tuple[str, ...]:
         return ("task", "separate", "maps", "support")

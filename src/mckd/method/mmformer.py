@@ -17,14 +17,14 @@ authors' ``train.py``): the sum, weight 1 each, of the fused prediction's,
 every deep-supervision output's and every modality's auxiliary prediction's
 task loss.
 
-Differences from the authors' code (PyTorch):
+Differences from the authors' code (PyTorch), beside those every peer shares
+(:mod:`mckd.method.seg_parts`: network, loss, missing policy, optimiser,
+what auxiliary losses read):
 
-- encoders are copies of the config's network encoder (unet3d) instead of
-  their 8..128-channel pre-norm residual encoders, and the decoder is the
-  unet3d decoder path; the transformer settings are theirs (512-d tokens,
-  8 heads, MLP 4096, depth 1, dropout 0.1, positional embeddings starting
-  at zero); the number of tokens is the bottleneck's voxels at the training
-  crop (theirs: 8^3 at 128^3), so a run predicts with windows of its crop;
+- the transformer settings are theirs (512-d tokens, 8 heads, MLP 4096,
+  depth 1, dropout 0.1, positional embeddings starting at zero); the number
+  of tokens is the bottleneck's voxels at the training crop (theirs: 8^3 at
+  128^3), so a run predicts with windows of its crop;
 - the inter-modal attention never reads a missing modality's tokens (a key
   mask, ``missing_tokens: masked``); the authors zero those tokens and let
   every token attend to them (their positional embedding), which
@@ -33,16 +33,8 @@ Differences from the authors' code (PyTorch):
   and modality (``[B, N, T, D]`` -> ``[B, N * D, *S]``); the authors' code
   reshapes the modality-major token sequence straight to ``[B, p, p, p, N * D]``,
   which mixes tokens of different positions and modalities;
-- the task's loss (sigmoid regions, Dice + BCE) replaces softmax weighted
-  cross-entropy + Dice over four classes; the missing-modality policy is the
-  config's (the authors draw one of the 15 subsets per sample);
-- with ``optimizer: published`` the authors' Adam (AMSGrad) at 2e-4, weight
-  decay 1e-4, under the config's schedule (they train 1,000 epochs of batch
-  8 at 128^3 with poly decay);
-- ``auxiliary: available`` (default): the auxiliary decoder reads every
-  modality the sample has, as the authors' code with complete cases;
-  ``kept``: the kept ones. The fused path reads only the kept modalities,
-  and a modality the data lack is never read.
+- the authors' Adam: AMSGrad, 2e-4, weight decay 1e-4; they train 1,000
+  epochs of batch 8 at 128^3 with poly decay.
 """
 
 from __future__ import annotations

@@ -31,24 +31,16 @@ output channel plus the rest (``1 - max``); with ``softmax`` (a ``labels``
 head) the softmax over the classes, background included, as RFNet's four
 classes.
 
-Differences from the authors' code (PyTorch):
+Differences from the authors' code (PyTorch), beside those every peer shares
+(:mod:`mckd.method.seg_parts`: network, loss, missing policy, optimiser,
+what auxiliary losses read):
 
-- encoders are copies of the config's network encoder (unet3d) instead of
-  their 16..128-channel residual encoders with reflection padding, and the
-  decoder path is the unet3d one (transposed convolutions instead of
-  trilinear upsampling + convolution);
-- the task's loss (sigmoid regions, Dice + BCE) replaces softmax weighted
-  cross-entropy + Dice, and the region maps are the task's regions (above)
-  instead of BraTS's four classes;
-- the missing-modality policy is the config's (the authors draw one of the
-  15 subsets per sample);
-- with ``optimizer: published`` the authors' Adam (AMSGrad) at 2e-4, weight
-  decay 1e-4, under the config's schedule (they train 300 epochs x 150
-  iterations of batch 2 at 80^3 with poly decay);
-- ``auxiliary: available`` (default): the shared decoder reads every
-  modality the sample has, as the authors' code with complete cases;
-  ``kept``: the kept ones. The fused path reads only the kept modalities,
-  and a modality the data lack is never read.
+- the region maps are the task's regions (above) instead of BraTS's four
+  classes, unless ``region_maps: softmax``;
+- the modality weights' region averages are computed without the
+  ``[B, K, N, C, *S]`` product (the same numbers, less memory);
+- the authors' Adam: AMSGrad, 2e-4, weight decay 1e-4; they train 300
+  epochs x 150 iterations of batch 2 at 80^3 with poly decay.
 """
 
 from __future__ import annotations

@@ -19,26 +19,17 @@ convolutions). Loss (the authors' ``compute_losses``):
 code's ``kl_loss(mu, log(sigma^2))``, summed over channels and averaged
 over the batch).
 
-Differences from the authors' code (TensorFlow):
+Differences from the authors' code (TensorFlow), beside those every peer
+shares (:mod:`mckd.method.seg_parts`: network, loss, missing policy,
+optimiser, what auxiliary losses read):
 
-- content encoders are copies of the config's network encoder (unet3d)
-  instead of their 16..128-channel residual encoders; the image decoders
-  work at the bottleneck's width ``C_L`` (the authors' 128 is their
-  bottleneck width) and upsample ``L - 1`` times (their 3);
-- the segmentation decoder is the unet3d decoder path and the loss the
-  task's (sigmoid regions, Dice + BCE) instead of softmax weighted
-  cross-entropy + Dice over five classes;
+- the image decoders work at the bottleneck's width ``C_L`` (the authors'
+  128 is their bottleneck width) and upsample ``L - 1`` times (their 3);
 - ``log(sigma^2 + 1e-8)`` in the KL (the code takes ``log(sigma^2)``,
   infinite at 0);
-- the missing-modality policy is the config's (the authors keep each
-  modality with probability 1/2, at least one);
-- with ``optimizer: published`` the authors' Adam at 1e-4 with weight decay
-  1e-4 (their L2 term) under the config's schedule (they train 300 x 300
-  iterations of batch 1 at 80^3 with poly decay);
-- ``auxiliary: available`` (default): the style codes, reconstructions and
-  KL of every modality the sample has, as the authors' code with complete
-  cases; ``kept``: of the kept ones only. The segmentation reads only the
-  kept modalities, and a modality the data lack is never read.
+- the authors' Adam: 1e-4 with weight decay 1e-4 (their L2 term); they
+  train 300 x 300 iterations of batch 1 at 80^3 with poly decay and keep
+  each modality with probability 1/2 (at least one).
 """
 
 from __future__ import annotations

@@ -9,6 +9,30 @@ the skip, two 3x3x3 convolutions with instance norm and leaky ReLU, a
 1x1x1 output convolution). What makes each peer is its fusion, its extra
 modules and its losses, in its own file.
 
+Differences from the authors' code that every peer shares (each file lists its own):
+
+- **network**: the encoders are copies of the config's network encoder
+  (``unet3d``: MONAI blocks, strided convolutions, instance norm) with fresh
+  weights, not the authors' own (residual, pre-activation or reflection-padded
+  encoders of 8 to 128 channels); the decoder path is unet3d's (transposed
+  convolutions) where theirs upsample and convolve;
+- **loss**: every segmentation output (fused, auxiliary, deep supervision)
+  is scored by the task's loss (mckd's BraTS head: sigmoid ET, TC, WT with
+  Dice + BCE), not softmax (weighted) cross-entropy + Dice over classes;
+- **missing modalities in training**: the config's ``missing.policy``, the
+  same for every method of a comparison (the authors draw one of the 15
+  subsets per sample, or keep each modality with probability 1/2, or draw
+  ``k`` then ``k`` modalities);
+- **optimiser**: ``optimizer: published`` (the default) is the authors' Adam
+  settings (``published_adam``) under the config's schedule and number of
+  iterations; ``optimizer: config`` is the ``train:`` section's, as every
+  other method;
+- **what auxiliary losses read**: ``auxiliary: available`` (the default)
+  reads every modality the sample has, as the authors' code does with its
+  complete training cases (the drop masks the fusion only); ``kept`` reads
+  only what the iteration kept. The fused prediction reads only the kept
+  modalities either way, and a modality the data lack is never read.
+
 Also here: the 1x1x1 deep-supervision heads (:class:`DeepSupervision`), the
 modalities an auxiliary loss may read (:func:`auxiliary_modalities`), the
 task loss of a per-modality decoder over the samples that have the

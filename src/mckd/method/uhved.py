@@ -21,31 +21,17 @@ over the ``M = 2^N - 1`` subsets ``S`` of the modalities the sample has
 iteration kept), averaged over levels (:func:`hved_kl`); the reconstruction
 loss is the mean squared error of every image the sample has (:func:`reconstruction_loss`).
 
-Differences from the authors' code (TensorFlow / NiftyNet):
+Differences from the authors' code (TensorFlow / NiftyNet), beside those
+every peer shares (:mod:`mckd.method.seg_parts`: network, loss, missing
+policy, optimiser, what auxiliary losses read):
 
-- the encoders are copies of the config's network encoder (unet3d: MONAI
-  blocks, post-activation, strided convolutions) instead of NiftyNet
-  pre-activation residual blocks with max pooling; the mean and log-variance
-  come from a 1x1x1 convolution per modality and level on the level's
-  features (``C_l`` channels -> ``C_l`` means and ``C_l`` log-variances),
-  where the authors split the block's output channels in two halves; so the
-  latent has ``C_l`` channels, not ``C_l / 2``;
-- the decoders are the unet3d decoder path (transposed convolutions) instead
-  of trilinear upsampling and pre-activation residual blocks;
-- the segmentation loss is the task's (mckd's BraTS head: sigmoid regions,
-  Dice + BCE) instead of softmax Dice + cross-entropy over the four classes;
-- the missing-modality policy is the config's (``missing.policy``; the
-  authors draw ``k ~ U{1..4}`` then ``k`` modalities per batch of one,
-  which is ``random_subset``);
-- with ``optimizer: published`` the authors' Adam at 1e-3 and weight
-  decay 1e-5 (NiftyNet averages its L2 terms over the variables, so its
-  decay is weaker) under the config's schedule; the authors train 60,000
-  iterations of batch 1 at 112^3, the config says how long here;
-- ``auxiliary: available`` (default) reads, for the KL over subsets and the
-  reconstruction targets, every modality the sample has, as the authors do
-  with their complete training cases; ``kept`` reads only the kept ones.
-  The segmentation reads only the kept modalities either way, and a
-  modality the data lack is never read.
+- the mean and log-variance come from a 1x1x1 convolution per modality and
+  level on the level's features (``C_l`` channels -> ``C_l`` means and
+  ``C_l`` log-variances), where the authors split their block's output
+  channels in two halves; so the latent has ``C_l`` channels, not ``C_l / 2``;
+- the authors' Adam: 1e-3, L2 weight decay 1e-5 (NiftyNet averages its L2
+  terms over the variables, so its decay is weaker); they train 60,000
+  iterations of batch 1 at 112^3 and draw ``k ~ U{1..4}`` modalities per batch.
 """
 
 from __future__ import annotations
