@@ -42,6 +42,7 @@ from typing import Literal, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mckd.errors import ConfigError
 from mckd.method.base import Batch, StepOutput, register_training_method
@@ -53,19 +54,28 @@ EPS = 1e-7  # the authors' epsilon in 1 / (var + eps) and log(var + eps)
 LOGVAR_CLIP = 50.0  # the authors clip log-variances to [-50, 50]
 
 
+def precisions(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each modality's precision ``1 / (var + eps)`` and precision-weighted mean, float32, ``[B, N, C, *S]``."""
+    precision = 1.0 / (logvar.float().exp() + EPS)
+    return precision, mu.float() * precision
+
+
+def product_from_precisions(precision: torch.Tensor, weighted: torch.Tensor,
+                            present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, logvar)`` ``[B, C, *S]`` of the product of the present modalities' Gaussians and N(0, 1)."""
+    mask = present.to(torch.bool).reshape(present.shape + (1,) * (precision.dim() - 2))  # (B, N, 1, ...)
+    total = torch.where(mask, precision, torch.zeros_like(precision)).sum(dim=1) + 1.0  # the prior's precision is 1
+    return torch.where(mask, weighted, torch.zeros_like(weighted)).sum(dim=1) / total, torch.log(1.0 / total + EPS)
+
+
 def gaussian_product(mu: torch.Tensor, logvar: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The product of the present modalities' Gaussians and N(0, 1): ``(mean, logvar)``, each ``[B, C, *S]``.
 
     Args:
-        mu, logvar: ``[B, N, C, *S]`` (anything where missing: never read).
+        mu, logvar: ``[B, N, C, *S]`` (anything finite where missing: masked out).
         present: bool ``[B, N]``.
     """
-    mask = present.to(torch.bool).reshape(present.shape + (1,) * (mu.dim() - 2))  # (B, N, 1, ...)
-    mu, logvar = mu.float(), logvar.float()
-    precision = torch.where(mask, 1.0 / (logvar.exp() + EPS), torch.zeros_like(logvar))  # (B, N, C, *S)
-    weighted = torch.where(mask, mu * precision, torch.zeros_like(mu))
-    total = precision.sum(dim=1) + 1.0  # (B, C, *S): the prior's precision is 1
-    return weighted.sum(dim=1) / total, torch.log(1.0 / total + EPS)
+    return product_from_precisions(*precisions(mu, logvar), present)
 
 
 def gaussian_kl(mu_1: torch.Tensor, logvar_1: torch.Tensor, mu_2: torch.Tensor, logvar_2: torch.Tensor) -> torch.Tensor:
@@ -137,17 +147,28 @@ def hved_kl(fusion: GaussianProductFusion, levels: Sequence[torch.Tensor], kept:
     count = valid.sum(dim=1).to(torch.float32)  # (B,)
     total = levels[0].new_zeros((), dtype=torch.float32)
     for index, level in enumerate(levels):
-        mu, logvar = fusion.moments(level, index)
-        mu_kept, logvar_kept = gaussian_product(mu, logvar, kept)
+        precision, weighted = precisions(*fusion.moments(level, index))  # (B, N, C, *S)
+        mu_kept, logvar_kept = product_from_precisions(precision, weighted, kept)
         inter = torch.zeros_like(count)
         prior = torch.zeros_like(count)
         for s, subset in enumerate(subsets):
-            mu_s, logvar_s = gaussian_product(mu, logvar, subset.expand_as(kept))
+            # one subset at a time, its products recomputed in the backward pass: 2^N - 1 of them at full
+            # resolution would not fit in memory at the paper's crop
+            kl_inter, kl_prior = checkpoint(subset_kl, precision, weighted, subset.expand_as(kept), mu_kept,
+                                            logvar_kept, use_reentrant=False)
             weight = valid[:, s].to(torch.float32)
-            inter = inter + weight * gaussian_kl(mu_kept, logvar_kept, mu_s, logvar_s)
-            prior = prior + weight * gaussian_kl(mu_s, logvar_s, torch.zeros_like(mu_s), torch.zeros_like(logvar_s))
+            inter = inter + weight * kl_inter
+            prior = prior + weight * kl_prior
         total = total + (inter / (count - 1).clamp(min=1) + prior / count).mean()
     return total / len(levels)
+
+
+def subset_kl(precision: torch.Tensor, weighted: torch.Tensor, subset: torch.Tensor, mu_kept: torch.Tensor,
+              logvar_kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(q_kept || q_S), KL(q_S || N(0, 1)))`` per sample ``[B]`` for the subset ``S`` (bool ``[B, N]``)."""
+    mu_s, logvar_s = product_from_precisions(precision, weighted, subset)
+    zeros = torch.zeros_like(mu_s)
+    return gaussian_kl(mu_kept, logvar_kept, mu_s, logvar_s), gaussian_kl(mu_s, logvar_s, zeros, zeros)
 
 
 def reconstruction_loss(images: Sequence[torch.Tensor], rebuilt: Sequence[torch.Tensor],
