@@ -36,6 +36,7 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -93,6 +94,24 @@ def case_overrides(fold: dict[str, Any] | None) -> list[str]:
     return [f"data.{part}_cases=[{','.join(fold[part])}]" for part in ("train", "val", "test")]
 
 
+def exit_cause(returncode: int) -> str:
+    """How a child process ended, for a person: its exit status, or the signal that killed it and what sends that.
+
+    A process killed by SIGKILL writes nothing (no Python handler runs): the kernel's out-of-memory killer
+    (``dmesg`` says so) or a ``kill -9`` from another process.
+    """
+    if returncode >= 0:
+        return f"exit status {returncode} (its error is above)"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if name == "SIGKILL":
+        return ("killed by SIGKILL, which leaves no message: the kernel's out-of-memory killer (see `dmesg`) "
+                "or a `kill -9` from another process")
+    return f"killed by {name}"
+
+
 def run_benchmarks(args: argparse.Namespace, folds: list[dict[str, Any] | None]) -> list[Path]:
     """``mckd benchmark`` for every fold (and every group of methods with their own crop); the fold folders."""
     crops = dict(item.split("=", 1) for item in args.crop_of)
@@ -114,7 +133,8 @@ def run_benchmarks(args: argparse.Namespace, folds: list[dict[str, Any] | None])
             print(f"[{folder.name}] {' '.join(methods)}{' with ' + ' '.join(extra) if extra else ''}", flush=True)
             done = subprocess.run(command, env=env)
             if done.returncode:
-                raise SystemExit(f"table1: `mckd benchmark` failed for {folder.name} ({' '.join(methods)})")
+                raise SystemExit(f"table1: `mckd benchmark` failed for {folder.name} ({' '.join(methods)}): "
+                                 f"{exit_cause(done.returncode)}; the same command continues from the finished runs")
             print(f"[{folder.name}] done in {time.perf_counter() - start:.0f} s", flush=True)
     return out_folds
 

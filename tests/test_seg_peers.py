@@ -396,6 +396,19 @@ def test_table1_writes_every_subset_row_and_mckd_s_paired_test_from_the_runs(tmp
     assert f"**{100 * sum(a) / 15:.2f}**" in et and "63.74 / 79.15 / 86.90" in text
 
 
+def test_table1_names_the_signal_that_killed_a_benchmark_which_leaves_no_message():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("table1", ROOT / "benchmarks" / "table1.py")
+    table1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table1)
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert killed.returncode == -signal.SIGKILL
+    assert "SIGKILL" in table1.exit_cause(killed.returncode) and "dmesg" in table1.exit_cause(killed.returncode)
+    failed = subprocess.run([sys.executable, "-c", "raise SystemExit(2)"])
+    assert table1.exit_cause(failed.returncode).startswith("exit status 2")
+
+
 def test_table1_runs_every_method_on_a_fold_of_the_shared_cases(shared_cache, tmp_path):
     split = tmp_path / "split.yaml"
     split.write_text("folds:\n  - name: '1'\n    train: [brats_2013_pat0003_1, Brats18_2013_21_1]\n"
