@@ -3,6 +3,9 @@
 #
 # On the GPU machine, from the repository root:
 #     bash benchmarks/gpu_check.sh                 # then the gpu_check.py options, e.g. --iterations 40
+#     bash benchmarks/gpu_check.sh --methods       # every method of Table 1 instead (benchmarks/seg_method_cost.py):
+#                                                  # step time and peak memory at 160x160x80, batch 2, bf16, and
+#                                                  # mmFormer at 128^3; then seg_method_cost.py options
 # Before, where PyPI can be reached (this workplace's GPU machines reach no registry):
 #     bash benchmarks/gpu_check.sh --fetch-wheels  # monai's wheel into .whl/ (carry .whl with the tree)
 #
@@ -47,4 +50,9 @@ export PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader 2>/dev/null || true
 $PY -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)"
+if [ "${1:-}" = "--methods" ]; then
+    shift
+    exec timeout 290 $PY benchmarks/seg_method_cost.py --config configs/table1_gpu.yaml --device cuda --precision bf16 \
+        --iterations 10 --warmup 5 --crop-of mmformer=128,128,128 --budget-s 250 "$@"
+fi
 exec timeout 290 $PY benchmarks/gpu_check.py "$@"

@@ -16,12 +16,16 @@ interface of :mod:`mckd.method.base`, each registered under its name:
 ``hemis``, ``mckd_bilevel``), :mod:`mckd.method.lckd`,
 :mod:`mckd.method.shaspec`, :mod:`mckd.method.uniform_ckd`,
 :mod:`mckd.method.autoencoder`, :mod:`mckd.method.gan`, :mod:`mckd.method.smil`,
-:mod:`mckd.method.full2miss`. A new method is one more file and one more import below.
+:mod:`mckd.method.full2miss`; the segmentation peers of Table 1 on the parts of
+:mod:`mckd.method.seg_parts`: :mod:`mckd.method.uhved`, :mod:`mckd.method.robust_mseg`,
+:mod:`mckd.method.mmformer`, :mod:`mckd.method.rfnet`, :mod:`mckd.method.gss`.
+A new method is one more file and one more import below.
 
 Nothing here imports from outside ``mckd.method`` but :mod:`mckd.errors`.
 """
 
 from mckd.method import autoencoder, full2miss, gan, lckd, mckd, shaspec, smil, uniform_ckd  # noqa: F401  (registers the methods)
+from mckd.method import gss, mmformer, rfnet, robust_mseg, uhved  # noqa: F401  (the segmentation peers)
 from mckd.method.base import (
     PRESETS,
     TRAINING_METHODS,

@@ -127,6 +127,8 @@ class MethodServices:
             modality present), on the model's device, from a resumable stream of its own;
             only for a method with :attr:`TrainingMethod.uses_complete_batches` (SMIL's
             outer objective, Full2miss's full-modality teacher), None otherwise.
+        total_iterations: the run's number of training iterations (0 when unknown), for a method whose
+            losses change part-way through training (RFNet's fusion loss, GSS's self-support start).
     """
 
     task_loss: LossFn
@@ -135,6 +137,7 @@ class MethodServices:
     record: Callable[[dict[str, Any]], None] = field(default=lambda entry: None)
     model_optimizer: torch.optim.Optimizer | None = None
     complete_batch: Callable[[], Batch] | None = None
+    total_iterations: int = 0
 
 
 class TrainingMethod:

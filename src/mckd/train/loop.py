@@ -291,7 +291,7 @@ def prepare_loop(experiment: Experiment, staging: RunStaging, stop: distributed.
     trainee = distributed.wrap_model(Trainee(model, method), context, find_unused_parameters=unused)
     model.train()
     method.parts.train()
-    services = method_services(experiment, device, log.record, optimizations[0].optimizer)
+    services = method_services(experiment, device, log.record, optimizations[0].optimizer, total)
     if "complete" in streams:
         services.complete_batch = lambda: move_batch(next(streams["complete"]), device)
     method.setup(services)

@@ -40,8 +40,9 @@ def validation_scores(experiment: Experiment, device: torch.device, batch_size: 
 
 
 def method_services(experiment: Experiment, device: torch.device, record: Callable[[dict[str, Any]], None],
-                    optimizer: torch.optim.Optimizer) -> MethodServices:
-    """What the loop lends the training method: the task loss, single-modality scores on validation, the log."""
+                    optimizer: torch.optim.Optimizer, total_iterations: int = 0) -> MethodServices:
+    """What the loop lends the training method: the task loss, single-modality scores on validation, the log,
+    the model's optimiser and the run's number of iterations."""
     model, task, bundle = experiment.model, experiment.task, experiment.bundle
 
     def score_each_modality() -> list[float]:
@@ -55,4 +56,4 @@ def method_services(experiment: Experiment, device: torch.device, record: Callab
 
     return MethodServices(task_loss=task.loss, score_each_modality=score_each_modality,
                           higher_is_better=task.higher_is_better[task.primary_metric], record=record,
-                          model_optimizer=optimizer)
+                          model_optimizer=optimizer, total_iterations=total_iterations)
