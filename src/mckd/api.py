@@ -3,6 +3,8 @@
     bundle = arrays_bundle({"image": images, "record": records}, labels)   # NaN rows: missing
     result = fit(bundle, {"image": image_net, "record": record_net}, head, out="runs/mine")
     result.observed   # the test split as observed, then per missingness pattern
+    predictor = load("runs/mine")                 # later, in another process
+    predictor.predict({"image": new_images, "record": new_records})   # NaN rows: missing; class names
 
 :func:`fit` trains with the same loop, training method and evaluation as
 ``mckd train`` (the defaults of a config, overridden by ``settings``), writes
@@ -31,6 +33,7 @@ from mckd.evaluation import Evaluation
 from mckd.experiment import train_and_evaluate
 from mckd.io import claim_output
 from mckd.nets.base import NetworkParts
+from mckd.predict_table import Predictor, load  # noqa: F401  (mckd.api.load: a trained run on new samples)
 from mckd.probe import check_modules, probe_model
 from mckd.rundir import RunDir
 from mckd.tasks import build_task

@@ -263,6 +263,11 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from mckd.predict_table import is_classification_run
+
+    if args.data or is_classification_run(args.checkpoint):  # a classification run scores samples into a CSV
+        _predict_samples(args)
+        return
     from mckd.predict import predict_files, predict_folder
 
     if args.force and args.resume:
@@ -304,6 +309,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
         out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
                             convention=args.labels, force=args.force, options=_segment_options(args))
     print(f"written: {out}")
+
+
+def _predict_samples(args: argparse.Namespace) -> None:
+    from mckd.predict_table import predict_samples
+
+    if not args.data or not args.output or args.input or args.inputs or args.out:
+        raise MckdError("a classification run predicts samples: mckd predict RUN --data CONFIG.yaml (or "
+                        "MODALITY=FILE ...) --output FILE.csv")
+    out, count = predict_samples(args.checkpoint, args.data, args.output, device=args.device, force=args.force)
+    print(f"written: {out} ({count} samples)")
 
 
 def cmd_plot_seg(args: argparse.Namespace) -> None:
@@ -491,8 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         for module in PREPARE_MODULES:
             importlib.import_module(module).add_prepare_parser(datasets)
 
-    p = commands.add_parser("predict", help="segment a folder of cases (any format), or one case, with a trained run",
-                            description="Segment every case of --input DIR (nnU-Net v2, MSD, BraTS case folders or a "
+    p = commands.add_parser("predict", help="score new samples (classification), or segment a folder of cases "
+                                            "(any format) or one case, with a trained run",
+                            description="A classification run: score the samples of --data (a config whose data "
+                                        "section names the files, or MODALITY=FILE items read like the run's own "
+                                        "sources), each from the modalities it has, into --output FILE.csv (id, "
+                                        "modalities, predicted class, one probability per class). "
+                                        "A segmentation run: segment every case of --input DIR (nnU-Net v2, MSD, BraTS case folders or a "
                                         "layout file) from the sequences it has, each output on its input's grid, "
                                         "named as the format expects, with predict.json recording the options and "
                                         "cases; or one case from MODALITY=FILE inputs into --out FILE. Under torchrun "
@@ -501,7 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", metavar="MODALITY=FILE",
                    help="one case: e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz (with --out)")
     p.add_argument("--input", metavar="DIR", help="a folder of cases to segment (any format of mckd list)")
-    p.add_argument("--output", metavar="DIR", help="the folder to write the predictions and predict.json into")
+    p.add_argument("--output", metavar="DIR", help="the folder to write the predictions and predict.json into "
+                                                    "(classification: the .csv file)")
+    p.add_argument("--data", nargs="+", metavar="CONFIG_OR_FILES",
+                   help="classification: the new samples, a config file (its data section) or MODALITY=FILE items")
     p.add_argument("--format", default="auto",
                    help="the input's format: auto (default), nnunet, msd, brats2018, brats2023, or a YAML layout")
     p.add_argument("--channels", help="sequence names in channel order, for images without a dataset.json "
