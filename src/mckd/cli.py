@@ -407,7 +407,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"mckd: error: {command}: {' '.join(message.split())} (see {command} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prepare: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``prepare=False`` leaves out ``mckd prepare``'s datasets (their modules import
+    torch), so that ``mckd --help`` and every other command's parsing answer before torch loads."""
     parser = _Parser(
         prog="mckd",
         description="Multi-modal learning that stays accurate when modalities are missing (MCKD).",
@@ -503,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = commands.add_parser("prepare", help="prepare a dataset from its raw files, once",
                                 description="Read raw files and write a prepared dataset that training reads.")
         datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-        for module in PREPARE_MODULES:
+        for module in PREPARE_MODULES if prepare else ():
             importlib.import_module(module).add_prepare_parser(datasets)
 
     p = commands.add_parser("predict", help="score new samples (classification), or segment a folder of cases "
@@ -625,10 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mckd.provenance import set_command
 
         set_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
-        parser = build_parser()
+        arguments = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        parser = build_parser(prepare="prepare" in arguments)
         args = parser.parse_args(argv)
-        from mckd import distributed
-        from mckd.threads import apply_threads
     except (KeyboardInterrupt, Interrupted) as stopped:
         _restore_signals(previous)
         print(f"mckd: {getattr(stopped, 'signal_name', 'SIGINT')} stopped mckd as it started; nothing was written",
@@ -638,14 +639,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         _restore_signals(previous)
         raise
     try:
-        apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
         format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
         try:
+            _check_config_first(args)  # before torch loads: a typo in a config answers at once
+            from mckd.threads import apply_threads
+
+            apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
             args.func(args)
         finally:
             warnings.formatwarning = format_warning
+        from mckd import distributed
+
         distributed.shutdown()  # under torchrun: barrier, then leave the process group
     except Stopped as stopped:
+        from mckd import distributed
+
         main_rank = distributed.is_main()
         distributed.shutdown()
         if main_rank:
@@ -673,6 +681,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _restore_signals(previous)
     return 0
+
+
+def _check_config_first(args: argparse.Namespace) -> None:
+    """The CONFIG of train, benchmark and analyse, with its --set: read and checked as far as it can be without
+    the components (and torch): the file, its YAML, the top-level keys and the fixed sections."""
+    config = getattr(args, "config", None)
+    if not config or args.command not in ("train", "benchmark", "analyse"):
+        return
+    from mckd.config import apply_overrides, check_fixed_sections, load_raw
+    from mckd.config_upgrade import upgrade_raw_config
+
+    check_fixed_sections(upgrade_raw_config(apply_overrides(load_raw(config), args.overrides)))
 
 
 def _in_main_thread() -> bool:
