@@ -22,6 +22,7 @@ from mckd.build import build_experiment
 from mckd.cli import main
 from mckd.config import config_from_dict, load_config, load_raw
 from mckd.data.files import FilesOptions, ModalitySource, build_files
+from mckd.evaluation import OBSERVED
 from mckd.errors import ConfigError, DataError
 from mckd.runs import RunDir
 from mckd.train import train
@@ -325,8 +326,8 @@ def test_from_python_any_modules_train_and_evaluate_end_to_end(digits_csv_dir, t
     result = fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run",
                  settings={"train.iterations": 40, "train.progress": False, "method.meta_every": 5})
     rows = {r["pattern"]: r for r in result.observed}
-    assert set(rows) == {"all", "pix", "fou", "pix+fou"} and rows["all"]["samples"] == 600
-    assert rows["all"]["accuracy"] > 0.5 and RunDir(tmp_path / "run").observed.with_suffix(".csv").is_file()
+    assert set(rows) == {OBSERVED, "pix", "fou", "pix+fou"} and rows[OBSERVED]["samples"] == 600
+    assert rows[OBSERVED]["accuracy"] > 0.5 and RunDir(tmp_path / "run").observed.with_suffix(".csv").is_file()
     with pytest.raises(ConfigError, match="were arrays given to mckd.api.fit"):
         build_experiment(load_config(tmp_path / "run" / "config.yaml"))
 

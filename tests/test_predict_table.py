@@ -14,6 +14,7 @@ import yaml
 
 from mckd.api import load
 from mckd.cli import main
+from mckd.evaluation import OBSERVED
 from mckd.errors import DataError, MckdError
 from mckd.runs import RunDir
 
@@ -149,7 +150,7 @@ def test_cli_with_the_training_config_reproduces_the_evaluation_on_the_test_spli
     test = zip(split["split_ids"]["test"], split["split_labels"]["test"])
     accuracy = np.mean([predicted[i] == label for i, label in test])
     observed = pd.read_csv(RunDir(run).observed.with_suffix(".csv"))
-    assert accuracy == pytest.approx(observed.loc[observed["pattern"] == "all", "accuracy"].item(), abs=1e-9)
+    assert accuracy == pytest.approx(observed.loc[observed["pattern"] == OBSERVED, "accuracy"].item(), abs=1e-9)
 
 
 def test_a_run_without_its_scaling_file_is_scaled_by_its_rebuilt_dataset(files_run):

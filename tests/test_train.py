@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from mckd.build import build_data
 from mckd.config import TrainConfig, config_from_dict, load_config
+from mckd.evaluation import OBSERVED
 from mckd.runs import evaluate_run
 from mckd.method.weights import ImportanceWeights
 from mckd.runs import RunDir
@@ -57,7 +58,7 @@ def test_a_short_mckd_run_learns_the_digits(mckd_run):
     result = evaluate_run(run_dir, "cpu")
     rows = result.subsets
     assert len(rows) == 63 and all(r["samples"] == 600 for r in rows)
-    assert result.observed[0]["pattern"] == "all" and result.observed[0]["accuracy"] == rows[-1]["accuracy"]
+    assert result.observed[0]["pattern"] == OBSERVED and result.observed[0]["accuracy"] == rows[-1]["accuracy"]
     full = rows[-1]
     assert full["subset"] == "fou+fac+kar+pix+zer+mor" and full["accuracy"] > 0.8
     assert sum(r["accuracy"] for r in rows) / 63 > 0.5  # chance is 0.1

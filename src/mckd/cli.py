@@ -209,7 +209,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from mckd.experiment import test_sentence
     from mckd.io import claim_output
-    from mckd.report import compare_tables, plot_subset_comparison, read_table, write_table
+    from mckd.report import compare_tables, plot_subset_comparison, read_table, row_key, write_table
     from mckd.runs import RunDir, primary_metric
 
     a, b = Path(args.run_a), Path(args.run_b)
@@ -232,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
     sentence = test_sentence(summary, name_a, name_b)
     with claim_output(out, replace=True, kind="dir", what="comparison folder"):
-        write_table(rows, out / "comparison", title=f"{metric}: {name_a} vs {name_b}", notes=sentence)
+        write_table(rows, out / "comparison", title=f"{metric} per {row_key(rows)}: {name_a} vs {name_b}", notes=sentence)
         plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
     print(sentence)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")

@@ -295,7 +295,7 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
     """The test split as observed (each sample with its own modalities), per method, paired by seed.
 
     For every method: the mean and standard deviation over seeds of the
-    ``all`` row of ``eval/observed``; for every other method, the reference's
+    ``all, as observed`` row of ``eval/observed``; for every other method, the reference's
     difference paired by seed and a one-tailed paired t-test across seeds that
     the reference is better. Written to ``out/observed.{md,csv}``; returns the
     summary's Markdown and the rows.
@@ -321,7 +321,7 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
         rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     rows = [{key: row.get(key) for key in columns} for row in rows]
-    note = (f"Every test sample predicted from the modalities it has (the `all` row of each seed's eval/observed); "
+    note = (f"Every test sample predicted from the modalities it has (the `all, as observed` row of each seed's eval/observed); "
             f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better (– when undefined).")
     write_table(rows, out / "observed", title=f"{metric} as observed, mean over seeds {list(seeds)}", notes=note)
     text = "\n".join([f"## As observed ({metric})", "", note, "", markdown_table(rows), ""])
@@ -369,15 +369,25 @@ def format_p(p: float | None) -> str:
 
 
 def test_sentence(summary: Row, a: str, b: str) -> str:
-    """One sentence: the means, the difference, wins and losses, and the one-tailed paired t-test."""
-    head = (f"Mean over {summary['subsets']} subsets: {a} {summary[a]:.4f}, {b} {summary[b]:.4f} "
-            f"(difference {summary['difference']:+.4f}); {a} better on {summary['wins']}, worse on "
-            f"{summary['losses']}; ")
+    """One sentence: the means, the difference, wins and losses, and the one-tailed paired t-test.
+
+    Over patterns it gives the mean weighted by samples too (each pattern counts by its test samples; the
+    unweighted mean is the one the t-test is on).
+    """
+    count, kind = summary["rows"], summary["kind"]
+    rows = f"{count} {kind if count != 1 else kind[:-1]}"
+    head = (f"Mean over {rows}{', unweighted' if 'weighted' in summary else ''}: {a} {summary[a]:.4f}, "
+            f"{b} {summary[b]:.4f} (difference {summary['difference']:+.4f})")
+    if "weighted" in summary:
+        weighted = summary["weighted"]
+        head += (f"; weighted by test samples: {a} {weighted[a]:.4f}, {b} {weighted[b]:.4f} "
+                 f"(difference {weighted['difference']:+.4f})")
+    head += f"; {a} better on {summary['wins']}, worse on {summary['losses']}; "
     if summary["t"] is None or math.isnan(summary["t"]):
-        why = ("the two are equal on every subset" if summary["wins"] == summary["losses"] == 0
-               else "the differences do not vary, or too few subsets")
+        why = (f"the two are equal on every {kind[:-1]}" if summary["wins"] == summary["losses"] == 0
+               else f"the differences do not vary, or too few {kind}")
         return head + f"no t-test ({why})."
-    return head + (f"one-tailed paired t-test across subsets ({a} > {b}): t = {summary['t']:.2f}, "
+    return head + (f"one-tailed paired t-test across {kind} ({a} > {b}): t = {summary['t']:.2f}, "
                    f"p = {format_p(summary['p_one_tailed'])}.")
 
 

@@ -19,6 +19,13 @@ Row = dict[str, Any]
 
 
 KEYS = ("subset", "pattern")  # the columns that name a row of an evaluation table
+PLURAL = {"subset": "subsets", "pattern": "patterns"}
+
+
+def is_summary(name: Any) -> bool:
+    """Whether a row name is a summary row's (``all, as observed``, ``mean, over subsets``): it holds a comma,
+    which no modality, and so no subset or pattern, can hold."""
+    return "," in str(name)
 UNDEFINED = "–"  # a metric that is undefined for a row (no sample, one class): never NaN
 
 
@@ -39,7 +46,7 @@ def row_key(rows: Sequence[Row]) -> str:
 
 
 def _size(value: Any) -> int | str:
-    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all``, ``mean``)."""
+    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all, as observed``, ``mean, over subsets``)."""
     return int(value) if defined(value) else ""
 
 
@@ -152,17 +159,21 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
     Rows are subsets (or missingness patterns) of the same evaluation; the
     test (as the paper's Table 1) asks whether ``a`` beats ``b``: the
     alternative is mean(a - b) > 0 over the rows. Rows where either value is
-    undefined (no sample has the subset) are listed but not compared.
+    undefined (no sample has the subset) are listed but not compared, and so
+    are summary rows (:func:`is_summary`: the ``all, as observed`` row of a
+    pattern table), which are not one more subset or pattern.
 
     Returns:
-        (rows, summary): rows with both values and the difference, then a
-        ``mean`` row; summary with the means, t statistic and p-value (None
-        when the test is undefined) and how many rows were compared.
+        (rows, summary): rows with both values and the difference, then the mean rows: ``mean, over
+        subsets``; for patterns ``mean, weighted by samples`` (each pattern counts by its test samples)
+        and ``mean, unweighted`` (the one the t-test is on). ``summary`` holds the unweighted means, t
+        statistic and p-value (None when the test is undefined), how many rows were compared (``rows``,
+        of kind ``kind``: subsets or patterns), wins and losses, and for patterns the weighted means.
     """
     key = row_key(a)
     by_name = {row.get(key): row for row in b}
     if set(by_name) != {row[key] for row in a}:
-        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different {key}s")
+        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different {PLURAL[key]}")
     rows: list[Row] = []
     for row in a:
         other = by_name[row[key]]
@@ -179,7 +190,7 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
             entry[f"{name_a}_std"] = row[f"{metric}_std"]
             entry[f"{name_b}_std"] = other[f"{metric}_std"]
         rows.append(entry)
-    compared = [r for r in rows if r["difference"] is not None]
+    compared = [r for r in rows if r["difference"] is not None and not is_summary(r[key])]
     if not compared:
         raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: no {key} has {metric} in both")
     values_a = np.array([r[name_a] for r in compared])
@@ -192,12 +203,25 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
         "difference": float((values_a - values_b).mean()),
         "t": t_stat,
         "p_one_tailed": p_value,
-        "subsets": len(compared),
+        "rows": len(compared),
+        "kind": PLURAL[key],
         "wins": int((values_a > values_b).sum()),
         "losses": int((values_a < values_b).sum()),
     }
-    rows.append({key: "mean", "size": "", name_a: summary[name_a], name_b: summary[name_b],
-                 "difference": summary["difference"]})
+    means = [("mean, over subsets", None)] if key == "subset" else [("mean, unweighted", None)]
+    if key == "pattern" and all("samples" in r for r in compared):
+        weights = np.array([float(r["samples"]) for r in compared])
+        weighted = {name: float(np.average(values, weights=weights))
+                    for name, values in ((name_a, values_a), (name_b, values_b))}
+        summary["weighted"] = {**weighted, "difference": weighted[name_a] - weighted[name_b]}
+        means.insert(0, ("mean, weighted by samples", weights))
+    for label, weights in means:
+        entry = {key: label, "size": ""}
+        if "samples" in compared[0]:  # patterns are disjoint, so their samples add up; subsets overlap
+            entry["samples"] = int(sum(r["samples"] for r in compared)) if key == "pattern" else ""
+        mean_a = float(np.average(values_a, weights=weights))
+        mean_b = float(np.average(values_b, weights=weights))
+        rows.append({**entry, name_a: mean_a, name_b: mean_b, "difference": mean_a - mean_b})
     return rows, summary
 
 
@@ -254,7 +278,10 @@ def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: st
 
 def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path,
                            difference_std: Mapping[str, float] | None = None, seeds: int | None = None) -> None:
-    """Two panels sharing one row per subset, sorted by the difference (the ``mean`` row is left out).
+    """Two panels sharing one row per subset (or pattern), sorted by the difference (summary rows left out).
+
+    The counts and the mean in the title come from the rows drawn, which are those
+    :func:`compare_tables` tests.
 
     Left: each run's ``metric`` per subset (points; bars: the standard deviation
     over seeds when the rows carry one). Right: the difference ``a - b`` per
@@ -264,7 +291,7 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
     """
     plt = _pyplot()
     key = row_key(rows)
-    rows = sorted((r for r in rows if r[key] != "mean" and r.get("difference") is not None),  # compared rows only
+    rows = sorted((r for r in rows if not is_summary(r[key]) and r.get("difference") is not None),  # compared only
                   key=lambda r: float(r["difference"]))
     n = len(rows)
     y = np.arange(n)
@@ -277,7 +304,7 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
         left.errorbar(values, y + offset, xerr=errors if any(errors) else None, fmt="o", markersize=3.5,
                       capsize=2, elinewidth=0.8, color=colour, label=name)
     left.set_xlabel(metric + (f", mean over {seeds} seeds\n(bars: std over seeds)" if seeds and seeds > 1 else ""))
-    left.set_ylabel("subset of modalities present")
+    left.set_ylabel("subset of modalities present" if key == "subset" else "missingness pattern (test samples)")
     left.set_yticks(y)
     left.set_yticklabels(labels, fontsize=8 if n <= 40 else 7)
     left.set_ylim(-0.7, n - 0.3)
@@ -293,10 +320,12 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
                      + ("\n(whiskers: std over seeds of the seed-by-seed difference)" if any(spread) else ""))
     right.grid(axis="x", alpha=0.3)
     mean = float(differences.mean()) if n else 0.0
-    right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"mean {mean:+.4f}")
+    label = "mean" if key == "subset" else "mean, unweighted"
+    right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"{label} {mean:+.4f}")
     right.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{metric} per subset: {name_a} vs {name_b} ({int((differences > 0).sum())} better, "
-                 f"{int((differences < 0).sum())} worse), sorted by the difference", fontsize=10)
+    fig.suptitle(f"{metric} per {key}: {name_a} vs {name_b} over {n} {PLURAL[key] if n != 1 else key} "
+                 f"({int((differences > 0).sum())} better, {int((differences < 0).sum())} worse, {label} "
+                 f"{mean:+.4f}), sorted by the difference", fontsize=10)
     fig.tight_layout()
     _save_figure(fig, out)
 
@@ -375,7 +404,7 @@ def method_comparison(
             by_subset = {r["subset"]: r for r in rows}
             entry[name] = float(by_subset[row["subset"]][metric])
         per_subset.append(entry)
-    for label, keep in (("mean (all)", None), (f"mean (without {strongest})", without)):
+    for label, keep in (("mean, all subsets", None), (f"mean, without {strongest}", without)):
         entry = {"subset": label, "size": ""}
         for name in tables:
             entry[name] = float(np.mean([r[name] for r in per_subset[: len(tables[reference])]

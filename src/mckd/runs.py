@@ -170,7 +170,7 @@ def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.devic
 
 SUBSETS_NOTE = ("Each row: the test samples that have every modality of the subset (`samples`), each predicted "
                 "from exactly that subset. `–`: no sample has the subset, so its metrics are undefined.")
-OBSERVED_NOTE = ("`all`: every test sample predicted from the modalities it has; then one row per pattern of "
+OBSERVED_NOTE = ("`all, as observed`: every test sample predicted from the modalities it has; then one row per pattern of "
                  "present modalities. `–`: undefined for those samples (AUROC with one class).")
 
 
