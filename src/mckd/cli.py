@@ -462,7 +462,8 @@ def build_parser(prepare: bool = True) -> argparse.ArgumentParser:
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels for the two runs")
-    p.add_argument("--metric", help="metric column to compare (default: the first)")
+    p.add_argument("--metric", help="metric column to compare (default: RUN_A's task.primary_metric, e.g. "
+                                    "balanced_accuracy or dice_mean; the first metric column where it has none)")
     p.add_argument("--table", choices=["subsets", "observed"], default="subsets",
                    help="subsets: every subset of modalities (default); observed: as observed, per missingness pattern")
     p.add_argument("--out", help="output folder (default: RUN_A/compare_vs_<NAME_B>)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 from pathlib import Path
@@ -34,7 +35,10 @@ from mckd.report import (
     plot_weights,
     read_table,
     read_weight_history,
+    P_UNDEFINED_NOTE,
     defined,
+    format_p,
+    plural,
     rows_defined_in_all,
     write_table,
 )
@@ -87,7 +91,10 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
     preset = presets.get(name)
     base = preset.method if preset else name
     if base not in components.names("method"):
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+        close = difflib.get_close_matches(str(name), method_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint}; methods: {', '.join(components.names('method'))}; "
+                          f"presets: {', '.join(sorted(presets))}")
     keys = {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
     raw = upgrade_raw_config(copy.deepcopy(raw), warn=False)
     old = raw.get("method") if isinstance(raw.get("method"), dict) else {}
@@ -317,12 +324,12 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
         if name != reference and pairs:
             a, b = np.array(pairs).T
             t, p = paired_test(a, b)
-            row.update({f"{reference} - method": float((a - b).mean()), "p (paired by seed)": p})
+            row.update({f"{reference} - method": float((a - b).mean()), "p (paired by seed)": format_p(p)})
         rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     rows = [{key: row.get(key) for key in columns} for row in rows]
     note = (f"Every test sample predicted from the modalities it has (the `all, as observed` row of each seed's eval/observed); "
-            f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better (– when undefined).")
+            f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better; {P_UNDEFINED_NOTE}")
     write_table(rows, out / "observed", title=f"{metric} as observed, mean over seeds {list(seeds)}", notes=note)
     text = "\n".join([f"## As observed ({metric})", "", note, "", markdown_table(rows), ""])
     return text, rows
@@ -348,8 +355,9 @@ def write_methods_table(
     text = "\n".join([
         f"## Methods compared ({metric}, test split, mean over seeds {list(seeds)})",
         "",
-        f"Strongest modality (best alone under `{methods[0]}`): {strongest}. p: one-tailed paired t-test "
-        f"across subsets that `{methods[0]}` is better.",
+        f"Strongest modality (best alone under `{methods[0]}`; each modality is scored on the test samples that "
+        f"have it, which differ from one modality to another when modalities are missing): {strongest}. "
+        f"p: one-tailed paired t-test across subsets that `{methods[0]}` is better; {P_UNDEFINED_NOTE}",
         "",
         markdown_table(summary),
         "",
@@ -361,11 +369,6 @@ def write_methods_table(
     write_table(per_subset, out / "methods", title=f"{metric} per subset, mean over seeds {list(seeds)}",
                 notes=text)
     return text
-
-
-def format_p(p: float | None) -> str:
-    """A p-value with two significant digits (``4.1e-06``), so a small one never prints as 0.0000."""
-    return "undefined" if p is None or math.isnan(p) else f"{p:.2g}"
 
 
 def test_sentence(summary: Row, a: str, b: str) -> str:
@@ -458,7 +461,7 @@ def write_summary(
         if lacking:
             gain = float(np.mean([r[metric] - others[r["subset"]][metric] for r in lacking]))
             lines += [
-                f"Over the {len(lacking)} subsets that lack both of the two highest-weighted modalities "
+                f"Over the {plural(len(lacking), 'subset')} that lack both of the two highest-weighted modalities "
                 f"({', '.join(ranked[:2])}), the mean difference is {gain:+.4f}.",
                 "",
             ]

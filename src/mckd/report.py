@@ -22,6 +22,11 @@ KEYS = ("subset", "pattern")  # the columns that name a row of an evaluation tab
 PLURAL = {"subset": "subsets", "pattern": "patterns"}
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 subset``, ``3 subsets``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def is_summary(name: Any) -> bool:
     """Whether a row name is a summary row's (``all, as observed``, ``mean, over subsets``): it holds a comma,
     which no modality, and so no subset or pattern, can hold."""
@@ -337,9 +342,13 @@ def _save_figure(fig: Any, out: str | Path) -> None:
     plt.close(fig)
 
 
-def _p_value(p: float | None) -> str:
-    """A p-value for a table: two significant digits (``4.1e-06``), so small ones do not print as 0.0000."""
+def format_p(p: float | None) -> str:
+    """A p-value, in tables and sentences alike: two significant digits (``4.1e-06``), so a small one never prints
+    as 0.0000; ``–`` where no t-test is defined (fewer than two pairs, or the same difference on every pair)."""
     return UNDEFINED if p is None or math.isnan(p) else f"{p:.2g}"
+
+
+P_UNDEFINED_NOTE = "p `–`: no t-test (fewer than two pairs, or the same difference on every pair, e.g. none)."
 
 
 def rows_defined_in_all(tables: dict[str, Sequence[Row]], metric: str) -> dict[str, list[Row]]:
@@ -390,8 +399,8 @@ def method_comparison(
                                              [r for r in rows if r["subset"] in without], metric, reference, name)
             entry.update({
                 f"{reference} - method": test_all["difference"],
-                "p (all)": _p_value(test_all["p_one_tailed"]),
-                f"p (without {strongest})": _p_value(test_without["p_one_tailed"]),
+                "p (all)": format_p(test_all["p_one_tailed"]),
+                f"p (without {strongest})": format_p(test_without["p_one_tailed"]),
                 f"{reference} better / worse": f"{test_all['wins']} / {test_all['losses']}",
             })
         summary.append(entry)

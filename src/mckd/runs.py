@@ -163,7 +163,8 @@ def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.devic
         write_table(result.observed, run.observed, title=f"{run.path.name}: {split} split as observed",
                     notes=OBSERVED_NOTE)
         write_table(patterns, run.patterns, title=f"{run.path.name}: samples per pattern of present modalities",
-                    notes="train: as training saw it (after missing.policy rates); val is the meta-validation split.")
+                    notes="train: each sample's modalities as the data give them (missing.policy drops more at random "
+                          "during training, not counted here); val is the meta-validation split.")
         write_task_tables(experiment.task, result.subsets, run.table1, experiment.model.modalities)
     return result
 
