@@ -70,3 +70,22 @@ def test_no_modality_can_take_a_summary_row_name():
         with pytest.raises(DataError, match="holds ','"):
             check_modality_names([name], "the data's modalities")
     check_modality_names(["all", "mean"], "the data's modalities")  # plain words stay modality names
+
+
+def test_rows_over_few_samples_are_marked_in_tables_and_plots(monkeypatch, tmp_path):
+    from mckd.report import FEW_SAMPLES, write_table
+
+    def rows(values):
+        samples = {"a": FEW_SAMPLES - 1, "b": FEW_SAMPLES, "a+b": 2 * FEW_SAMPLES}
+        return [{"pattern": k, "size": k.count("+") + 1, "samples": samples[k], "accuracy": v} for k, v in values.items()]
+
+    table, _ = compare_tables(rows({"a": 1.0, "b": 0.8, "a+b": 0.9}), rows({"a": 0.9, "b": 0.8, "a+b": 0.95}),
+                              "accuracy", "x", "y")
+    write_table(table, tmp_path / "comparison")
+    text = (tmp_path / "comparison.md").read_text()
+    assert f"| {FEW_SAMPLES - 1} (few) |" in text and f"| {FEW_SAMPLES} |" in text and f"fewer than {FEW_SAMPLES}" in text
+    drawn = []
+    monkeypatch.setattr(report, "_save_figure",
+                        lambda fig, out: drawn.append([t.get_text() for t in fig.axes[0].get_yticklabels()]))
+    plot_subset_comparison(table, "x", "y", "accuracy", tmp_path / "comparison.png")
+    assert sorted(drawn[0]) == sorted([f"a (n={FEW_SAMPLES - 1}, few)", "b", "a+b"])

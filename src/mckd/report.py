@@ -60,13 +60,31 @@ def defined(value: Any) -> bool:
     return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 
 
+# A row over fewer test samples than this is marked: one sample more or less moves its metrics by 1/n or more.
+FEW_SAMPLES = 10
+FEW_NOTE = (f"`(few)`: fewer than {FEW_SAMPLES} test samples, so one sample moves the row's metrics by a tenth or "
+            "more (a 1.0000 there may be a handful of samples); read it as an indication, not a result.")
+
+
+def is_few(row: Row) -> bool:
+    """Whether ``row`` is over fewer than :data:`FEW_SAMPLES` test samples (but some)."""
+    samples = row.get("samples")
+    return defined(samples) and 0 < int(samples) < FEW_SAMPLES
+
+
 def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
-    """A GitHub Markdown table of ``rows`` (floats with 4 decimals)."""
+    """A GitHub Markdown table of ``rows`` (floats with 4 decimals); a ``samples`` cell under
+    :data:`FEW_SAMPLES` is marked ``(few)``."""
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
+
+    def cell(row: Row, column: str) -> str:
+        text = _format(row.get(column, ""))
+        return f"{text} (few)" if column == "samples" and is_few(row) else text
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -80,6 +98,7 @@ def write_table(rows: Sequence[Row], stem: str | Path, title: str = "", notes: s
         writer.writerows(rows)
     atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
     heading = f"# {title}\n\n" if title else ""
+    notes = " ".join(part for part in (notes, FEW_NOTE if any(is_few(r) for r in rows) else "") if part)
     atomic_write_text(stem.with_suffix(".md"), heading + markdown_table(rows) + (f"\n{notes}\n" if notes else ""))
 
 
@@ -300,7 +319,7 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
                   key=lambda r: float(r["difference"]))
     n = len(rows)
     y = np.arange(n)
-    labels = [str(r[key]) for r in rows]
+    labels = [f"{r[key]} (n={r['samples']}, few)" if is_few(r) else str(r[key]) for r in rows]
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(11, max(3.0, 0.2 * n + 1.6)),
                                       gridspec_kw={"width_ratios": [1, 1]})
     for offset, name, colour in ((-0.15, name_a, "tab:blue"), (0.15, name_b, "tab:orange")):
@@ -309,7 +328,8 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
         left.errorbar(values, y + offset, xerr=errors if any(errors) else None, fmt="o", markersize=3.5,
                       capsize=2, elinewidth=0.8, color=colour, label=name)
     left.set_xlabel(metric + (f", mean over {seeds} seeds\n(bars: std over seeds)" if seeds and seeds > 1 else ""))
-    left.set_ylabel("subset of modalities present" if key == "subset" else "missingness pattern (test samples)")
+    thin = f"\n(few: under {FEW_SAMPLES} test samples)" if any(is_few(r) for r in rows) else ""
+    left.set_ylabel(("subset of modalities present" if key == "subset" else "missingness pattern") + thin)
     left.set_yticks(y)
     left.set_yticklabels(labels, fontsize=8 if n <= 40 else 7)
     left.set_ylim(-0.7, n - 0.3)
