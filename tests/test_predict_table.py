@@ -87,6 +87,8 @@ def test_an_unknown_modality_another_shape_or_a_half_missing_row_is_one_error(py
     half[np.isfinite(half).all(axis=1).argmax(), 3] = np.nan
     with pytest.raises(DataError, match="present rows hold NaN"):
         predictor.predict({"fou": half})
+    with pytest.raises(DataError, match=r"samples \['0', '1'\] \(2\) have none of the modalities"):
+        predictor.predict({"pix": np.full((2, 240), np.nan)})
 
 
 @pytest.fixture(scope="module")

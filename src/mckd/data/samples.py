@@ -169,7 +169,7 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str],
     if empty.any():
         names = [sample_ids[r] for r in np.flatnonzero(empty)]
         raise DataError(f"samples {_few(names)} have none of the modalities {[m.name for m in modalities]}; "
-                        "a sample needs at least one: remove them from the labels")
+                        "a sample needs at least one: remove them from the labels (or from the samples to predict)")
     return arrays, present
 
 
