@@ -232,7 +232,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
     sentence = test_sentence(summary, name_a, name_b)
     with claim_output(out, replace=True, kind="dir", what="comparison folder"):
-        write_table(rows, out / "comparison", title=f"{metric} per {row_key(rows)}: {name_a} vs {name_b}", notes=sentence)
+        title = f"{metric} per {row_key(rows)}: {name_a} vs {name_b}"
+        write_table(rows, out / "comparison", title=title, notes=sentence)
         plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
     print(sentence)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
@@ -514,12 +515,12 @@ def build_parser(prepare: bool = True) -> argparse.ArgumentParser:
                             description="A classification run: score the samples of --data (a config whose data "
                                         "section names the files, or MODALITY=FILE items read like the run's own "
                                         "sources), each from the modalities it has, into --output FILE.csv (id, "
-                                        "modalities, predicted class, one probability per class). "
-                                        "A segmentation run: segment every case of --input DIR (nnU-Net v2, MSD, BraTS case folders or a "
-                                        "layout file) from the sequences it has, each output on its input's grid, "
-                                        "named as the format expects, with predict.json recording the options and "
-                                        "cases; or one case from MODALITY=FILE inputs into --out FILE. Under torchrun "
-                                        "the cases are shared out between the processes.")
+                                        "modalities, predicted class, one probability per class). A segmentation "
+                                        "run: segment every case of --input DIR (nnU-Net v2, MSD, BraTS case "
+                                        "folders or a layout file) from the sequences it has, each output on its "
+                                        "input's grid, named as the format expects, with predict.json recording "
+                                        "the options and cases; or one case from MODALITY=FILE inputs into --out "
+                                        "FILE. Under torchrun the cases are shared out between the processes.")
     p.add_argument("checkpoint", help="run directory or checkpoint.safetensors")
     p.add_argument("inputs", nargs="*", metavar="MODALITY=FILE",
                    help="one case: e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz (with --out)")
@@ -627,8 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from mckd.provenance import set_command
 
-        set_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
         arguments = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        set_command(arguments)
         parser = build_parser(prepare="prepare" in arguments)
         args = parser.parse_args(argv)
     except (KeyboardInterrupt, Interrupted) as stopped:

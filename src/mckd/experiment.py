@@ -328,7 +328,8 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
         rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     rows = [{key: row.get(key) for key in columns} for row in rows]
-    note = (f"Every test sample predicted from the modalities it has (the `all, as observed` row of each seed's eval/observed); "
+    note = (f"Every test sample predicted from the modalities it has (the `all, as observed` row of each seed's "
+            "eval/observed); "
             f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better; {P_UNDEFINED_NOTE}")
     write_table(rows, out / "observed", title=f"{metric} as observed, mean over seeds {list(seeds)}", notes=note)
     text = "\n".join([f"## As observed ({metric})", "", note, "", markdown_table(rows), ""])

@@ -51,7 +51,8 @@ def row_key(rows: Sequence[Row]) -> str:
 
 
 def _size(value: Any) -> int | str:
-    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all, as observed``, ``mean, over subsets``)."""
+    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all, as observed``,
+    ``mean, over subsets``)."""
     return int(value) if defined(value) else ""
 
 
