@@ -185,3 +185,10 @@ def test_a_run_of_fit_needs_its_modules_to_be_loaded(python_run):
 
     with pytest.raises(MckdError, match=r"load\(run, encoders=..., head=...\)"):
         load(python_run[0])
+
+
+def test_a_checkpoint_file_of_the_run_predicts_as_the_run_directory(files_run, python_run):
+    run, _ = files_run
+    arrays = {name: values[:20] for name, values in python_run[2].items()}
+    by_file = load(RunDir(run).checkpoint).probabilities(arrays)
+    assert np.array_equal(by_file, load(run).probabilities(arrays))

@@ -54,8 +54,17 @@ def read_scaling(path: Path) -> Scaling:
 
 
 def is_classification_run(run: str | Path) -> bool:
-    """Whether ``run`` (a run directory) was trained for classification, read from its ``config.yaml``."""
-    return _section_name(RunDir(run), "task") == "classification"
+    """Whether ``run`` (a run directory, or a checkpoint in one) was trained for classification (its ``config.yaml``)."""
+    return _section_name(_run_of(run)[0], "task") == "classification"
+
+
+def _run_of(run: str | Path) -> tuple[RunDir, Path]:
+    """The run directory and the checkpoint of ``run``: a run directory, or one of its ``.safetensors`` checkpoints
+    (``checkpoint_best.safetensors``: the model best on the validation split)."""
+    path = Path(run)
+    if path.suffix == ".safetensors":
+        return RunDir(path.parent), path
+    return RunDir(path), RunDir(path).checkpoint
 
 
 def _section_name(run: RunDir, section: str) -> str | None:
@@ -180,7 +189,8 @@ def load(run: str | Path, encoders: Any = None, head: torch.nn.Module | None = N
     """The trained classification model of run directory ``run``, ready for new samples (no dataset is read).
 
     Args:
-        run: a run directory of ``mckd train`` or :func:`mckd.api.fit`.
+        run: a run directory of ``mckd train`` or :func:`mckd.api.fit`, or one of its checkpoints
+            (``RUN/checkpoint_best.safetensors``).
         encoders, head: for a run of :func:`mckd.api.fit`, modules built as they were for it (a config
             cannot build them); the run's trained tensors are loaded into them.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -189,10 +199,10 @@ def load(run: str | Path, encoders: Any = None, head: torch.nn.Module | None = N
     from mckd.nets.base import NetworkParts
     from mckd.runs import load_model
 
-    directory = RunDir(run)
-    if not directory.checkpoint.is_file():
-        raise MckdError(f"{str(directory.path)!r} is not a trained run directory (it has no "
-                        f"{directory.checkpoint.name}); a multi-seed directory's runs are its seed_<s>/ folders")
+    directory, checkpoint = _run_of(run)
+    if not checkpoint.is_file():
+        raise MckdError(f"{str(directory.path)!r} is not a trained run directory (it has no {checkpoint.name}); "
+                        "a multi-seed directory's runs are its seed_<s>/ folders")
     torch_device = resolve_device(device)
     if (encoders is None) != (head is None):
         raise MckdError("load(): give both encoders= and head= (the modules of a mckd.api.fit run), or neither")
@@ -201,7 +211,7 @@ def load(run: str | Path, encoders: Any = None, head: torch.nn.Module | None = N
         raise MckdError(f"{str(directory.path)!r} was trained by mckd.api.fit on modules a config cannot build: "
                         "load(run, encoders=..., head=...) with modules built as they were for fit")
     parts = NetworkParts(encoders, head) if encoders is not None else None
-    loaded = load_model(directory.path, torch_device, parts)
+    loaded = load_model(checkpoint, torch_device, parts)
     if loaded.config.task.name != "classification":
         raise MckdError(f"{str(directory.path)!r} is a {loaded.config.task.name} run; predicting samples from "
                         "--data needs a classification run (segmentation: mckd predict RUN --input DIR --output DIR)")
