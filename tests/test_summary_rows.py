@@ -89,3 +89,16 @@ def test_rows_over_few_samples_are_marked_in_tables_and_plots(monkeypatch, tmp_p
                         lambda fig, out: drawn.append([t.get_text() for t in fig.axes[0].get_yticklabels()]))
     plot_subset_comparison(table, "x", "y", "accuracy", tmp_path / "comparison.png")
     assert sorted(drawn[0]) == sorted([f"a (n={FEW_SAMPLES - 1}, few)", "b", "a+b"])
+
+
+def test_a_single_modality_ranking_over_different_samples_says_so(tmp_path):
+    from mckd.experiment import write_summary
+
+    def table(values):
+        samples = {"a": 40, "b": 25, "a+b": 10}
+        return [{"subset": k, "size": k.count("+") + 1, "samples": samples[k], "accuracy": v} for k, v in values.items()]
+
+    tables = {"mckd": table({"a": 0.9, "b": 0.7, "a+b": 0.95}), "baseline": table({"a": 0.85, "b": 0.72, "a+b": 0.9})}
+    _, summary = compare_tables(tables["mckd"], tables["baseline"], "accuracy", "mckd", "baseline")
+    text = write_summary(tmp_path, "c.yaml", ["mckd", "baseline"], [0], tables, {"baseline": summary}, {}, "accuracy")
+    assert "a 0.900 (n=40), b 0.700 (n=25)" in text and "compares different samples" in text

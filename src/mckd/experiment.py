@@ -415,6 +415,7 @@ def write_summary(
     tables = rows_defined_in_all(tables, metric)  # subsets no test sample has are not summarised
     ranked = sorted(weights, key=weights.get, reverse=True)
     singles = sorted((r for r in tables[reference] if int(r["size"]) == 1), key=lambda r: r[metric], reverse=True)
+    different = len({r.get("samples") for r in singles}) > 1  # modalities missing for different samples
 
     def spread(name: str) -> Any:
         values = (seed_spreads or {}).get(name) or []
@@ -433,7 +434,9 @@ def write_summary(
         else f"`{reference}` learns no importance weights.",
         "",
         f"Single-modality {metric} of `{reference}`, highest first: "
-        + ", ".join(f"{r['subset']} {r[metric]:.3f}" for r in singles) + ".",
+        + ", ".join(f"{r['subset']} {r[metric]:.3f}" + (f" (n={r['samples']})" if different else "") for r in singles)
+        + (". Each is scored on the test samples that have that modality, which differ from one modality to "
+           "another here, so the ranking compares different samples as well as modalities." if different else "."),
         "",
         "## Mean over subsets",
         "",
