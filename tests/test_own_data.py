@@ -220,7 +220,7 @@ def test_training_and_evaluation_with_real_missingness_on_the_example_files(digi
                  *[a for o in TINY for a in ("--set", o)]]) == 0
     run = RunDir(tmp_path / "run")
     observed = (run.observed.with_suffix(".csv")).read_text()
-    assert observed.splitlines()[1].startswith("all,,600,")
+    assert observed.splitlines()[1].startswith(f'"{OBSERVED}",,600,')  # the summary row's comma is quoted
     for path in run.eval_dir.glob("*.*"):
         assert "nan" not in path.read_text().lower(), path
     split = json.loads(run.data.read_text())["split_ids"]
