@@ -157,7 +157,7 @@ def test_cli_with_the_training_config_reproduces_the_evaluation_on_the_test_spli
 
 def test_a_run_without_its_scaling_file_is_scaled_by_its_rebuilt_dataset(files_run):
     from mckd.api import load
-    from mckd.predict_table import read_scaling
+    from mckd.data.scaling import read_scaling
 
     run, _ = files_run
     saved = read_scaling(RunDir(run).scaling)

@@ -27,31 +27,9 @@ import numpy as np
 import torch
 
 from mckd.data.samples import ModalityRows, align
+from mckd.data.scaling import Scaling, read_scaling
 from mckd.errors import DataError, MckdError
 from mckd.rundir import RunDir
-
-Scaling = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def write_scaling(path: Path, scaling: Scaling) -> None:
-    """``scaling`` (modality -> ``(offset, scale)``) as tensors, ``<modality>.offset`` and ``<modality>.scale``."""
-    from safetensors.numpy import save_file
-
-    from mckd.io import atomic_write
-
-    arrays = {f"{name}.{part}": np.ascontiguousarray(value, dtype=np.float32)
-              for name, pair in scaling.items() for part, value in zip(("offset", "scale"), pair)}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata={"format": "1"}))
-
-
-def read_scaling(path: Path) -> Scaling:
-    """What :func:`write_scaling` wrote."""
-    from safetensors.numpy import load_file
-
-    arrays = load_file(str(path))
-    names = {key.rsplit(".", 1)[0] for key in arrays}
-    return {name: (arrays[f"{name}.offset"], arrays[f"{name}.scale"]) for name in names}
-
 
 def is_classification_run(run: str | Path) -> bool:
     """Whether ``run`` (a run directory, or a checkpoint in one) was trained for classification (its ``config.yaml``)."""
