@@ -46,12 +46,14 @@ def _run_of(run: str | Path) -> tuple[RunDir, Path]:
 
 
 def _section_name(run: RunDir, section: str) -> str | None:
-    """``<section>.name`` of a run's ``config.yaml`` (None where it cannot be read)."""
-    import yaml
+    """``<section>.name`` of a run's ``config.yaml`` (None where it cannot be read: the caller's own checks say why)."""
+    from mckd.config import load_raw
 
+    if not run.config.is_file():
+        return None
     try:
-        return yaml.safe_load(run.config.read_text(encoding="utf-8"))[section]["name"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return load_raw(run.config)[section]["name"]  # duplicate keys, alias bombs, non-text files: refused
+    except (MckdError, KeyError, TypeError):
         return None
 
 
