@@ -41,7 +41,7 @@ def commands(folder: Path) -> dict[str, list[str]]:
 
 def imports_torch(command: list[str]) -> bool:
     done = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True)
-    return any(line.rstrip().endswith("| torch") for line in done.stderr.splitlines())
+    return any(line.split("|")[-1].strip() == "torch" for line in done.stderr.splitlines())
 
 
 def main() -> None:
