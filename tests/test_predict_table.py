@@ -64,6 +64,13 @@ def test_loaded_predictor_scores_the_test_split_as_the_evaluation_did(python_run
     assert set(predicted) <= {f"digit {d}" for d in range(10)}
 
 
+def test_the_result_of_fit_predicts_as_the_run_loaded_later(python_run):
+    run, result, arrays, _ = python_run
+    rows = np.arange(0, 2000, 37)
+    new = {name: values[rows] for name, values in arrays.items()}
+    assert np.allclose(result.predictor().probabilities(new), load_run(run).probabilities(new), atol=1e-6)
+
+
 def test_a_modality_left_out_is_missing_for_every_sample(python_run):
     run, result, arrays, _ = python_run
     rows, truth = _test_rows(run)

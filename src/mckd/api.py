@@ -3,7 +3,7 @@
     bundle = arrays_bundle({"image": images, "record": records}, labels)   # NaN rows: missing
     result = fit(bundle, {"image": image_net, "record": record_net}, head, out="runs/mine")
     result.observed   # the test split as observed, then per missingness pattern
-    predictor = load("runs/mine")                 # later, in another process
+    predictor = result.predictor()                # or later, in another process: load("runs/mine", encoders, head)
     predictor.predict({"image": new_images, "record": new_records})   # NaN rows: missing; class names
 
 :func:`fit` trains with the same loop, training method and evaluation as
@@ -99,6 +99,16 @@ class FitResult:
     def observed(self) -> list[dict[str, Any]]:
         """The test split as observed, then one row per missingness pattern."""
         return self.evaluation.observed
+
+    def predictor(self) -> Predictor:
+        """The trained model for new samples (raw arrays, NaN rows missing), as :func:`load` gives it later."""
+        experiment, bundle = self.experiment, self.experiment.bundle
+        model = experiment.model.eval()
+        device = next(model.parameters()).device
+        classes = [str(c) for c in bundle.info.get("classes") or range(bundle.num_classes)]
+        shapes = {m: tuple(bundle.input_shapes[m]) for m in bundle.modalities}
+        return Predictor(model, tuple(bundle.modalities), shapes, classes, dict(bundle.scaling), self.run_dir,
+                         experiment.config, device)
 
 
 def _config(bundle: DataBundle, encoders: Any, head: nn.Module, method: str, fill: str, fusion: str,
