@@ -316,8 +316,8 @@ def _predict_samples(args: argparse.Namespace) -> None:
     from mckd.predict_table import predict_samples
 
     if not args.data or not args.output or args.input or args.inputs or args.out:
-        raise MckdError("a classification run predicts samples: mckd predict RUN --data CONFIG.yaml (or "
-                        "MODALITY=FILE ...) --output FILE.csv")
+        raise MckdError(f"{args.checkpoint} is a classification model: it scores samples, mckd predict RUN --data "
+                        "CONFIG.yaml (or MODALITY=FILE ...) --output FILE.csv; segmenting cases needs a segmentation run")
     out, count = predict_samples(args.checkpoint, args.data, args.output, device=args.device, force=args.force)
     print(f"written: {out} ({count} samples)")
 
