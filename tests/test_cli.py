@@ -81,7 +81,7 @@ def test_train_evaluate_compare_end_to_end(tiny_config, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "one-tailed paired t-test" in out
     rows = _csv_rows(comparison / "comparison.csv")
-    assert [r["subset"] for r in rows][-1] == "mean" and len(rows) == 8
+    assert [r["subset"] for r in rows][-1] == "mean, over subsets" and len(rows) == 8
     for row in rows[:-1]:
         assert float(row["difference"]) == pytest.approx(float(row["mckd"]) - float(row["baseline"]))
     assert (comparison / "comparison.png").read_bytes()[:8] == PNG_MAGIC
@@ -112,7 +112,7 @@ def test_benchmark_writes_the_63_row_comparison_plots_and_summary(digits_csv_dir
     assert code == 0
     rows = _csv_rows(out / "compare_mckd_vs_baseline.csv")
     subsets = [r["subset"] for r in rows]
-    assert len(subsets) == 64 and subsets[-1] == "mean" and len(set(subsets[:-1])) == 63
+    assert len(subsets) == 64 and subsets[-1] == "mean, over subsets" and len(set(subsets[:-1])) == 63
     assert {"mckd", "baseline", "difference", "mckd_std", "baseline_std"} <= set(rows[0])
     for png in ("compare_mckd_vs_baseline.png", "mckd/weights.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png

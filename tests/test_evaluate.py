@@ -10,7 +10,7 @@ from torch import nn
 
 from mckd.data.bundle import MultiModalTensorDataset
 from mckd.errors import DataError
-from mckd.evaluation import all_subsets, evaluate, evaluate_subsets, missingness_patterns, subset_name
+from mckd.evaluation import OBSERVED, all_subsets, evaluate, evaluate_subsets, missingness_patterns, subset_name
 from mckd.method.model import MultiModalModel
 from mckd.tasks.classification import ClassificationTask
 
@@ -87,9 +87,9 @@ def test_the_observed_rows_predict_each_sample_from_its_own_modalities_overall_a
     noise, target = dataset.inputs[1].squeeze(1)[:10], dataset.target[:10]
     noise_right = int(((noise > 0) == (target == 0)).sum())
     by_pattern = {r["pattern"]: r for r in result.observed}
-    assert [r["pattern"] for r in result.observed] == ["all", "signal", "noise", "signal+noise"]
-    assert {k: r["samples"] for k, r in by_pattern.items()} == {"all": 50, "signal": 5, "noise": 10, "signal+noise": 35}
-    assert by_pattern["all"]["accuracy"] == pytest.approx((40 + noise_right) / 50)
+    assert [r["pattern"] for r in result.observed] == [OBSERVED, "signal", "noise", "signal+noise"]
+    assert {k: r["samples"] for k, r in by_pattern.items()} == {OBSERVED: 50, "signal": 5, "noise": 10, "signal+noise": 35}
+    assert by_pattern[OBSERVED]["accuracy"] == pytest.approx((40 + noise_right) / 50)
     assert by_pattern["noise"]["accuracy"] == pytest.approx(noise_right / 10)
 
 
@@ -100,7 +100,7 @@ def test_a_subset_that_no_sample_has_is_a_row_of_no_samples_and_no_metrics_never
     result = evaluate(model, ClassificationTask(2), dataset.with_present(present), 16, torch.device("cpu"))
     row = next(r for r in result.subsets if r["subset"] == "noise")
     assert row["samples"] == 0 and all(row[m] is None for m in ClassificationTask.metric_names)
-    assert [r["pattern"] for r in result.observed] == ["all", "signal"]
+    assert [r["pattern"] for r in result.observed] == [OBSERVED, "signal"]
 
 
 def test_a_test_sample_with_no_modality_at_all_is_a_clear_error():

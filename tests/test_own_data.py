@@ -22,6 +22,7 @@ from mckd.build import build_experiment
 from mckd.cli import main
 from mckd.config import config_from_dict, load_config, load_raw
 from mckd.data.files import FilesOptions, ModalitySource, build_files
+from mckd.evaluation import OBSERVED
 from mckd.errors import ConfigError, DataError
 from mckd.runs import RunDir
 from mckd.train import train
@@ -219,7 +220,7 @@ def test_training_and_evaluation_with_real_missingness_on_the_example_files(digi
                  *[a for o in TINY for a in ("--set", o)]]) == 0
     run = RunDir(tmp_path / "run")
     observed = (run.observed.with_suffix(".csv")).read_text()
-    assert observed.splitlines()[1].startswith("all,,600,")
+    assert observed.splitlines()[1].startswith(f'"{OBSERVED}",,600,')  # the summary row's comma is quoted
     for path in run.eval_dir.glob("*.*"):
         assert "nan" not in path.read_text().lower(), path
     split = json.loads(run.data.read_text())["split_ids"]
@@ -237,7 +238,8 @@ def test_benchmark_compares_methods_on_the_rows_of_real_missingness(digits_files
     assert main(["compare", str(out / "mckd"), str(out / "baseline"), "--table", "observed", "--out",
                  str(tmp_path / "compared")]) == 0
     compared = (tmp_path / "compared" / "comparison.csv").read_text().splitlines()
-    assert compared[0].startswith("pattern,size,samples,mckd,baseline,difference") and compared[1].startswith("all,")
+    assert compared[0].startswith("pattern,size,samples,mckd,baseline,difference")
+    assert compared[1].startswith(f'"{OBSERVED}",')  # the summary row's comma is quoted, as CSV does
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +327,8 @@ def test_from_python_any_modules_train_and_evaluate_end_to_end(digits_csv_dir, t
     result = fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run",
                  settings={"train.iterations": 40, "train.progress": False, "method.meta_every": 5})
     rows = {r["pattern"]: r for r in result.observed}
-    assert set(rows) == {"all", "pix", "fou", "pix+fou"} and rows["all"]["samples"] == 600
-    assert rows["all"]["accuracy"] > 0.5 and RunDir(tmp_path / "run").observed.with_suffix(".csv").is_file()
+    assert set(rows) == {OBSERVED, "pix", "fou", "pix+fou"} and rows[OBSERVED]["samples"] == 600
+    assert rows[OBSERVED]["accuracy"] > 0.5 and RunDir(tmp_path / "run").observed.with_suffix(".csv").is_file()
     with pytest.raises(ConfigError, match="were arrays given to mckd.api.fit"):
         build_experiment(load_config(tmp_path / "run" / "config.yaml"))
 

@@ -34,11 +34,11 @@ def test_compare_tables_gives_per_subset_differences_and_a_mean_row():
     a = _table([0.9, 0.8, 0.7])
     b = _table([0.85, 0.82, 0.6])
     rows, summary = compare_tables(a, b, "accuracy", "mckd", "baseline")
-    assert [r["subset"] for r in rows] == ["s0", "s1", "s2", "mean"]
+    assert [r["subset"] for r in rows] == ["s0", "s1", "s2", "mean, over subsets"]
     assert [r["difference"] for r in rows[:3]] == pytest.approx([0.05, -0.02, 0.1])
     assert rows[3]["mckd"] == pytest.approx(0.8) and rows[3]["baseline"] == pytest.approx(0.7566667, rel=1e-6)
     assert summary["difference"] == pytest.approx((0.05 - 0.02 + 0.1) / 3)
-    assert (summary["wins"], summary["losses"], summary["subsets"]) == (2, 1, 3)
+    assert (summary["wins"], summary["losses"], summary["rows"]) == (2, 1, 3)
 
 
 def test_compare_tables_one_tailed_paired_t_test_matches_the_formula():
@@ -74,8 +74,8 @@ def test_compare_tables_lists_rows_without_samples_but_tests_only_the_others():
     a, b = _table([0.5, 0.6, 0.9]), _table([0.4, 0.4, 0.1])
     a[2]["accuracy"] = None  # no test sample had that subset
     rows, summary = compare_tables(a, b, "accuracy", "x", "y")
-    assert summary["subsets"] == 2 and summary["difference"] == pytest.approx(0.15)
-    assert rows[2]["difference"] is None and rows[-1]["subset"] == "mean"
+    assert summary["rows"] == 2 and summary["difference"] == pytest.approx(0.15)
+    assert rows[2]["difference"] is None and rows[-1]["subset"] == "mean, over subsets"
 
 
 def test_compare_tables_refuses_runs_evaluated_on_different_subsets():

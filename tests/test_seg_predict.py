@@ -24,6 +24,7 @@ import torch
 
 from conftest import ROOT
 from mckd.cli import main
+from mckd.evaluation import OBSERVED
 from seg_helpers import REGIONS_BRATS, REGIONS_MSD, seg_cache, seg_folders, seg_run  # noqa: F401 (fixtures)
 
 # format -> (folder key, label values it declares, region values, output name of a case, where its labels are)
@@ -129,7 +130,7 @@ def test_evaluate_data_gives_every_subset_over_the_cases_that_have_it_and_each_c
     assert float(subsets["flair"]["dice_wt"]) == pytest.approx(np.mean(flair))
     observed = {r["pattern"]: r for r in csv.DictReader((out / "observed.csv").open())}
     assert {p: int(r["samples"]) for p, r in observed.items()} == {
-        "all": 4, "flair+t1ce": 2, "flair+t1+t1ce": 1, "flair+t1+t1ce+t2": 1}
+        OBSERVED: 4, "flair+t1ce": 2, "flair+t1+t1ce": 1, "flair+t1+t1ce+t2": 1}
     assert "| ● | ○ | ● | ○ |" in (out / "table.md").read_text()
 
 
@@ -184,7 +185,7 @@ def test_cases_with_real_missing_sequences_train_and_are_evaluated_as_observed(s
     observed = {r["pattern"]: r for r in csv.DictReader((seg_run / "eval" / "observed.csv").open())}
     patterns = {r["pattern"]: r for r in csv.DictReader((seg_run / "eval" / "patterns.csv").open())}
     assert "flair+t1ce" in patterns and "flair+t1+t1ce+t2" in patterns  # both kinds of case in the data
-    assert int(observed["all"]["samples"]) == 1
+    assert int(observed[OBSERVED]["samples"]) == 1
 
 
 def test_small_components_go_and_the_largest_stays():

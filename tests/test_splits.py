@@ -44,3 +44,14 @@ def test_split_refuses_fractions_that_do_not_sum_to_one():
 def test_split_refuses_too_few_samples_for_a_non_empty_part():
     with pytest.raises(DataError, match="val split is empty"):
         stratified_split(np.array([0, 0, 1, 1]), (0.6, 0.1, 0.3), seed=0)
+
+
+def test_the_same_classes_named_by_integers_or_by_text_get_the_same_drawn_split():
+    from mckd.data.samples import draw_split, encode_labels
+
+    numbers = np.random.default_rng(5).integers(1, 13, size=300)  # classes 1..12: 2 < 10 as numbers, "10" < "2" as text
+    by_number, _ = encode_labels(numbers.tolist(), [], "labels")
+    by_name, names = encode_labels([f"grade {n}" for n in numbers], [], "labels")
+    assert names[:3] == ["grade 1", "grade 10", "grade 11"]  # the codes differ ...
+    assert not np.array_equal(by_number, by_name)
+    assert np.array_equal(draw_split(by_number, (0.6, 0.1, 0.3), 0), draw_split(by_name, (0.6, 0.1, 0.3), 0))  # ... the split does not

@@ -3,6 +3,8 @@
     bundle = arrays_bundle({"image": images, "record": records}, labels)   # NaN rows: missing
     result = fit(bundle, {"image": image_net, "record": record_net}, head, out="runs/mine")
     result.observed   # the test split as observed, then per missingness pattern
+    predictor = result.predictor()                # or later, in another process: load("runs/mine", encoders, head)
+    predictor.predict({"image": new_images, "record": new_records})   # NaN rows: missing; class names
 
 :func:`fit` trains with the same loop, training method and evaluation as
 ``mckd train`` (the defaults of a config, overridden by ``settings``), writes
@@ -31,6 +33,7 @@ from mckd.evaluation import Evaluation
 from mckd.experiment import train_and_evaluate
 from mckd.io import claim_output
 from mckd.nets.base import NetworkParts
+from mckd.predict_table import Predictor, load  # noqa: F401  (mckd.api.load: a trained run on new samples)
 from mckd.probe import check_modules, probe_encoders, probe_model
 from mckd.rundir import RunDir
 from mckd.tasks import build_task
@@ -96,6 +99,16 @@ class FitResult:
     def observed(self) -> list[dict[str, Any]]:
         """The test split as observed, then one row per missingness pattern."""
         return self.evaluation.observed
+
+    def predictor(self) -> Predictor:
+        """The trained model for new samples (raw arrays, NaN rows missing), as :func:`load` gives it later."""
+        experiment, bundle = self.experiment, self.experiment.bundle
+        model = experiment.model.eval()
+        device = next(model.parameters()).device
+        classes = [str(c) for c in bundle.info.get("classes") or range(bundle.num_classes)]
+        shapes = {m: tuple(bundle.input_shapes[m]) for m in bundle.modalities}
+        return Predictor(model, tuple(bundle.modalities), shapes, classes, dict(bundle.scaling), self.run_dir,
+                         experiment.config, device)
 
 
 def _config(bundle: DataBundle, encoders: Any, head: nn.Module, method: str, fill: str, fusion: str,

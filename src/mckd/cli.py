@@ -210,7 +210,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from mckd.experiment import test_sentence
     from mckd.io import claim_output
-    from mckd.report import compare_tables, plot_subset_comparison, read_table, write_table
+    from mckd.report import compare_tables, plot_subset_comparison, read_table, row_key, write_table
     from mckd.runs import RunDir, primary_metric
 
     a, b = Path(args.run_a), Path(args.run_b)
@@ -233,7 +233,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
     sentence = test_sentence(summary, name_a, name_b)
     with claim_output(out, replace=True, kind="dir", what="comparison folder"):
-        write_table(rows, out / "comparison", title=f"{metric}: {name_a} vs {name_b}", notes=sentence)
+        title = f"{metric} per {row_key(rows)}: {name_a} vs {name_b}"
+        write_table(rows, out / "comparison", title=title, notes=sentence)
         plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
     print(sentence)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
@@ -264,6 +265,11 @@ def cmd_analyse(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from mckd.predict_table import is_classification_run
+
+    if args.data or is_classification_run(args.checkpoint):  # a classification run scores samples into a CSV
+        _predict_samples(args)
+        return
     from mckd.seg.predict import predict_files, predict_folder
 
     if args.force and args.resume:
@@ -305,6 +311,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
         out = predict_files(args.checkpoint, inputs, args.out, device=args.device, mask=args.mask,
                             convention=args.labels, force=args.force, options=_segment_options(args))
     print(f"written: {out}")
+
+
+def _predict_samples(args: argparse.Namespace) -> None:
+    from mckd.predict_table import predict_samples
+
+    if not args.data or not args.output or args.input or args.inputs or args.out:
+        raise MckdError(f"{args.checkpoint} is a classification model: it scores samples, mckd predict RUN --data "
+                        "CONFIG.yaml (or MODALITY=FILE ...) --output FILE.csv; segmenting cases needs a segmentation run")
+    out, count = predict_samples(args.checkpoint, args.data, args.output, device=args.device, force=args.force)
+    print(f"written: {out} ({count} samples)")
 
 
 def cmd_plot_seg(args: argparse.Namespace) -> None:
@@ -467,7 +483,9 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prepare: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``prepare=False`` leaves out ``mckd prepare``'s datasets (their modules import
+    torch), so that ``mckd --help`` and every other command's parsing answer before torch loads."""
     parser = _Parser(
         prog="mckd",
         description="Multi-modal learning that stays accurate when modalities are missing (MCKD).",
@@ -520,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels for the two runs")
-    p.add_argument("--metric", help="metric column to compare (default: the first)")
+    p.add_argument("--metric", help="metric column to compare (default: RUN_A's task.primary_metric, e.g. "
+                                    "balanced_accuracy or dice_mean; the first metric column where it has none)")
     p.add_argument("--table", choices=["subsets", "observed"], default="subsets",
                    help="subsets: every subset of modalities (default); observed: as observed, per missingness pattern")
     p.add_argument("--out", help="output folder (default: RUN_A/compare_vs_<NAME_B>)")
@@ -564,23 +583,32 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Read raw files and write a prepared dataset that training reads.")
         datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
         _add_prepare_seg_parsers(datasets)
-        for module in PREPARE_MODULES:
+        for module in PREPARE_MODULES if prepare else ():
             importlib.import_module(module).add_prepare_parser(datasets)
 
-    p = commands.add_parser("predict", help="segment a folder of cases (any format), or one case, with a trained run",
-                            description="Segment every case of --input DIR (nnU-Net v2, MSD, BraTS case folders or a "
-                                        "layout file) from the sequences it has, each output on its input's grid, "
-                                        "named as the format names predictions ({case}.nii.gz; nnU-Net: its "
-                                        "file_ending), with predict.json recording the options and cases; or one case "
-                                        "from MODALITY=FILE inputs into --out FILE. Sequences the model does not take "
-                                        "are not used, in both forms (a line says which). A prediction never replaces "
-                                        "a file an input case reads (image, label, mask), even with --force. Under "
-                                        "torchrun the cases are shared out between the processes.")
+    p = commands.add_parser("predict", help="score new samples (classification), or segment a folder of cases "
+                                            "(any format) or one case, with a trained run",
+                            description="A classification run: score the samples of --data (a config whose data "
+                                        "section names the files, or MODALITY=FILE items read like the run's own "
+                                        "sources), each from the modalities it has, into --output FILE.csv (id, "
+                                        "modalities, predicted class, one probability per class). A segmentation "
+                                        "run: segment every case of --input DIR (nnU-Net v2, MSD, BraTS case "
+                                        "folders or a layout file) from the sequences it has, each output on its "
+                                        "input's grid, named as the format names predictions ({case}.nii.gz; "
+                                        "nnU-Net: its file_ending), with predict.json recording the options and "
+                                        "cases; or one case from MODALITY=FILE inputs into --out FILE. Sequences "
+                                        "the model does not take are not used, in both forms (a line says which). A "
+                                        "prediction never replaces a file an input case reads (image, label, mask), "
+                                        "even with --force. Under torchrun the cases are shared out between the "
+                                        "processes.")
     p.add_argument("checkpoint", help="run directory or checkpoint.safetensors")
     p.add_argument("inputs", nargs="*", metavar="MODALITY=FILE",
                    help="one case: e.g. flair=BraTS_flair.nii.gz t1ce=BraTS_t1ce.nii.gz (with --out)")
     p.add_argument("--input", metavar="DIR", help="a folder of cases to segment (any format of mckd list)")
-    p.add_argument("--output", metavar="DIR", help="the folder to write the predictions and predict.json into")
+    p.add_argument("--output", metavar="DIR", help="the folder to write the predictions and predict.json into "
+                                                    "(classification: the .csv file)")
+    p.add_argument("--data", nargs="+", metavar="CONFIG_OR_FILES",
+                   help="classification: the new samples, a config file (its data section) or MODALITY=FILE items")
     p.add_argument("--format", default="auto",
                    help="the input's format: auto (default), nnunet, msd, brats2018, brats2023, or a YAML layout")
     p.add_argument("--channels", help="sequence names in channel order, for images without a dataset.json "
@@ -680,11 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from mckd.provenance import set_command
 
-        set_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
-        parser = build_parser()
+        arguments = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        set_command(arguments)
+        parser = build_parser(prepare="prepare" in arguments)
         args = parser.parse_args(argv)
-        from mckd import distributed
-        from mckd.threads import apply_threads
     except (KeyboardInterrupt, Interrupted) as stopped:
         _restore_signals(previous)
         print(f"mckd: {getattr(stopped, 'signal_name', 'SIGINT')} stopped mckd as it started; nothing was written",
@@ -694,14 +721,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         _restore_signals(previous)
         raise
     try:
-        apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
         format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
         try:
+            _check_config_first(args)  # before torch loads: a typo in a config answers at once
+            from mckd.threads import apply_threads
+
+            apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
             args.func(args)
         finally:
             warnings.formatwarning = format_warning
+        from mckd import distributed
+
         distributed.shutdown()  # under torchrun: barrier, then leave the process group
     except Stopped as stopped:
+        from mckd import distributed
+
         main_rank = distributed.is_main()
         distributed.shutdown()
         if main_rank:
@@ -729,6 +763,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _restore_signals(previous)
     return 0
+
+
+def _check_config_first(args: argparse.Namespace) -> None:
+    """The CONFIG of train, benchmark and analyse, with its --set: read and checked as far as it can be without
+    the components (and torch): the file, its YAML, the top-level keys and the fixed sections."""
+    config = getattr(args, "config", None)
+    if not config or args.command not in ("train", "benchmark", "analyse"):
+        return
+    from mckd.config import apply_overrides, check_fixed_sections, load_raw
+    from mckd.config_upgrade import upgrade_raw_config
+
+    check_fixed_sections(upgrade_raw_config(apply_overrides(load_raw(config), args.overrides)))
 
 
 def _in_main_thread() -> bool:

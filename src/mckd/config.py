@@ -515,12 +515,43 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+def check_fixed_sections(raw: Any) -> None:
+    """Check what needs no registered component, before any is imported (and so before torch loads).
+
+    The top-level keys, ``seed``, ``imports`` and the fixed sections (``train``, ``eval``, ``missing``):
+    their keys, types and ranges, with the errors :func:`config_from_dict` gives. The open sections
+    (``task``, ``data``, ``model``, ``method``) are checked by :func:`config_from_dict`, which imports
+    the components that define their options.
+    """
+    if not isinstance(raw, dict):
+        return  # build_dataclass says what a config must be
+    hints = typing.get_type_hints(Config)
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.init}
+    for key, value in raw.items():
+        if key not in fields:
+            raise unknown_key_error(str(key), list(fields), "")
+        kind = hints[key]
+        if isinstance(kind, type) and issubclass(kind, Section):
+            continue
+        if dataclasses.is_dataclass(kind):
+            build_dataclass(kind, value, key)
+        elif key == "seed":
+            build_dataclass(_SeedOnly, {"seed": value}, "")
+
+
+@dataclass
+class _SeedOnly:
+    seed: int = 0
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and check a :class:`Config` from plain data (an older layout is upgraded first)."""
-    from mckd import components
     from mckd.config_upgrade import upgrade_raw_config
 
     raw = upgrade_raw_config(raw)
+    check_fixed_sections(raw)  # before the components (and torch) are imported: a typo there answers at once
+    from mckd import components
+
     if isinstance(raw, dict) and raw.get("imports") is not None:
         # before the sections, which may name what these register; files are kept by their absolute path
         raw = {**raw, "imports": components.resolve_imports(raw["imports"], Path.cwd())}

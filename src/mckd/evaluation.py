@@ -7,7 +7,7 @@ sequence) three views matter, all computed in one pass:
   samples that have *all* of ``s``, each predicted from exactly ``s``; each
   row says how many samples it covers (``samples``). A subset no sample has
   gets a row with ``samples`` 0 and no metrics (``None``);
-- **as observed** (``pattern`` ``all``): every sample predicted from the
+- **as observed** (``pattern`` ``all, as observed``): every sample predicted from the
   modalities it has;
 - **per missingness pattern**: the same, split by which modalities a sample has.
 
@@ -33,7 +33,9 @@ from mckd.method.model import MultiModalModel
 from mckd.tasks.base import Task
 
 SUBSET_SEPARATOR = "+"
-OBSERVED = "all"  # the pattern key of the row of every sample as observed
+# The pattern key of the row of every sample as observed. Summary rows hold a comma, which no modality name can
+# (mckd.data.bundle.check_modality_names), so a modality called `all` or `mean` never meets them.
+OBSERVED = "all, as observed"
 
 Row = dict[str, Any]
 
@@ -57,7 +59,7 @@ class Evaluation:
 
     Attributes:
         subsets: one row per subset: ``subset``, ``size``, ``samples``, then each metric.
-        observed: ``pattern`` ``all`` (every sample with its own modalities), then one row per
+        observed: ``pattern`` ``all, as observed`` (every sample with its own modalities), then one row per
             missingness pattern found: ``pattern``, ``size``, ``samples``, then each metric.
     """
 

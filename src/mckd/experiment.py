@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
 import math
 from pathlib import Path
@@ -34,7 +35,10 @@ from mckd.report import (
     plot_weights,
     read_table,
     read_weight_history,
+    P_UNDEFINED_NOTE,
     defined,
+    format_p,
+    plural,
     rows_defined_in_all,
     write_table,
 )
@@ -87,7 +91,10 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
     preset = presets.get(name)
     base = preset.method if preset else name
     if base not in components.names("method"):
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+        close = difflib.get_close_matches(str(name), method_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint}; methods: {', '.join(components.names('method'))}; "
+                          f"presets: {', '.join(sorted(presets))}")
     keys = {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
     raw = upgrade_raw_config(copy.deepcopy(raw), warn=False)
     old = raw.get("method") if isinstance(raw.get("method"), dict) else {}
@@ -295,7 +302,7 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
     """The test split as observed (each sample with its own modalities), per method, paired by seed.
 
     For every method: the mean and standard deviation over seeds of the
-    ``all`` row of ``eval/observed``; for every other method, the reference's
+    ``all, as observed`` row of ``eval/observed``; for every other method, the reference's
     difference paired by seed and a one-tailed paired t-test across seeds that
     the reference is better. Written to ``out/observed.{md,csv}``; returns the
     summary's Markdown and the rows.
@@ -317,12 +324,13 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
         if name != reference and pairs:
             a, b = np.array(pairs).T
             t, p = paired_test(a, b)
-            row.update({f"{reference} - method": float((a - b).mean()), "p (paired by seed)": p})
+            row.update({f"{reference} - method": float((a - b).mean()), "p (paired by seed)": format_p(p)})
         rows.append(row)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     rows = [{key: row.get(key) for key in columns} for row in rows]
-    note = (f"Every test sample predicted from the modalities it has (the `all` row of each seed's eval/observed); "
-            f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better (– when undefined).")
+    note = (f"Every test sample predicted from the modalities it has (the `all, as observed` row of each seed's "
+            "eval/observed); "
+            f"p: one-tailed paired t-test across seeds {list(seeds)} that `{reference}` is better; {P_UNDEFINED_NOTE}")
     write_table(rows, out / "observed", title=f"{metric} as observed, mean over seeds {list(seeds)}", notes=note)
     text = "\n".join([f"## As observed ({metric})", "", note, "", markdown_table(rows), ""])
     return text, rows
@@ -348,8 +356,9 @@ def write_methods_table(
     text = "\n".join([
         f"## Methods compared ({metric}, test split, mean over seeds {list(seeds)})",
         "",
-        f"Strongest modality (best alone under `{methods[0]}`): {strongest}. p: one-tailed paired t-test "
-        f"across subsets that `{methods[0]}` is better.",
+        f"Strongest modality (best alone under `{methods[0]}`; each modality is scored on the test samples that "
+        f"have it, which differ from one modality to another when modalities are missing): {strongest}. "
+        f"p: one-tailed paired t-test across subsets that `{methods[0]}` is better; {P_UNDEFINED_NOTE}",
         "",
         markdown_table(summary),
         "",
@@ -363,21 +372,26 @@ def write_methods_table(
     return text
 
 
-def format_p(p: float | None) -> str:
-    """A p-value with two significant digits (``4.1e-06``), so a small one never prints as 0.0000."""
-    return "undefined" if p is None or math.isnan(p) else f"{p:.2g}"
-
-
 def test_sentence(summary: Row, a: str, b: str) -> str:
-    """One sentence: the means, the difference, wins and losses, and the one-tailed paired t-test."""
-    head = (f"Mean over {summary['subsets']} subsets: {a} {summary[a]:.4f}, {b} {summary[b]:.4f} "
-            f"(difference {summary['difference']:+.4f}); {a} better on {summary['wins']}, worse on "
-            f"{summary['losses']}; ")
+    """One sentence: the means, the difference, wins and losses, and the one-tailed paired t-test.
+
+    Over patterns it gives the mean weighted by samples too (each pattern counts by its test samples; the
+    unweighted mean is the one the t-test is on).
+    """
+    count, kind = summary["rows"], summary["kind"]
+    rows = f"{count} {kind if count != 1 else kind[:-1]}"
+    head = (f"Mean over {rows}{', unweighted' if 'weighted' in summary else ''}: {a} {summary[a]:.4f}, "
+            f"{b} {summary[b]:.4f} (difference {summary['difference']:+.4f})")
+    if "weighted" in summary:
+        weighted = summary["weighted"]
+        head += (f"; weighted by test samples: {a} {weighted[a]:.4f}, {b} {weighted[b]:.4f} "
+                 f"(difference {weighted['difference']:+.4f})")
+    head += f"; {a} better on {summary['wins']}, worse on {summary['losses']}; "
     if summary["t"] is None or math.isnan(summary["t"]):
-        why = ("the two are equal on every subset" if summary["wins"] == summary["losses"] == 0
-               else "the differences do not vary, or too few subsets")
+        why = (f"the two are equal on every {kind[:-1]}" if summary["wins"] == summary["losses"] == 0
+               else f"the differences do not vary, or too few {kind}")
         return head + f"no t-test ({why})."
-    return head + (f"one-tailed paired t-test across subsets ({a} > {b}): t = {summary['t']:.2f}, "
+    return head + (f"one-tailed paired t-test across {kind} ({a} > {b}): t = {summary['t']:.2f}, "
                    f"p = {format_p(summary['p_one_tailed'])}.")
 
 
@@ -401,6 +415,7 @@ def write_summary(
     tables = rows_defined_in_all(tables, metric)  # subsets no test sample has are not summarised
     ranked = sorted(weights, key=weights.get, reverse=True)
     singles = sorted((r for r in tables[reference] if int(r["size"]) == 1), key=lambda r: r[metric], reverse=True)
+    different = len({r.get("samples") for r in singles}) > 1  # modalities missing for different samples
 
     def spread(name: str) -> Any:
         values = (seed_spreads or {}).get(name) or []
@@ -419,7 +434,9 @@ def write_summary(
         else f"`{reference}` learns no importance weights.",
         "",
         f"Single-modality {metric} of `{reference}`, highest first: "
-        + ", ".join(f"{r['subset']} {r[metric]:.3f}" for r in singles) + ".",
+        + ", ".join(f"{r['subset']} {r[metric]:.3f}" + (f" (n={r['samples']})" if different else "") for r in singles)
+        + (". Each is scored on the test samples that have that modality, which differ from one modality to "
+           "another here, so the ranking compares different samples as well as modalities." if different else "."),
         "",
         "## Mean over subsets",
         "",
@@ -448,7 +465,7 @@ def write_summary(
         if lacking:
             gain = float(np.mean([r[metric] - others[r["subset"]][metric] for r in lacking]))
             lines += [
-                f"Over the {len(lacking)} subsets that lack both of the two highest-weighted modalities "
+                f"Over the {plural(len(lacking), 'subset')} that lack both of the two highest-weighted modalities "
                 f"({', '.join(ranked[:2])}), the mean difference is {gain:+.4f}.",
                 "",
             ]

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from mckd import distributed
 from mckd.errors import MckdError, OutputInUse
 
 # Errors of the machine, not of the program: a full disk, a read-only or over-quota file system, no permission.
@@ -101,6 +100,8 @@ def atomic_write(path: str | Path, write: Callable[[str], object], suffix: str =
 
     On other ranks than 0 under torchrun this does nothing, unless ``every_rank``.
     """
+    from mckd import distributed  # here, not at the top: reading a config needs no torch (the CLI answers at once)
+
     if not (every_rank or distributed.is_main()):
         return
     path = Path(path)
@@ -581,6 +582,8 @@ def claim_output(path: str | Path, replace: bool = False, kind: str = "file", wh
 
     Reentrant within one process; a no-op on other ranks than 0 under torchrun.
     """
+    from mckd import distributed
+
     path = check_path(path, what)
     if not distributed.is_main():
         yield path

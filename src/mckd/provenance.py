@@ -56,12 +56,17 @@ def _version_of(name: str) -> str | None:
 
 
 def version_line() -> str:
-    """``mckd 0.1.0 (git abc1234), Python 3.11.9, torch 2.13.0``."""
-    import torch
-
+    """``mckd 0.1.0 (git abc1234), Python 3.11.9, torch 2.13.0`` (torch's version read without importing it)."""
     commit = git_commit()
     where = f" (git {commit[:12]}{'+dirty' if commit.endswith('+dirty') else ''})" if commit else ""
-    return f"mckd {mckd_version()}{where}, Python {platform.python_version()}, torch {torch.__version__}"
+    return f"mckd {mckd_version()}{where}, Python {platform.python_version()}, torch {_installed('torch')}"
+
+
+def _installed(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 _COMMAND: list[str] = []  # set by the CLI: the arguments of the mckd command being run

@@ -19,6 +19,18 @@ Row = dict[str, Any]
 
 
 KEYS = ("subset", "pattern")  # the columns that name a row of an evaluation table
+PLURAL = {"subset": "subsets", "pattern": "patterns"}
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 subset``, ``3 subsets``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def is_summary(name: Any) -> bool:
+    """Whether a row name is a summary row's (``all, as observed``, ``mean, over subsets``): it holds a comma,
+    which no modality, and so no subset or pattern, can hold."""
+    return "," in str(name)
 UNDEFINED = "–"  # a metric that is undefined for a row (no sample, one class): never NaN
 
 
@@ -39,7 +51,8 @@ def row_key(rows: Sequence[Row]) -> str:
 
 
 def _size(value: Any) -> int | str:
-    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all``, ``mean``)."""
+    """A row's ``size`` (modalities in its subset), or "" for a row of no one subset (``all, as observed``,
+    ``mean, over subsets``)."""
     return int(value) if defined(value) else ""
 
 
@@ -48,13 +61,31 @@ def defined(value: Any) -> bool:
     return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 
 
+# A row over fewer test samples than this is marked: one sample more or less moves its metrics by 1/n or more.
+FEW_SAMPLES = 10
+FEW_NOTE = (f"`(few)`: fewer than {FEW_SAMPLES} test samples, so one sample moves the row's metrics by a tenth or "
+            "more (a 1.0000 there may be a handful of samples); read it as an indication, not a result.")
+
+
+def is_few(row: Row) -> bool:
+    """Whether ``row`` is over fewer than :data:`FEW_SAMPLES` test samples (but some)."""
+    samples = row.get("samples")
+    return defined(samples) and 0 < int(samples) < FEW_SAMPLES
+
+
 def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
-    """A GitHub Markdown table of ``rows`` (floats with 4 decimals)."""
+    """A GitHub Markdown table of ``rows`` (floats with 4 decimals); a ``samples`` cell under
+    :data:`FEW_SAMPLES` is marked ``(few)``."""
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
+
+    def cell(row: Row, column: str) -> str:
+        text = _format(row.get(column, ""))
+        return f"{text} (few)" if column == "samples" and is_few(row) else text
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +99,7 @@ def write_table(rows: Sequence[Row], stem: str | Path, title: str = "", notes: s
         writer.writerows(rows)
     atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
     heading = f"# {title}\n\n" if title else ""
+    notes = " ".join(part for part in (notes, FEW_NOTE if any(is_few(r) for r in rows) else "") if part)
     atomic_write_text(stem.with_suffix(".md"), heading + markdown_table(rows) + (f"\n{notes}\n" if notes else ""))
 
 
@@ -234,17 +266,21 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
     Rows are subsets (or missingness patterns) of the same evaluation; the
     test (as the paper's Table 1) asks whether ``a`` beats ``b``: the
     alternative is mean(a - b) > 0 over the rows. Rows where either value is
-    undefined (no sample has the subset) are listed but not compared.
+    undefined (no sample has the subset) are listed but not compared, and so
+    are summary rows (:func:`is_summary`: the ``all, as observed`` row of a
+    pattern table), which are not one more subset or pattern.
 
     Returns:
-        (rows, summary): rows with both values and the difference, then a
-        ``mean`` row; summary with the means, t statistic and p-value (None
-        when the test is undefined) and how many rows were compared.
+        (rows, summary): rows with both values and the difference, then the mean rows: ``mean, over
+        subsets``; for patterns ``mean, weighted by samples`` (each pattern counts by its test samples)
+        and ``mean, unweighted`` (the one the t-test is on). ``summary`` holds the unweighted means, t
+        statistic and p-value (None when the test is undefined), how many rows were compared (``rows``,
+        of kind ``kind``: subsets or patterns), wins and losses, and for patterns the weighted means.
     """
     key = row_key(a)
     by_name = {row.get(key): row for row in b}
     if set(by_name) != {row[key] for row in a}:
-        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different {key}s")
+        raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: they were evaluated on different {PLURAL[key]}")
     rows: list[Row] = []
     for row in a:
         other = by_name[row[key]]
@@ -261,7 +297,7 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
             entry[f"{name_a}_std"] = row[f"{metric}_std"]
             entry[f"{name_b}_std"] = other[f"{metric}_std"]
         rows.append(entry)
-    compared = [r for r in rows if r["difference"] is not None]
+    compared = [r for r in rows if r["difference"] is not None and not is_summary(r[key])]
     if not compared:
         raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: no {key} has {metric} in both")
     values_a = np.array([r[name_a] for r in compared])
@@ -274,12 +310,25 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
         "difference": float((values_a - values_b).mean()),
         "t": t_stat,
         "p_one_tailed": p_value,
-        "subsets": len(compared),
+        "rows": len(compared),
+        "kind": PLURAL[key],
         "wins": int((values_a > values_b).sum()),
         "losses": int((values_a < values_b).sum()),
     }
-    rows.append({key: "mean", "size": "", name_a: summary[name_a], name_b: summary[name_b],
-                 "difference": summary["difference"]})
+    means = [("mean, over subsets", None)] if key == "subset" else [("mean, unweighted", None)]
+    if key == "pattern" and all("samples" in r for r in compared):
+        weights = np.array([float(r["samples"]) for r in compared])
+        weighted = {name: float(np.average(values, weights=weights))
+                    for name, values in ((name_a, values_a), (name_b, values_b))}
+        summary["weighted"] = {**weighted, "difference": weighted[name_a] - weighted[name_b]}
+        means.insert(0, ("mean, weighted by samples", weights))
+    for label, weights in means:
+        entry = {key: label, "size": ""}
+        if "samples" in compared[0]:  # patterns are disjoint, so their samples add up; subsets overlap
+            entry["samples"] = int(sum(r["samples"] for r in compared)) if key == "pattern" else ""
+        mean_a = float(np.average(values_a, weights=weights))
+        mean_b = float(np.average(values_b, weights=weights))
+        rows.append({**entry, name_a: mean_a, name_b: mean_b, "difference": mean_a - mean_b})
     return rows, summary
 
 
@@ -336,7 +385,10 @@ def plot_weights(metrics_paths: Sequence[str | Path], out: str | Path, title: st
 
 def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric: str, out: str | Path,
                            difference_std: Mapping[str, float] | None = None, seeds: int | None = None) -> None:
-    """Two panels sharing one row per subset, sorted by the difference (the ``mean`` row is left out).
+    """Two panels sharing one row per subset (or pattern), sorted by the difference (summary rows left out).
+
+    The counts and the mean in the title come from the rows drawn, which are those
+    :func:`compare_tables` tests.
 
     Left: each run's ``metric`` per subset (points; bars: the standard deviation
     over seeds when the rows carry one). Right: the difference ``a - b`` per
@@ -346,11 +398,11 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
     """
     plt = _pyplot()
     key = row_key(rows)
-    rows = sorted((r for r in rows if r[key] != "mean" and r.get("difference") is not None),  # compared rows only
+    rows = sorted((r for r in rows if not is_summary(r[key]) and r.get("difference") is not None),  # compared only
                   key=lambda r: float(r["difference"]))
     n = len(rows)
     y = np.arange(n)
-    labels = [str(r[key]) for r in rows]
+    labels = [f"{r[key]} (n={r['samples']}, few)" if is_few(r) else str(r[key]) for r in rows]
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(11, max(3.0, 0.2 * n + 1.6)),
                                       gridspec_kw={"width_ratios": [1, 1]})
     for offset, name, colour in ((-0.15, name_a, "tab:blue"), (0.15, name_b, "tab:orange")):
@@ -359,7 +411,8 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
         left.errorbar(values, y + offset, xerr=errors if any(errors) else None, fmt="o", markersize=3.5,
                       capsize=2, elinewidth=0.8, color=colour, label=name)
     left.set_xlabel(metric + (f", mean over {seeds} seeds\n(bars: std over seeds)" if seeds and seeds > 1 else ""))
-    left.set_ylabel("subset of modalities present")
+    thin = f"\n(few: under {FEW_SAMPLES} test samples)" if any(is_few(r) for r in rows) else ""
+    left.set_ylabel(("subset of modalities present" if key == "subset" else "missingness pattern") + thin)
     left.set_yticks(y)
     left.set_yticklabels(labels, fontsize=8 if n <= 40 else 7)
     left.set_ylim(-0.7, n - 0.3)
@@ -375,10 +428,12 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
                      + ("\n(whiskers: std over seeds of the seed-by-seed difference)" if any(spread) else ""))
     right.grid(axis="x", alpha=0.3)
     mean = float(differences.mean()) if n else 0.0
-    right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"mean {mean:+.4f}")
+    label = "mean" if key == "subset" else "mean, unweighted"
+    right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"{label} {mean:+.4f}")
     right.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{metric} per subset: {name_a} vs {name_b} ({int((differences > 0).sum())} better, "
-                 f"{int((differences < 0).sum())} worse), sorted by the difference", fontsize=10)
+    fig.suptitle(f"{metric} per {key}: {name_a} vs {name_b} over {n} {PLURAL[key] if n != 1 else key} "
+                 f"({int((differences > 0).sum())} better, {int((differences < 0).sum())} worse, {label} "
+                 f"{mean:+.4f}), sorted by the difference", fontsize=10)
     fig.tight_layout()
     _save_figure(fig, out)
 
@@ -390,9 +445,13 @@ def _save_figure(fig: Any, out: str | Path) -> None:
     plt.close(fig)
 
 
-def _p_value(p: float | None) -> str:
-    """A p-value for a table: two significant digits (``4.1e-06``), so small ones do not print as 0.0000."""
+def format_p(p: float | None) -> str:
+    """A p-value, in tables and sentences alike: two significant digits (``4.1e-06``), so a small one never prints
+    as 0.0000; ``–`` where no t-test is defined (fewer than two pairs, or the same difference on every pair)."""
     return UNDEFINED if p is None or math.isnan(p) else f"{p:.2g}"
+
+
+P_UNDEFINED_NOTE = "p `–`: no t-test (fewer than two pairs, or the same difference on every pair, e.g. none)."
 
 
 def rows_defined_in_all(tables: dict[str, Sequence[Row]], metric: str) -> dict[str, list[Row]]:
@@ -443,8 +502,8 @@ def method_comparison(
                                              [r for r in rows if r["subset"] in without], metric, reference, name)
             entry.update({
                 f"{reference} - method": test_all["difference"],
-                "p (all)": _p_value(test_all["p_one_tailed"]),
-                f"p (without {strongest})": _p_value(test_without["p_one_tailed"]),
+                "p (all)": format_p(test_all["p_one_tailed"]),
+                f"p (without {strongest})": format_p(test_without["p_one_tailed"]),
                 f"{reference} better / worse": f"{test_all['wins']} / {test_all['losses']}",
             })
         summary.append(entry)
@@ -457,7 +516,7 @@ def method_comparison(
             by_subset = {r["subset"]: r for r in rows}
             entry[name] = float(by_subset[row["subset"]][metric])
         per_subset.append(entry)
-    for label, keep in (("mean (all)", None), (f"mean (without {strongest})", without)):
+    for label, keep in (("mean, all subsets", None), (f"mean, without {strongest}", without)):
         entry = {"subset": label, "size": ""}
         for name in tables:
             entry[name] = float(np.mean([r[name] for r in per_subset[: len(tables[reference])]

@@ -4,6 +4,8 @@ A run directory (``mckd train --out RUN``) holds::
 
     RUN/config.yaml              the resolved config, every default written down
     RUN/data.json                the dataset's modalities, classes, splits and facts
+    RUN/scaling.safetensors      per modality, the offset and scale of its inputs fitted on the training
+                                 split (what mckd predict --data and mckd.api.load apply to new samples)
     RUN/metrics.jsonl            one JSON record per line (losses, weights, teachers)
     RUN/checkpoint.safetensors   tensors only: the model, the method's and the loop's state
     RUN/checkpoint_best.safetensors  the model best on validation (train.save_best), model only
@@ -48,6 +50,10 @@ class RunDir:
     @property
     def data(self) -> Path:
         return self.path / "data.json"
+
+    @property
+    def scaling(self) -> Path:
+        return self.path / "scaling.safetensors"
 
     @property
     def metrics(self) -> Path:

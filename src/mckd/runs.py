@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mckd import distributed
-from mckd.build import Experiment, build_experiment, build_method, build_model
+from mckd.build import Experiment, assemble_model, build_experiment, build_method, build_model
 from mckd.checkpoint import load_checkpoint, load_state_into
 from mckd.data.recorded_split import recorded_split
 from mckd.config import Config, config_from_dict
@@ -109,8 +109,12 @@ def _stored_shapes(config: Config, metadata: dict[str, Any]) -> tuple[tuple[str,
     return modalities, {m: [1, *options.crop] for m in modalities}, facts
 
 
-def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
-    """The trained model of a run directory or ``.safetensors`` file, built without reading any dataset."""
+def load_model(checkpoint: str | Path, device: torch.device, parts: Any = None) -> LoadedModel:
+    """The trained model of a run directory or ``.safetensors`` file, built without reading any dataset.
+
+    ``parts``: the run's encoders and head (:class:`mckd.nets.base.NetworkParts`) where the config cannot
+    build them (a run of :func:`mckd.api.fit`); the checkpoint's tensors are loaded into them.
+    """
     path = Path(checkpoint)
     if path.is_dir():
         path = RunDir(path).checkpoint
@@ -120,7 +124,10 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     modalities, input_shapes, facts = _stored_shapes(config, metadata)
     task = build_task(config.task, facts)
     method = build_method(config, modalities)
-    model = build_model(config, modalities, input_shapes, task.num_outputs, method)
+    if parts is None:
+        model = build_model(config, modalities, input_shapes, task.num_outputs, method)
+    else:
+        model = assemble_model(config, parts, modalities, input_shapes, task.num_outputs, method)
     load_state_into(model, tensors, "model.", str(path))
     model.to(device).eval()
     return LoadedModel(model, config, task, path, dict(facts))
@@ -156,14 +163,15 @@ def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.devic
         write_table(result.observed, run.observed, title=f"{run.path.name}: {split} split as observed",
                     notes=OBSERVED_NOTE)
         write_table(patterns, run.patterns, title=f"{run.path.name}: samples per pattern of present modalities",
-                    notes="train: as training saw it (after missing.policy rates); val is the meta-validation split.")
+                    notes="train: each sample's modalities as the data give them (missing.policy drops more at random "
+                          "during training, not counted here); val is the meta-validation split.")
         write_task_tables(experiment.task, result.subsets, run.table1, experiment.model.modalities)
     return result
 
 
 SUBSETS_NOTE = ("Each row: the test samples that have every modality of the subset (`samples`), each predicted "
                 "from exactly that subset. `–`: no sample has the subset, so its metrics are undefined.")
-OBSERVED_NOTE = ("`all`: every test sample predicted from the modalities it has; then one row per pattern of "
+OBSERVED_NOTE = ("`all, as observed`: every test sample predicted from the modalities it has; then one row per pattern of "
                  "present modalities. `–`: undefined for those samples (AUROC with one class).")
 
 

@@ -241,14 +241,18 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
     split = use_recorded_split(rows, labels, arrays["split"].astype(np.int64))
     train = (split == 0) | ((split == 1) & options.train_on_val)
     pixels = arrays["image"].astype(np.float32) / 255.0
+    scaling = {"image": (np.zeros((1, 1, 1), np.float32), np.full((1, 1, 1), 255.0, np.float32))}
     if options.image_range == "symmetric":
         pixels = pixels * 2.0 - 1.0
+        scaling["image"] = (np.full((1, 1, 1), 127.5, np.float32), np.full((1, 1, 1), 127.5, np.float32))
     image = torch.from_numpy(pixels).unsqueeze(1)  # (S, 1, 28, 28)
     audio = arrays["audio"]
     if options.standardise_audio:
         mean = audio[train].mean(axis=(0, 2), keepdims=True)  # (1, 20, 1): per coefficient
         std = audio[train].std(axis=(0, 2), keepdims=True)
-        audio = (audio - mean) / np.where(std > 1e-6, std, 1.0)
+        std = np.where(std > 1e-6, std, 1.0)
+        audio = (audio - mean) / std
+        scaling["audio"] = (mean.astype(np.float32), std.astype(np.float32))  # (1, 20, 1): one sample is [1, 20, 20]
     inputs = {"image": image, "audio": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(1)}
     label = torch.from_numpy(arrays["label"])
 
@@ -267,6 +271,7 @@ def build_avmnist(options: AVMNISTOptions, seed: int) -> DataBundle:
         info={"source": str(options.path), "recipe": metadata["recipe"], "prepare_seed": metadata["seed"],
               "speakers": metadata["speakers"], "sizes": {n: int((split == c).sum()) for c, n in enumerate(SPLITS)},
               "val_in_train": options.train_on_val, **split_record(rows, labels, split)},
+        scaling={m: scaling[m] for m in options.modalities if m in scaling},
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -73,6 +74,10 @@ class DataBundle:
         info: anything worth recording in the run directory (split sizes, sources).
         facts: what the task needs to know about the data (:data:`mckd.tasks.base.Facts`:
             segmentation's ``roi``, ``spacing``, ``downsample``); ``num_classes`` is added to it.
+        scaling: per modality ``(offset, scale)``, each broadcastable to one sample's shape: the model's input
+            is ``(raw - offset) / scale`` (a standardisation fitted on the training split, a pixel range); a
+            modality not named is given as read. Saved with the run so new samples are scaled the same way
+            (:mod:`mckd.predict_table`).
     """
 
     modalities: tuple[str, ...]
@@ -83,6 +88,7 @@ class DataBundle:
     input_shapes: dict[str, tuple[int, ...]]
     info: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    scaling: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_modality_names(self.modalities, "the data's modalities")

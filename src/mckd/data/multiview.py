@@ -101,10 +101,13 @@ def build_multiview_digits(options: MultiviewDigitsOptions, seed: int) -> DataBu
     rows = [str(r) for r in range(len(labels))]  # a sample's id: its row in the CSV files
     codes = use_recorded_split(rows, [str(v) for v in labels], split_codes(len(labels), drawn))
     train, val, test = (np.flatnonzero(codes == code) for code in range(3))
+    scaling = {}
     for view, features in views.items():
         mean = features[train].mean(axis=0)
         std = features[train].std(axis=0)
-        views[view] = (features - mean) / np.where(std > 1e-8, std, 1.0)  # constant columns stay 0
+        std = np.where(std > 1e-8, std, 1.0)  # constant columns stay 0
+        views[view] = (features - mean) / std
+        scaling[view] = (mean.astype(np.float32), std.astype(np.float32))
 
     def subset(index: np.ndarray) -> MultiModalTensorDataset:
         inputs = [torch.from_numpy(np.ascontiguousarray(views[v][index])) for v in options.views]
@@ -119,4 +122,5 @@ def build_multiview_digits(options: MultiviewDigitsOptions, seed: int) -> DataBu
         input_shapes={v: (VIEWS[v],) for v in options.views},
         info={"source": str(csv_dir), "sizes": {"train": len(train), "val": len(val), "test": len(test)},
               **split_record(rows, [str(v) for v in labels], codes)},
+        scaling=scaling,
     )

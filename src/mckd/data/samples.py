@@ -113,8 +113,11 @@ def _duplicates(ids: Sequence[str]) -> list[str]:
     return sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
 
 
-def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str],
+          every_modality_used: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
     """Every modality in the order of ``sample_ids``, and which samples have which modality.
+
+    ``every_modality_used=False`` (new samples to predict): a modality no sample has is allowed.
 
     Returns:
         (arrays, present): per modality ``[S, *shape]`` float32 (zeros where
@@ -154,7 +157,7 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tupl
             bad = [ids[r] for r in np.flatnonzero(half)]
             raise DataError(f"{modality.source} ({modality.name}): present rows hold NaN or infinite values, sample "
                             f"ids {_few(bad)}; a row is missing only when all of it is NaN (or its presence flag is 0)")
-        if not has.any():
+        if not has.any() and every_modality_used:
             raise DataError(f"{modality.source} ({modality.name}): no sample has this modality (every row is "
                             "absent, all-NaN or flagged missing); leave it out of data.modalities")
         out = np.zeros((len(sample_ids), *values.shape[1:]), dtype=np.float32)
@@ -166,7 +169,7 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str]) -> tupl
     if empty.any():
         names = [sample_ids[r] for r in np.flatnonzero(empty)]
         raise DataError(f"samples {_few(names)} have none of the modalities {[m.name for m in modalities]}; "
-                        "a sample needs at least one: remove them from the labels")
+                        "a sample needs at least one: remove them from the labels (or from the samples to predict)")
     return arrays, present
 
 
@@ -209,9 +212,15 @@ def draw_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> np.
     return split_codes(len(labels), stratified_split(labels, tuple(fractions), seed))  # type: ignore[arg-type]
 
 
-def standardise(arrays: list[np.ndarray], present: np.ndarray, train: np.ndarray) -> list[np.ndarray]:
-    """Z-score each modality on the training split's samples that have it: per feature for vectors, per channel else."""
-    out = []
+def standardise(arrays: list[np.ndarray], present: np.ndarray,
+                train: np.ndarray) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """Z-score each modality on the training split's samples that have it: per feature for vectors, per channel else.
+
+    Returns:
+        (arrays, scaling): the scaled arrays, and per modality ``(mean, std)`` shaped to broadcast over one
+        sample (``[F]`` for vectors, ``[C, 1, ...]`` else), a constant feature's std given as 1.
+    """
+    out, scaling = [], []
     for n, values in enumerate(arrays):
         rows = train & present[:, n]
         reference = values[rows] if rows.any() else values[present[:, n]]
@@ -219,10 +228,12 @@ def standardise(arrays: list[np.ndarray], present: np.ndarray, train: np.ndarray
         shape = (1, -1) + (1,) * (values.ndim - 2)
         mean = reference.mean(axis=axes).reshape(shape)
         std = reference.std(axis=axes).reshape(shape)
-        scaled = (values - mean) / np.where(std > 1e-8, std, 1.0)  # a constant feature stays 0
+        std = np.where(std > 1e-8, std, 1.0)  # a constant feature stays 0
+        scaled = (values - mean) / std
         scaled[~present[:, n]] = 0.0  # missing entries stay zeros
         out.append(scaled.astype(np.float32))
-    return out
+        scaling.append((mean[0].astype(np.float32), std[0].astype(np.float32)))
+    return out, scaling
 
 
 def make_bundle(
@@ -252,9 +263,11 @@ def make_bundle(
     for code, name in enumerate(SPLITS):
         if not (split == code).any():
             raise DataError(f"the {name} split has no samples; give some (data.split, or the split column)")
-    if standardise_inputs:
-        arrays = standardise(arrays, present, split == 0)
     names = [m.name for m in modalities]
+    scaling: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if standardise_inputs:
+        arrays, fitted = standardise(arrays, present, split == 0)
+        scaling = dict(zip(names, fitted))
     target = torch.from_numpy(labels)
     tensors = [torch.from_numpy(a) for a in arrays]
     mask = torch.from_numpy(present)
@@ -271,4 +284,5 @@ def make_bundle(
         info={**dict(info or {}), "classes": list(classes),
               "sizes": {name: int((split == code).sum()) for code, name in enumerate(SPLITS)},
               **split_record(sample_ids, label_names, split)},
+        scaling=scaling,
     )

@@ -20,12 +20,17 @@ def stratified_split(
     Returns:
         Three sorted index arrays; within each class the counts follow
         ``fractions`` (rounded), so every split keeps the class balance.
+
+    Classes are drawn in the order they first appear among the samples, not in the
+    order of their codes: the same samples with the same classes get the same split
+    whatever the classes are called (integers sort 2 < 10, their names "10" < "2").
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise DataError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[], [], []]
-    for label in np.unique(labels):
+    distinct, first = np.unique(labels, return_index=True)
+    for label in distinct[np.argsort(first)]:  # by first appearance
         members = np.flatnonzero(labels == label)
         rng.shuffle(members)
         n_train = int(round(fractions[0] * len(members)))

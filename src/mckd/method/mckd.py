@@ -132,7 +132,9 @@ class MCKD(TrainingMethod):
     def meta_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
-    def importance(self) -> torch.Tensor:
+    def importance(self) -> torch.Tensor | None:
+        if not self.options.meta and self.options.alpha == 0:
+            return None  # the baseline preset: its weights stay at their random start and weigh nothing, so none are logged
         return self.weights()
 
     def state_dict(self) -> dict[str, Any]:

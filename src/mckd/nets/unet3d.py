@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetResBlock, UnetUpBlock
 from torch import nn
 
 from mckd.errors import ConfigError
@@ -37,6 +36,9 @@ class SharedEncoder3D(nn.Module):
 
     def __init__(self, widths: list[int], residual: bool = False) -> None:
         super().__init__()
+        # MONAI is imported when a U-Net is built, not when the registry is filled (mckd list answers sooner)
+        from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
+
         block = UnetResBlock if residual else UnetBasicBlock
         self.levels = nn.ModuleList()
         channels = 1
@@ -57,6 +59,8 @@ class FusedUNetDecoder3D(nn.Module):
 
     def __init__(self, widths: list[int], fused: list[int], out_channels: int) -> None:
         super().__init__()
+        from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetUpBlock
+
         self.project = nn.ModuleList(
             UnetBasicBlock(3, f, w, kernel_size=1, stride=1, norm_name=NORM) for f, w in zip(fused, widths)
         )

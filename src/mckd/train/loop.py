@@ -348,6 +348,9 @@ def _prepare_run_dir(run: RunDir, config: Config, experiment: Experiment) -> Non
     bundle = experiment.bundle
     atomic_write_text(run.data, json.dumps({"modalities": list(bundle.modalities), "num_classes": bundle.num_classes,
                                             **bundle.info, "facts": bundle.facts}, indent=2))
+    from mckd.data.scaling import write_scaling
+
+    write_scaling(run.scaling, bundle.scaling)  # new samples are scaled as the training split was
 
 
 def _set_determinism(settings: TrainConfig, device: torch.device) -> None:
