@@ -75,6 +75,22 @@ def describe_method(name: str) -> str:
     return presets[name].description if name in presets else components.lookup("method", name).description
 
 
+def base_method(name: str) -> str:
+    """The registered training method that method or preset ``name`` trains.
+
+    An unknown name is a :class:`ConfigError` suggesting the closest method or
+    preset and listing the two apart (a preset is a method with fixed settings).
+    """
+    presets = components.presets()
+    base = presets[name].method if name in presets else name
+    if base not in components.names("method"):
+        close = difflib.get_close_matches(str(name), method_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint}; methods: {', '.join(components.names('method'))}; "
+                          f"presets: {', '.join(sorted(presets))}")
+    return base
+
+
 def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A raw config that trains method (or preset) ``name`` on what ``raw`` describes.
 
@@ -87,14 +103,8 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
     """
     if isinstance(raw.get("imports"), list):
         components.import_modules(raw["imports"])  # the config's own methods are names too
-    presets = components.presets()
-    preset = presets.get(name)
-    base = preset.method if preset else name
-    if base not in components.names("method"):
-        close = difflib.get_close_matches(str(name), method_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown method {name!r}{hint}; methods: {', '.join(components.names('method'))}; "
-                          f"presets: {', '.join(sorted(presets))}")
+    preset = components.presets().get(name)
+    base = base_method(name)
     keys = {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
     raw = upgrade_raw_config(copy.deepcopy(raw), warn=False)
     old = raw.get("method") if isinstance(raw.get("method"), dict) else {}
@@ -115,11 +125,9 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
 
 def check_overrides_fit_some_method(methods: Sequence[str], overrides: Sequence[str]) -> None:
     """A ``method.KEY`` override that none of ``methods`` has is a :class:`ConfigError` (a typo, most likely)."""
-    presets = components.presets()
     keys: set[str] = set()
     for name in methods:
-        base = presets[name].method if name in presets else name
-        keys |= {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
+        keys |= {f.name for f in dataclasses.fields(components.lookup("method", base_method(name)).options)}
     for item in overrides:
         key, _ = split_override(item)
         parts = key.split(".")
