@@ -132,6 +132,19 @@ def test_a_config_error_names_the_key_and_exits_with_status_2(tiny_config, tmp_p
     assert "method.alpha must be >= 0" in capsys.readouterr().err
 
 
+def test_an_unknown_benchmark_method_lists_methods_and_presets_apart_and_suggests_one(tiny_config, tmp_path, capsys):
+    from mckd import components
+
+    preset = sorted(components.presets())[0]
+    assert main(["benchmark", str(tiny_config), "--methods", "mckd", preset[:-1], "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    methods, presets = err.strip().split("; methods: ")[1].split("; presets: ")
+    assert f"did you mean {preset!r}" in err
+    assert methods.split(", ") == list(components.names("method"))
+    assert presets.split(", ") == sorted(components.presets())
+    assert not (tmp_path / "b").exists()
+
+
 def test_evaluating_or_comparing_what_is_not_a_run_is_an_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nothing"), "--device", "cpu"]) == 2
     assert "does not exist" in capsys.readouterr().err

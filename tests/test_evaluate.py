@@ -78,6 +78,22 @@ def test_with_real_missingness_a_subset_row_covers_only_the_samples_that_have_al
     assert rows["signal"]["accuracy"] == 1.0 and rows["signal+noise"]["accuracy"] == 1.0
 
 
+def test_single_modalities_are_also_scored_on_the_same_samples_those_with_every_modality():
+    model, dataset, _ = _signal_and_noise_model()
+    present = torch.ones(50, 2, dtype=torch.bool)
+    present[:10, 0] = False  # the signal row would cover 40 samples, the noise row 45: not the same ones
+    present[10:15, 1] = False
+    result = evaluate(model, ClassificationTask(2), dataset.with_present(present), 16, torch.device("cpu"))
+    rows = {r["subset"]: r for r in result.singles_on_complete}
+    complete = present.all(dim=1)
+    noise, target = dataset.inputs[1].squeeze(1), dataset.target
+    noise_right = ((noise > 0) == (target == 0))[complete]
+    assert {name: (r["size"], r["samples"]) for name, r in rows.items()} == {
+        "signal": (1, int(complete.sum())), "noise": (1, int(complete.sum()))}
+    assert rows["noise"]["accuracy"] == pytest.approx(noise_right.float().mean().item())
+    assert rows["signal"]["accuracy"] == 1.0
+
+
 def test_the_observed_rows_predict_each_sample_from_its_own_modalities_overall_and_per_pattern():
     model, dataset, _ = _signal_and_noise_model()
     present = torch.ones(50, 2, dtype=torch.bool)

@@ -102,3 +102,26 @@ def test_a_single_modality_ranking_over_different_samples_says_so(tmp_path):
     _, summary = compare_tables(tables["mckd"], tables["baseline"], "accuracy", "mckd", "baseline")
     text = write_summary(tmp_path, "c.yaml", ["mckd", "baseline"], [0], tables, {"baseline": summary}, {}, "accuracy")
     assert "a 0.900 (n=40), b 0.700 (n=25)" in text and "compares different samples" in text
+
+
+def test_single_modalities_are_ranked_on_the_samples_that_have_every_modality_when_there_are_some(tmp_path):
+    from mckd.experiment import write_summary
+    from mckd.report import method_comparison, write_table
+    from mckd.rundir import RunDir
+
+    def table(values):
+        samples = {"a": 40, "b": 25, "a+b": 10}
+        return [{"subset": k, "size": k.count("+") + 1, "samples": samples[k], "accuracy": v} for k, v in values.items()]
+
+    tables = {"mckd": table({"a": 0.9, "b": 0.7, "a+b": 0.95}), "baseline": table({"a": 0.85, "b": 0.72, "a+b": 0.9})}
+    # on the 10 samples with both, b alone does better than a alone: the other order from the rows above
+    common = [{"subset": "a", "size": 1, "samples": 10, "accuracy": 0.6},
+              {"subset": "b", "size": 1, "samples": 10, "accuracy": 0.8}]
+    write_table(common, RunDir(tmp_path / "mckd").aggregate_singles)
+    ranked = sorted(common, key=lambda r: -r["accuracy"])
+    _, summary = compare_tables(tables["mckd"], tables["baseline"], "accuracy", "mckd", "baseline")
+    text = write_summary(tmp_path, "c.yaml", ["mckd", "baseline"], [0], tables, {"baseline": summary}, {}, "accuracy")
+    listed = ", ".join(f"{r['subset']} {r['accuracy']:.3f}" for r in ranked)
+    assert f"{listed}, each scored on the same {tables['mckd'][-1]['samples']} test samples" in text
+    assert "different samples" not in text
+    assert method_comparison(tables, "accuracy", "mckd", common=common)[2] == ranked[0]["subset"]

@@ -1,7 +1,7 @@
 """Evaluation over subsets of modalities and as the data are observed (pure: a model, a task, a dataset in; rows out).
 
 For data that truly lack modalities (clinical records, cases without a
-sequence) three views matter, all computed in one pass:
+sequence) four views matter, all computed in one pass:
 
 - **every subset** ``s`` of the modalities (``2^N - 1`` rows): over the test
   samples that have *all* of ``s``, each predicted from exactly ``s``; each
@@ -9,7 +9,11 @@ sequence) three views matter, all computed in one pass:
   gets a row with ``samples`` 0 and no metrics (``None``);
 - **as observed** (``pattern`` ``all, as observed``): every sample predicted from the
   modalities it has;
-- **per missingness pattern**: the same, split by which modalities a sample has.
+- **per missingness pattern**: the same, split by which modalities a sample has;
+- **single modalities on complete samples**: each modality alone over the
+  test samples that have every modality, so single modalities are ranked on
+  the same samples (the subset rows of single modalities each cover the samples
+  that have that one, which differ when modalities are missing).
 
 A sample with pattern ``P`` is predicted from ``P`` in the row of subset
 ``P``, which is exactly "as observed", so the observed rows cost no extra
@@ -20,7 +24,7 @@ forward pass. Reading a run directory and writing its tables is
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -61,10 +65,14 @@ class Evaluation:
         subsets: one row per subset: ``subset``, ``size``, ``samples``, then each metric.
         observed: ``pattern`` ``all, as observed`` (every sample with its own modalities), then one row per
             missingness pattern found: ``pattern``, ``size``, ``samples``, then each metric.
+        singles_on_complete: one row per modality (``subset``, ``size`` 1, ``samples``, each metric), each
+            predicted from that modality alone over the samples that have every modality (``samples`` the same
+            in every row; 0 and no metrics where no sample has them all).
     """
 
     subsets: list[Row]
     observed: list[Row]
+    singles_on_complete: list[Row] = field(default_factory=list)
 
 
 def _take(batch: Mapping[str, Any], rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -103,6 +111,8 @@ def evaluate(
     per_subset = [task.accumulator() for _ in subsets]
     counts = torch.zeros(len(subsets), dtype=torch.int64)
     observed = task.accumulator()
+    single = {k: task.accumulator() for k, s in enumerate(subsets) if len(s) == 1}  # on the complete samples
+    complete_count = torch.zeros(1, dtype=torch.int64)
     by_pattern: dict[tuple[str, ...], Any] = {}
     pattern_counts: dict[tuple[str, ...], int] = {}
     model.eval()
@@ -114,6 +124,7 @@ def evaluate(
         present = batch["present"].to(torch.bool)  # (B, N): what each sample has
         if bool((~present.any(dim=1)).any()):
             raise DataError("evaluation: a test sample has no modality at all; it cannot be predicted from anything")
+        complete_count += int(present.all(dim=1).sum())
         for k, subset in enumerate(subsets):
             has_all = (present & masks[k]).sum(dim=1) == masks[k].sum()  # (B,)
             rows = has_all.nonzero(as_tuple=True)[0]
@@ -124,6 +135,10 @@ def evaluate(
             prediction = task.infer(lambda xs, pr: model(xs, pr).prediction, inputs, subset_present)
             per_subset[k].update(prediction, target)
             counts[k] += rows.numel()
+            if k in single:
+                complete = present[rows].all(dim=1).nonzero(as_tuple=True)[0]  # these samples have every modality
+                if complete.numel():
+                    single[k].update(prediction[complete], target[complete])
             exact = (present[rows] == masks[k]).all(dim=1)  # these samples have exactly this subset
             if bool(exact.any()):
                 chosen = exact.nonzero(as_tuple=True)[0]
@@ -134,6 +149,7 @@ def evaluate(
                 by_pattern[subset].update(prediction[chosen], target[chosen])
                 pattern_counts[subset] += int(chosen.numel())
     counts = distributed.all_reduce_sum(counts)
+    complete_total = int(distributed.all_reduce_sum(complete_count)[0])
     subset_rows = [{"subset": subset_name(s), "size": len(s), "samples": int(counts[k]), **per_subset[k].compute()}
                    for k, s in enumerate(subsets)]
     patterns = sorted(_all_ranks_patterns(by_pattern, subsets), key=lambda s: (len(s), subsets.index(s)))
@@ -144,7 +160,9 @@ def evaluate(
         samples = int(distributed.all_reduce_sum(torch.tensor([pattern_counts.get(pattern, 0)]))[0])
         observed_rows.append({"pattern": subset_name(pattern), "size": len(pattern), "samples": samples,
                               **accumulator.compute()})
-    return Evaluation(subset_rows, observed_rows)
+    single_rows = [{"subset": subset_name(subsets[k]), "size": 1, "samples": complete_total, **accumulator.compute()}
+                   for k, accumulator in single.items()]
+    return Evaluation(subset_rows, observed_rows, single_rows)
 
 
 def _all_ranks_patterns(by_pattern: Mapping[tuple[str, ...], Any], subsets: list[tuple[str, ...]]) -> list[tuple[str, ...]]:

@@ -40,6 +40,7 @@ from mckd.report import (
     format_p,
     plural,
     rows_defined_in_all,
+    single_modality_ranking,
     write_table,
 )
 from mckd.runs import RunDir, evaluate_experiment
@@ -75,6 +76,22 @@ def describe_method(name: str) -> str:
     return presets[name].description if name in presets else components.lookup("method", name).description
 
 
+def base_method(name: str) -> str:
+    """The registered training method that method or preset ``name`` trains.
+
+    An unknown name is a :class:`ConfigError` suggesting the closest method or
+    preset and listing the two apart (a preset is a method with fixed settings).
+    """
+    presets = components.presets()
+    base = presets[name].method if name in presets else name
+    if base not in components.names("method"):
+        close = difflib.get_close_matches(str(name), method_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint}; methods: {', '.join(components.names('method'))}; "
+                          f"presets: {', '.join(sorted(presets))}")
+    return base
+
+
 def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A raw config that trains method (or preset) ``name`` on what ``raw`` describes.
 
@@ -87,14 +104,8 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
     """
     if isinstance(raw.get("imports"), list):
         components.import_modules(raw["imports"])  # the config's own methods are names too
-    presets = components.presets()
-    preset = presets.get(name)
-    base = preset.method if preset else name
-    if base not in components.names("method"):
-        close = difflib.get_close_matches(str(name), method_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown method {name!r}{hint}; methods: {', '.join(components.names('method'))}; "
-                          f"presets: {', '.join(sorted(presets))}")
+    preset = components.presets().get(name)
+    base = base_method(name)
     keys = {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
     raw = upgrade_raw_config(copy.deepcopy(raw), warn=False)
     old = raw.get("method") if isinstance(raw.get("method"), dict) else {}
@@ -115,11 +126,9 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
 
 def check_overrides_fit_some_method(methods: Sequence[str], overrides: Sequence[str]) -> None:
     """A ``method.KEY`` override that none of ``methods`` has is a :class:`ConfigError` (a typo, most likely)."""
-    presets = components.presets()
     keys: set[str] = set()
     for name in methods:
-        base = presets[name].method if name in presets else name
-        keys |= {f.name for f in dataclasses.fields(components.lookup("method", base).options)}
+        keys |= {f.name for f in dataclasses.fields(components.lookup("method", base_method(name)).options)}
     for item in overrides:
         key, _ = split_override(item)
         parts = key.split(".")
@@ -179,6 +188,10 @@ def aggregate_run_seeds(out: RunDir, seeds: Sequence[int]) -> list[Row]:
     title = f"{out.path.name}: mean and standard deviation over seeds {list(seeds)}"
     write_table(rows, out.aggregate, title=title)
     write_table(aggregate_seeds(observed, metric_names), out.aggregate_observed, title=f"{title}, as observed")
+    singles = [out.seed(s).singles.with_suffix(".csv") for s in seeds]
+    if all(path.is_file() for path in singles):  # runs evaluated before the table existed have none
+        write_table(aggregate_seeds([read_table(p) for p in singles], metric_names), out.aggregate_singles,
+                    title=f"{title}, each modality alone on the samples that have every modality")
     if not plot_weights([out.seed(s).metrics for s in seeds], out.weights_plot,
                         title=f"Importance weights, {out.path.name}"):
         out.weights_plot.unlink(missing_ok=True)  # no meta step: no plot, and none left from an earlier run
@@ -336,6 +349,21 @@ def observed_comparison(out: Path, methods: Sequence[str], seeds: Sequence[int],
     return text, rows
 
 
+def common_singles(out: Path, method: str) -> list[Row]:
+    """``method``'s single modalities on the samples that have every modality, mean over seeds (none if not written)."""
+    path = RunDir(out / method).aggregate_singles.with_suffix(".csv")
+    return read_table(path) if path.is_file() else []
+
+
+def ranking_samples(shared: int) -> str:
+    """Which test samples a single-modality ranking is over (``shared``: how many have every modality, 0: none)."""
+    if shared:
+        return (f"each scored on the same {shared} test sample{'s' if shared != 1 else ''}, those that have every "
+                "modality")
+    return ("each scored on the test samples that have it, which differ from one modality to another when "
+            "modalities are missing (no test sample has every modality)")
+
+
 def write_methods_table(
     out: Path,
     config_path: str | Path,
@@ -350,14 +378,15 @@ def write_methods_table(
                    for name in methods}
     seed_means = {name: [float(np.mean([r[metric] for r in table if defined(r[metric])])) for table in tables_]
                   for name, tables_ in seed_tables.items()}
-    summary, per_subset, strongest = method_comparison(tables, metric, methods[0], seed_means)
+    common = common_singles(out, methods[0])
+    summary, per_subset, strongest = method_comparison(tables, metric, methods[0], seed_means, common)
+    shared = single_modality_ranking(rows_defined_in_all(tables, metric)[methods[0]], common, metric)[1]
     command = " ".join(["mckd benchmark", str(config_path), "--methods", *methods,
                         "--seeds", *map(str, seeds), *(f"--set {o}" for o in overrides)])
     text = "\n".join([
         f"## Methods compared ({metric}, test split, mean over seeds {list(seeds)})",
         "",
-        f"Strongest modality (best alone under `{methods[0]}`; each modality is scored on the test samples that "
-        f"have it, which differ from one modality to another when modalities are missing): {strongest}. "
+        f"Strongest modality (best alone under `{methods[0]}`; {ranking_samples(shared)}): {strongest}. "
         f"p: one-tailed paired t-test across subsets that `{methods[0]}` is better; {P_UNDEFINED_NOTE}",
         "",
         markdown_table(summary),
@@ -414,8 +443,8 @@ def write_summary(
     reference = methods[0]
     tables = rows_defined_in_all(tables, metric)  # subsets no test sample has are not summarised
     ranked = sorted(weights, key=weights.get, reverse=True)
-    singles = sorted((r for r in tables[reference] if int(r["size"]) == 1), key=lambda r: r[metric], reverse=True)
-    different = len({r.get("samples") for r in singles}) > 1  # modalities missing for different samples
+    singles, shared = single_modality_ranking(tables[reference], common_singles(out, reference), metric)
+    different = not shared and len({r.get("samples") for r in singles}) > 1  # modalities missing for different samples
 
     def spread(name: str) -> Any:
         values = (seed_spreads or {}).get(name) or []
@@ -435,7 +464,8 @@ def write_summary(
         "",
         f"Single-modality {metric} of `{reference}`, highest first: "
         + ", ".join(f"{r['subset']} {r[metric]:.3f}" + (f" (n={r['samples']})" if different else "") for r in singles)
-        + (". Each is scored on the test samples that have that modality, which differ from one modality to "
+        + (f", {ranking_samples(shared)}." if shared else
+           ". Each is scored on the test samples that have that modality, which differ from one modality to "
            "another here, so the ranking compares different samples as well as modalities." if different else "."),
         "",
         "## Mean over subsets",

@@ -463,16 +463,33 @@ def rows_defined_in_all(tables: dict[str, Sequence[Row]], metric: str) -> dict[s
     return {name: [by_name[name][k] for k in keep] for name in tables}
 
 
+def single_modality_ranking(subset_rows: Sequence[Row], common: Sequence[Row], metric: str) -> tuple[list[Row], int]:
+    """The single modalities, best ``metric`` first, and the number of samples they share (0: none).
+
+    Over the same samples, those that have every modality (``common``: the rows of
+    :attr:`mckd.evaluation.Evaluation.singles_on_complete`), where some test sample
+    has them all and every score is defined; otherwise the single-modality rows of
+    ``subset_rows``, each over the samples that have that modality (they differ
+    when modalities are missing), and 0.
+    """
+    shared = [r for r in common if int(r["size"]) == 1]
+    if shared and int(shared[0].get("samples") or 0) > 0 and all(defined(r.get(metric)) for r in shared):
+        return sorted(shared, key=lambda r: float(r[metric]), reverse=True), int(shared[0]["samples"])
+    singles = [r for r in subset_rows if int(r["size"]) == 1]
+    return sorted(singles, key=lambda r: float(r[metric]), reverse=True), 0
+
+
 def method_comparison(
     tables: dict[str, Sequence[Row]],
     metric: str,
     reference: str,
     seed_means: dict[str, Sequence[float]] | None = None,
+    common: Sequence[Row] = (),
 ) -> tuple[list[Row], list[Row], str]:
     """Several methods on one dataset: one summary row per method, and one row per subset.
 
     The *strongest* modality is the one the reference method scores best with
-    alone. Each method is compared with the reference by a one-tailed paired
+    alone (:func:`single_modality_ranking`: on the samples that have every modality where there are some). Each method is compared with the reference by a one-tailed paired
     t-test across subsets (reference > method), over all subsets and over the
     subsets without the strongest modality.
 
@@ -481,14 +498,14 @@ def method_comparison(
         metric: the column compared.
         reference: the method the others are tested against (MCKD).
         seed_means: optional method -> the mean over all subsets of each seed, for a spread.
+        common: the reference's single modalities on the samples that have every modality.
 
     Returns:
         (summary rows, per-subset rows with one column per method and two mean rows, strongest modality).
         Subsets whose metric is undefined for some method (no test sample has them) are left out.
     """
     tables = rows_defined_in_all(tables, metric)
-    singles = [r for r in tables[reference] if int(r["size"]) == 1]
-    strongest = str(max(singles, key=lambda r: float(r[metric]))["subset"])
+    strongest = str(single_modality_ranking(tables[reference], common, metric)[0][0]["subset"])
     without = {str(r["subset"]) for r in tables[reference] if strongest not in str(r["subset"]).split("+")}
     summary: list[Row] = []
     for name, rows in tables.items():

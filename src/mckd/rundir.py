@@ -97,6 +97,11 @@ class RunDir:
         return self.eval_dir / "observed"
 
     @property
+    def singles(self) -> Path:
+        """Stem of the table of each modality alone on the samples that have every modality."""
+        return self.eval_dir / "singles_on_complete"
+
+    @property
     def patterns(self) -> Path:
         """Stem of the table of missingness patterns per split (``.csv`` and ``.md``)."""
         return self.eval_dir / "patterns"
@@ -127,6 +132,11 @@ class RunDir:
     def aggregate_observed(self) -> Path:
         """Stem of the mean-over-seeds as-observed table of a multi-seed directory."""
         return self.path / "observed"
+
+    @property
+    def aggregate_singles(self) -> Path:
+        """Stem of the mean-over-seeds table of single modalities on complete samples (multi-seed directory)."""
+        return self.path / "singles_on_complete"
 
     @property
     def seeds_record(self) -> Path:

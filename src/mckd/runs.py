@@ -162,6 +162,8 @@ def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.devic
                     notes=SUBSETS_NOTE)
         write_table(result.observed, run.observed, title=f"{run.path.name}: {split} split as observed",
                     notes=OBSERVED_NOTE)
+        write_table(result.singles_on_complete, run.singles, title=f"{run.path.name}: {split} split, each "
+                    "modality alone on the samples that have every modality", notes=SINGLES_NOTE)
         write_table(patterns, run.patterns, title=f"{run.path.name}: samples per pattern of present modalities",
                     notes="train: each sample's modalities as the data give them (missing.policy drops more at random "
                           "during training, not counted here); val is the meta-validation split.")
@@ -171,6 +173,8 @@ def evaluate_experiment(experiment: Experiment, run: RunDir, device: torch.devic
 
 SUBSETS_NOTE = ("Each row: the test samples that have every modality of the subset (`samples`), each predicted "
                 "from exactly that subset. `–`: no sample has the subset, so its metrics are undefined.")
+SINGLES_NOTE = ("Each modality alone over the same test samples, those that have every modality (`samples`), so "
+                "single modalities compare like with like. `–`: no test sample has every modality.")
 OBSERVED_NOTE = ("`all, as observed`: every test sample predicted from the modalities it has; then one row per pattern of "
                  "present modalities. `–`: undefined for those samples (AUROC with one class).")
 
