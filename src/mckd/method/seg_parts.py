@@ -48,7 +48,6 @@ import copy
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
-from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetUpBlock
 from torch import nn
 from torch.nn import functional as F
 
@@ -108,6 +107,8 @@ class UNetPath3D(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int], out_channels: int) -> None:
+        from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetUpBlock  # here: `mckd list` never loads MONAI
+
         super().__init__()
         self.widths = list(widths)
         self.up = nn.ModuleList(
