@@ -457,6 +457,11 @@ def test_gpu_check_methods_dispatches_to_the_cost_script_and_asks_for_a_gpu():
 LEARNING = ["data.crop=[24,24,24]", "data.downsample=2", "model.widths=[4,8,16]", "data.foreground_prob=1.0",
             "train.lr=0.01"]  # 80 iterations: about 1.5 min for RFNet on one busy core, longer for the others
 CHEAP = {"rfnet"}  # the others run with MCKD_LEARNING_TESTS=all (benchmarks/seg_learning.py reports every method)
+# Measured with benchmarks/seg_learning.py (5 Dec 2026): at LEARNING and 80 iterations RFNet, GSS and mmFormer
+# predict every region; Robust-MSeg predicts no ET at 80 iterations and every region at 160; U-HVED predicts no ET
+# at 80 or 160 (untested guess: 4 latent channels at the first level, sampled in training) and every region at
+# 80 on configs/table1_cpu.yaml's own network (widths 8..64, 3 mm voxels, 32^3 crops, Adam 3e-3).
+SETTINGS = {"robust_mseg": (160, LEARNING), "uhved": (80, [])}  # (iterations, overrides); others (80, LEARNING)
 
 
 @pytest.mark.parametrize("name", PEERS)
@@ -465,11 +470,12 @@ def test_a_peer_learns_every_region_of_a_training_case(shared_cache, tmp_path, n
         pytest.skip("minutes per method on a CPU: set MCKD_LEARNING_TESTS=all")
     import json
 
+    iterations, overrides = SETTINGS.get(name, (80, LEARNING))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seg_learning.py"), "--cases",
                            str(shared_cache / "cases"), "--cache", str(shared_cache / "cache"), "--methods", name,
-                           "--iterations", "80", "--json", str(tmp_path / "learnt.json"), "--set", *LEARNING],
-                          capture_output=True, text=True, env=env, timeout=1800)
+                           "--iterations", str(iterations), "--json", str(tmp_path / "learnt.json"), "--set", *overrides],
+                          capture_output=True, text=True, env=env, timeout=3600)
     assert done.returncode == 0, done.stderr[-2000:]
     (result,) = json.loads((tmp_path / "learnt.json").read_text())
     assert min(result["dice_et"], result["dice_tc"], result["dice_wt"]) > 0.05, result  # Dice from the label file
