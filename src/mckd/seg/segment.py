@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from mckd.errors import DataError
 from mckd.seg.cases import Case
-from mckd.seg.grid import GridPlan, spacing_of, to_file_grid
+from mckd.seg.grid import GridPlan, to_file_grid
 from mckd.seg.preprocess import PreprocessedCase, preprocess_case, uncrop
 
 
