@@ -52,7 +52,7 @@ def main() -> int:
     from mckd.train import train
 
     package = Path(mckd.__file__).resolve().parent
-    layers = readme_layers(package.parents[1] / "README.md")
+    layers = readme_layers(package.parents[1] / "docs" / "architecture.md")
     config = config_from_dict(apply_overrides(load_raw(package.parents[1] / "configs" / "multiview_digits.yaml"), [
         "train.iterations=20", "train.log_every=10", "train.eval_every=10", "train.progress=false",
         "method.meta_every=5"]))

@@ -66,7 +66,7 @@ REGIONS = ("et", "tc", "wt")
 
 def readme_figures(recipe: str) -> dict[str, dict[str, float]]:
     """The README's table after ``<!-- seg-quality: RECIPE -->``: subset -> region -> Dice (%)."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "segmentation.md").read_text()
     marker = f"<!-- seg-quality: {recipe} -->"
     if marker not in text:
         return {}

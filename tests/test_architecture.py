@@ -1,4 +1,4 @@
-"""The package's structure: no import cycles, the method knows nothing outside itself, layers as the README says.
+"""The package's structure: no import cycles, the method knows nothing outside itself, layers as docs/architecture.md says.
 
 Every ``import`` statement of ``src/mckd`` is read from the source (at module
 level and inside functions alike), so an import hidden in a function to break
@@ -93,10 +93,10 @@ def test_the_method_imports_nothing_outside_itself_but_the_errors():
 
 
 def readme_layers() -> list[list[str]]:
-    """The layers of the README's architecture block, lowest first: each a list of module prefixes."""
-    text = (ROOT / "README.md").read_text()
+    """The layers of the architecture block of docs/architecture.md, lowest first: each a list of module prefixes."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
     block = re.search(r"<!-- layers -->\n```\n(.*?)```", text, re.S)
-    assert block, "the README's Architecture section has no layers block"
+    assert block, "docs/architecture.md has no layers block"
     layers = []
     for line in block.group(1).splitlines():
         match = re.match(r"\s*(\d+)\s+(.*?)\s{2,}", line + "  ")
@@ -110,7 +110,7 @@ def layer_of(module: str, layers: list[list[str]]) -> int:
         for prefix in prefixes:
             if module == prefix or module.startswith(prefix + "."):
                 return level
-    raise AssertionError(f"{module} is in no layer of the README's Architecture section")
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md")
 
 
 def test_every_import_goes_to_the_same_or_a_lower_layer_of_the_readme():
