@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 from pathlib import Path
 
@@ -199,3 +200,26 @@ def test_a_checkpoint_file_of_the_run_predicts_as_the_run_directory(files_run, p
     arrays = {name: values[:20] for name, values in python_run[2].items()}
     by_file = load(RunDir(run).checkpoint).probabilities(arrays)
     assert np.array_equal(by_file, load(run).probabilities(arrays))
+
+
+def test_predictions_never_replace_a_file_the_prediction_reads_even_with_force(files_run, tmp_path, capsys):
+    run, config = files_run
+    folder = tmp_path / "copy"
+    shutil.copytree(config.parent, folder, ignore=shutil.ignore_patterns("run"))
+    own = yaml.safe_load(config.read_text())
+    own["data"]["root"] = str(folder)
+    (folder / "config.yaml").write_text(yaml.safe_dump(own))
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    for target, data in [(folder / "fou.csv", [f"pix={folder / 'pix.npz'}", f"fou={folder / 'fou.csv'}"]),
+                         (folder / "labels.csv", [str(folder / "config.yaml")])]:
+        assert main(["predict", str(run), "--data", *data, "--output", str(target), "--force"]) == 2
+        assert "which this command reads" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_inputs_without_a_single_row_are_one_error(python_run):
+    from mckd.errors import DataError
+
+    predictor = load_run(python_run[0])
+    with pytest.raises(DataError, match="no samples: .* have no rows"):
+        predictor.predict({name: np.zeros((0, size)) for name, size in zip(predictor.modalities, (240, 76))})

@@ -141,3 +141,17 @@ def test_weight_history_and_plots_are_written_as_png(tmp_path):
     plot_subset_comparison(rows, "mckd", "baseline", "accuracy", tmp_path / "compare.png")
     for name in ("weights.png", "compare.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_distance_is_better_when_smaller_in_wins_losses_and_the_test():
+    from mckd.report import compare_tables
+
+    subsets = ["a", "b", "a+b"]
+    a = [{"subset": s, "size": 1, "dice_et": d, "hd95_et": h} for s, d, h in zip(subsets, (0.6, 0.7, 0.8), (10.0, 12.0, 8.0))]
+    b = [{"subset": s, "size": 1, "dice_et": d, "hd95_et": h} for s, d, h in zip(subsets, (0.5, 0.6, 0.9), (20.0, 30.0, 9.0))]
+    _, dice = compare_tables(a, b, "dice_et", "A", "B")
+    _, hd = compare_tables(a, b, "hd95_et", "A", "B")
+    assert (dice["wins"], dice["losses"], dice["higher_is_better"]) == (2, 1, True)
+    assert (hd["wins"], hd["losses"], hd["higher_is_better"]) == (3, 0, False)  # A's distances are all smaller
+    assert hd["difference"] == pytest.approx(np.mean([10 - 20, 12 - 30, 8 - 9]))  # the difference stays A - B
+    assert hd["t"] > 0 and hd["p_one_tailed"] < 0.5  # the test asks whether A is better: smaller

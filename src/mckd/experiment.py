@@ -420,7 +420,8 @@ def test_sentence(summary: Row, a: str, b: str) -> str:
         why = (f"the two are equal on every {kind[:-1]}" if summary["wins"] == summary["losses"] == 0
                else f"the differences do not vary, or too few {kind}")
         return head + f"no t-test ({why})."
-    return head + (f"one-tailed paired t-test across {kind} ({a} > {b}): t = {summary['t']:.2f}, "
+    better = ">" if summary.get("higher_is_better", True) else "<, lower is better"
+    return head + (f"one-tailed paired t-test across {kind} ({a} {better} {b}): t = {summary['t']:.2f}, "
                    f"p = {format_p(summary['p_one_tailed'])}.")
 
 

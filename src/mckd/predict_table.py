@@ -221,13 +221,7 @@ def rows_from_config(path: str | Path, run_config: Any) -> tuple[list[ModalityRo
     set, else every id any source has, in the order first seen. ``multiview_digits`` and ``avmnist``:
     every sample of the files they name, ids being row numbers.
     """
-    from mckd.config import config_from_dict, load_raw
-
-    raw = load_raw(path)
-    if "data" not in raw:
-        raise MckdError(f"{path}: no data section; --data needs a config whose data section names the new samples")
-    # only the data section is read: the other sections are the run's (a config may hold only data:)
-    data = config_from_dict({**run_config.to_dict(), "imports": raw.get("imports") or [], "data": raw["data"]}).data
+    data = _data_section(path, run_config)
     if data.name == "files":
         return _files_rows(data.options)
     if data.name == "multiview_digits":
@@ -255,6 +249,41 @@ def _files_rows(options: Any) -> tuple[list[ModalityRows], list[str]]:
     if options.labels:
         return rows, read_labels(options)[0]
     return rows, list(dict.fromkeys(i for r in rows for i in r.ids))
+
+
+def _data_section(path: str | Path, run_config: Any) -> Any:
+    """The ``data`` section of config ``path``, resolved with the run's other sections (a config may hold only
+    ``data:``)."""
+    from mckd.config import config_from_dict, load_raw
+
+    raw = load_raw(path)
+    if "data" not in raw:
+        raise MckdError(f"{path}: no data section; --data needs a config whose data section names the new samples")
+    return config_from_dict({**run_config.to_dict(), "imports": raw.get("imports") or [], "data": raw["data"]}).data
+
+
+def input_paths(data: Sequence[str], run_config: Any) -> list[str]:
+    """Every file ``--data`` may read: the ``MODALITY=FILE`` items' files, or the config and every path-like value
+    of its data section (also under its ``root``), so that no prediction is written over one of them."""
+    import dataclasses
+
+    configs = [d for d in data if d.lower().endswith((".yaml", ".yml"))]
+    if not configs:
+        return [item.partition("=")[2] for item in data]
+    options = _data_section(configs[0], run_config).options
+
+    def strings(value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value] if value else []
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, (list, tuple)):
+            return [s for v in value for s in strings(v)]
+        return []
+
+    values = strings(dataclasses.asdict(options)) if dataclasses.is_dataclass(options) else []
+    root = str(getattr(options, "root", "") or "")
+    return [configs[0], *values, *(str(Path(root) / v) for v in values if root)]
 
 
 def rows_from_files(items: Sequence[str], run_config: Any) -> tuple[list[ModalityRows], list[str]]:
@@ -302,6 +331,6 @@ def predict_samples(run: str | Path, data: Sequence[str], output: str | Path, de
     else:
         rows, ids = rows_from_files(data, predictor.config)
     probabilities, present = predictor.probabilities_of_rows(rows, ids)
-    with claim_output(output, replace=force, kind="file", what="output"):
+    with claim_output(output, replace=force, kind="file", what="output", inputs=input_paths(data, predictor.config)):
         atomic_write_text(output, prediction_csv(ids, present, probabilities, predictor))
     return Path(output), len(ids)

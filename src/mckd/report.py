@@ -260,8 +260,17 @@ def paired_runs(differences: Sequence[float], strata: Sequence[Any] | None = Non
             "too_few": len(differences) < MIN_RUNS_TO_TELL}
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better: every metric but a distance (segmentation's ``hd95_*``, as
+    :class:`mckd.tasks.segmentation` declares them)."""
+    return not metric.startswith("hd")
+
+
 def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str, name_b: str) -> tuple[list[Row], Row]:
     """Per-row difference ``a - b`` of ``metric`` and a one-tailed paired t-test across rows.
+
+    ``a`` is better where its ``metric`` is higher, or lower for a distance (:func:`higher_is_better`): wins,
+    losses and the test's alternative follow that direction; the difference is always ``a - b``.
 
     Rows are subsets (or missingness patterns) of the same evaluation; the
     test (as the paper's Table 1) asks whether ``a`` beats ``b``: the
@@ -302,7 +311,8 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
         raise MckdError(f"cannot compare {name_a!r} and {name_b!r}: no {key} has {metric} in both")
     values_a = np.array([r[name_a] for r in compared])
     values_b = np.array([r[name_b] for r in compared])
-    t_stat, p_value = paired_test(values_a, values_b)
+    sign = 1.0 if higher_is_better(metric) else -1.0  # a distance: a is better where it is smaller
+    t_stat, p_value = paired_test(sign * values_a, sign * values_b)
     summary = {
         "metric": metric,
         name_a: float(values_a.mean()),
@@ -312,8 +322,9 @@ def compare_tables(a: Sequence[Row], b: Sequence[Row], metric: str, name_a: str,
         "p_one_tailed": p_value,
         "rows": len(compared),
         "kind": PLURAL[key],
-        "wins": int((values_a > values_b).sum()),
-        "losses": int((values_a < values_b).sum()),
+        "wins": int((sign * (values_a - values_b) > 0).sum()),
+        "losses": int((sign * (values_a - values_b) < 0).sum()),
+        "higher_is_better": sign > 0,
     }
     means = [("mean, over subsets", None)] if key == "subset" else [("mean, unweighted", None)]
     if key == "pattern" and all("samples" in r for r in compared):
@@ -420,7 +431,8 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
     left.legend(loc="best", fontsize=8)
     differences = np.array([float(r["difference"]) for r in rows])
     spread = [float((difference_std or {}).get(r[key], 0.0)) for r in rows]
-    colours = ["tab:green" if d > 0 else "tab:red" if d < 0 else "grey" for d in differences]
+    sign = 1.0 if higher_is_better(metric) else -1.0  # green: a is better (for a distance, smaller)
+    colours = ["tab:green" if sign * d > 0 else "tab:red" if sign * d < 0 else "grey" for d in differences]
     right.barh(y, differences, xerr=spread if any(spread) else None, color=colours, alpha=0.8,
                error_kw={"elinewidth": 0.8, "capsize": 2})
     right.axvline(0.0, color="black", linewidth=0.8)
@@ -432,7 +444,8 @@ def plot_subset_comparison(rows: Sequence[Row], name_a: str, name_b: str, metric
     right.axvline(mean, color="tab:blue", linewidth=0.8, linestyle="--", label=f"{label} {mean:+.4f}")
     right.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{metric} per {key}: {name_a} vs {name_b} over {n} {PLURAL[key] if n != 1 else key} "
-                 f"({int((differences > 0).sum())} better, {int((differences < 0).sum())} worse, {label} "
+                 f"({int((sign * differences > 0).sum())} better, {int((sign * differences < 0).sum())} worse"
+                 f"{', lower is better' if sign < 0 else ''}, {label} "
                  f"{mean:+.4f}), sorted by the difference", fontsize=10)
     fig.tight_layout()
     _save_figure(fig, out)

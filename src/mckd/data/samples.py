@@ -127,6 +127,9 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str],
         DataError: duplicate ids, ids without a label, a present row with
             non-finite values, a modality no sample has, or a sample with none.
     """
+    if not len(sample_ids):
+        sources = ", ".join(f"{m.source} ({m.name})" for m in modalities)
+        raise DataError(f"no samples: {sources or 'the sources'} have no rows; expected at least one sample")
     index = {sample: row for row, sample in enumerate(sample_ids)}
     present = np.zeros((len(sample_ids), len(modalities)), dtype=bool)
     arrays = []
