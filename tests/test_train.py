@@ -156,3 +156,12 @@ def test_the_step_time_benchmark_prints_mckd_over_baseline_as_a_ratio(digits_csv
     out = done.stdout
     assert re.search(r"MCKD step / baseline step: \d+\.\d{3}x", out), out
     assert "| baseline |" in out and "| mckd |" in out and "meta step:" in out
+
+
+def test_loader_workers_are_stopped_when_training_ends(digits_csv_dir, tmp_path):
+    """Workers ignore SIGTERM, so one left alive would make Python's exit (terminate, then join) wait forever."""
+    import multiprocessing
+
+    experiment = train(_config(digits_csv_dir, "train.iterations=4", "train.num_workers=1"), tmp_path)
+    assert experiment is not None  # the experiment (and its streams) still held, as a caller may
+    assert multiprocessing.active_children() == []

@@ -216,6 +216,8 @@ def _train(config: Config, staging: RunStaging, resume: bool, callbacks: Sequenc
         raise
     finally:
         loop.state.log.close()
+        for stream in loop.streams.values():
+            stream.close()
     if record is not None:
         record.end("trained", loop.state.iteration)
     return experiment

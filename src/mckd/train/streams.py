@@ -68,6 +68,17 @@ class BatchStream:
         self.step += 1
         return batch
 
+    def close(self) -> None:
+        """Stop this stream's DataLoader workers. They ignore SIGTERM (the main process handles stops), so
+        Python's exit, which terminates and then joins every child process, would otherwise wait for them forever
+        if anything still held the stream."""
+        for iterator in (self._iterator, getattr(self.loader, "_iterator", None)):  # ours, and the persistent one
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        self._iterator = None
+        self.loader._iterator = None  # a later pass starts new workers
+
     def state(self) -> torch.Tensor:
         """``[epoch, batches taken this epoch]`` (int64)."""
         return torch.tensor([self.epoch, self.step], dtype=torch.int64)
