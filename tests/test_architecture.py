@@ -10,7 +10,7 @@ a cycle is still a cycle here. A module that loads modules by name
 from __future__ import annotations
 
 import ast
-import re
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,25 +92,27 @@ def test_the_method_imports_nothing_outside_itself_but_the_errors():
             assert outside == set(), f"{name} imports {sorted(outside)}"
 
 
+@functools.cache
+def _call_walk():
+    """benchmarks/call_walk.py, whose parser of the layers block this test shares."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("call_walk", ROOT / "benchmarks" / "call_walk.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def readme_layers() -> list[list[str]]:
     """The layers of the architecture block of docs/architecture.md, lowest first: each a list of module prefixes."""
-    text = (ROOT / "docs" / "architecture.md").read_text()
-    block = re.search(r"<!-- layers -->\n```\n(.*?)```", text, re.S)
-    assert block, "docs/architecture.md has no layers block"
-    layers = []
-    for line in block.group(1).splitlines():
-        match = re.match(r"\s*(\d+)\s+(.*?)\s{2,}", line + "  ")
-        if match:
-            layers.append((int(match.group(1)), [f"mckd.{m.strip().rstrip('/')}" for m in match.group(2).split(",")]))
-    return [modules for _, modules in sorted(layers)]
+    return _call_walk().readme_layers(ROOT / "docs" / "architecture.md")
 
 
 def layer_of(module: str, layers: list[list[str]]) -> int:
-    for level, prefixes in enumerate(layers):
-        for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                return level
-    raise AssertionError(f"{module} is in no layer of docs/architecture.md")
+    level = _call_walk().layer_of(module, layers)
+    if level is None:
+        raise AssertionError(f"{module} is in no layer of docs/architecture.md")
+    return level
 
 
 def test_every_import_goes_to_the_same_or_a_lower_layer_of_the_readme():
