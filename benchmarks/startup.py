@@ -27,6 +27,8 @@ def commands(folder: Path) -> dict[str, list[str]]:
     (folder / "typo.yaml").write_text("data: {name: files}\nmodel: {name: by_shape}\ntrain: {itertions: 10}\n")
     (folder / "type.yaml").write_text("data: {name: files}\nmodel: {name: by_shape}\ntrain: {lr: fast}\n")
     (folder / "data_typo.yaml").write_text("data: {name: files, modalitis: {}}\nmodel: {name: by_shape}\n")
+    (folder / "method_typo.yaml").write_text("data: {name: multiview_digits}\nmodel: {name: multiview_mlp}\n"
+                                             "method: {name: mckd, alpah: 0.1}\n")
     return {
         'python -c "import torch"': [sys.executable, "-c", "import torch"],
         "mckd --help": [*mckd, "--help"],
@@ -35,6 +37,7 @@ def commands(folder: Path) -> dict[str, list[str]]:
         "mckd train: unknown key train.itertions": [*mckd, "train", str(folder / "typo.yaml")],
         "mckd train: wrong type train.lr": [*mckd, "train", str(folder / "type.yaml")],
         "mckd train: unknown key data.modalitis": [*mckd, "train", str(folder / "data_typo.yaml")],
+        "mckd train: unknown key method.alpah": [*mckd, "train", str(folder / "method_typo.yaml")],
         "mckd list": [*mckd, "list"],
     }
 

@@ -1,12 +1,15 @@
-"""The CLI answers before torch loads where it can: help, version, a missing config, a typo in a fixed section."""
+"""The CLI answers before torch loads where it can: help, version, list, a missing config, a typo anywhere in a config."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import sys
@@ -59,6 +62,63 @@ def test_the_same_errors_are_given_by_a_full_config_check(tmp_path: Path):
         load_config(config)
 
 
-def test_list_loads_torch_but_not_monai():
-    torch_loaded, monai_loaded, code, _ = run_fresh("list")
-    assert code == 0 and torch_loaded and not monai_loaded
+@pytest.mark.parametrize("text, message", [
+    ("data: {name: files, modalitis: {}}\nmodel: {name: by_shape}\n", "unknown config key 'data.modalitis'"),
+    ("data: {name: files, modalities: {a: {path: a.npy, colums: [x]}}}\nmodel: {name: by_shape}\n",
+     "unknown config key 'data.modalities.a.colums'"),
+    ("data: {name: multiview_digits}\nmodel: {name: multiview_mlp, fill: meen}\n", "model.fill must be one of"),
+    ("data: {name: multiview_digits}\nmodel: {name: multiview_mlp}\nmethod: {name: mckd, alpha: high}\n",
+     "method.alpha must be a number"),
+    ("data: {name: multiview_digits}\nmodel: {name: multiview_mlp}\nmethod: {name: baseline}\n", "is a preset"),
+    ("data: {name: multiview_digits}\nmodel: {name: mlp}\n", "model.name 'mlp' is not known"),
+])
+def test_config_errors_in_the_open_sections_answer_without_torch_as_the_full_check_does(tmp_path: Path, text,
+                                                                                         message):
+    from mckd.config import load_config
+    from mckd.errors import ConfigError
+
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    torch_loaded, _, code, said = run_fresh("train", str(config), "--out", str(tmp_path / "run"))
+    assert code == 2 and message in said and not torch_loaded
+    with pytest.raises(ConfigError) as full:
+        load_config(config)
+    assert said == f"mckd: error: {full.value}"
+
+
+def test_every_shipped_config_passes_the_check_before_torch():
+    from mckd.config import check_open_sections, load_raw
+
+    for config in sorted((ROOT / "configs").glob("*.yaml")):
+        if "name:" in config.read_text():  # layouts and split files are not experiment configs
+            check_open_sections(load_raw(config))
+
+
+def test_the_shipped_catalog_matches_the_registries():
+    done = subprocess.run([sys.executable, "-m", "mckd.catalog", "--check"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_catalog_whose_sources_changed_is_not_used(tmp_path: Path, monkeypatch):
+    from mckd import catalog
+
+    data = json.loads(catalog.CATALOG_FILE.read_text())
+    data["sources"]["method/mckd.py"] = "0" * 64  # as after an edit of the MCKD method's file
+    stale = tmp_path / "catalog.json"
+    stale.write_text(json.dumps(data))
+    monkeypatch.setattr(catalog, "CATALOG_FILE", stale)
+    catalog.builtin_catalog.cache_clear()
+    try:
+        assert catalog.builtin_catalog() is None
+    finally:
+        catalog.builtin_catalog.cache_clear()
+
+
+def test_list_answers_without_torch_and_says_what_the_components_say():
+    torch_loaded, _, code, _ = run_fresh("list")
+    assert code == 0 and not torch_loaded
+    early = subprocess.run([sys.executable, "-m", "mckd.cli", "list"], capture_output=True, text=True, timeout=120)
+    from mckd import catalog
+
+    assert "\n".join(catalog.listing(catalog.snapshot(builtin_only=False))) in early.stdout

@@ -339,29 +339,19 @@ def cmd_plot_seg(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from mckd import components
+    from mckd import catalog
     from mckd.seg.formats import format_descriptions
     from mckd.seg.labels import CONVENTIONS
 
-    if args.config:
-        from mckd.config import load_raw
+    known = catalog.builtin_catalog() if not args.config else None  # answers without importing torch
+    if known is None:  # a config's imports, a plug-in, or sources changed since the catalog was made
+        from mckd import components
 
-        components.import_modules(load_raw(args.config).get("imports") or [], f"{args.config}: imports")
-    headings = {"data": "datasets (data.name)", "model": "networks (model.name)", "task": "tasks (task.name)",
-                "method": "training methods (method.name, mckd benchmark --methods)"}
-    for kind in components.KINDS:
-        print(f"{headings[kind]}:")
-        for name in components.names(kind):
-            print(f"  {name:22s} {components.lookup(kind, name).description}")
-    print("presets (mckd benchmark --methods): a method with fixed settings")
-    for name, preset in sorted(components.presets().items()):
-        settings = ", ".join(f"{key}={value}" for key, value in preset.overrides)
-        print(f"  {name:22s} {preset.method} with {settings}: {preset.description}")
-    for title, registered in (("fills of missing features (model.fill)", components.fills()),
-                              ("fusions of modalities (model.fusion)", components.fusions())):
-        print(f"{title}:")
-        for name, cls in sorted(registered.items()):
-            print(f"  {name:22s} {cls.description}")
+        if args.config:
+            from mckd.config import load_raw
+
+            components.import_modules(load_raw(args.config).get("imports") or [], f"{args.config}: imports")
+    print("\n".join(catalog.listing(known.data if known is not None else catalog.snapshot(builtin_only=False))))
     print("segmentation formats (mckd prepare seg --format, mckd predict --format; auto recognises them):")
     for name, description in format_descriptions():
         print(f"  {name:22s} {description}")
@@ -701,6 +691,10 @@ def _error_line(error: BaseException) -> str:
     return " ".join(shown(word) if len(word) > 200 else word for word in str(error).split())
 
 
+# Commands that run without torch (where they can: ``list`` with a plug-in or a config's imports loads the components).
+TORCH_FREE_COMMANDS = frozenset({"list"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM and SIGHUP outside the training loop (start-up, set-up, evaluation, prepare, predict) unwind like
     # Ctrl-C: temporary files and staging folders are removed on the way out and one line says what happened.
@@ -724,15 +718,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format_warning, warnings.formatwarning = warnings.formatwarning, _format_warning
         try:
             _check_config_first(args)  # before torch loads: a typo in a config answers at once
-            from mckd.threads import apply_threads
+            if args.command not in TORCH_FREE_COMMANDS:
+                from mckd.threads import apply_threads
 
-            apply_threads()  # every command: the auto thread count (a config's train.threads refines it)
+                apply_threads()  # the auto thread count (a config's train.threads refines it)
             args.func(args)
         finally:
             warnings.formatwarning = format_warning
-        from mckd import distributed
+        if "torch" in sys.modules:  # a command that never loaded torch has no process group to leave
+            from mckd import distributed
 
-        distributed.shutdown()  # under torchrun: barrier, then leave the process group
+            distributed.shutdown()  # under torchrun: barrier, then leave the process group
     except Stopped as stopped:
         from mckd import distributed
 
@@ -767,14 +763,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_config_first(args: argparse.Namespace) -> None:
     """The CONFIG of train, benchmark and analyse, with its --set: read and checked as far as it can be without
-    the components (and torch): the file, its YAML, the top-level keys and the fixed sections."""
+    the components (and torch): the file, its YAML, the top-level keys, the fixed sections and (from the
+    built-in components' catalog) the open sections' names, keys and types."""
     config = getattr(args, "config", None)
     if not config or args.command not in ("train", "benchmark", "analyse"):
         return
-    from mckd.config import apply_overrides, check_fixed_sections, load_raw
+    from mckd.config import apply_overrides, check_fixed_sections, check_open_sections, load_raw
     from mckd.config_upgrade import upgrade_raw_config
 
-    check_fixed_sections(upgrade_raw_config(apply_overrides(load_raw(config), args.overrides)))
+    raw = upgrade_raw_config(apply_overrides(load_raw(config), args.overrides))
+    check_fixed_sections(raw)
+    check_open_sections(raw)  # against the built-in components' catalog, when it can answer
 
 
 def _in_main_thread() -> bool:

@@ -17,7 +17,6 @@ absolute path, :func:`resolve_imports`), so ``mckd evaluate``, ``predict`` and
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import re
@@ -29,7 +28,7 @@ from typing import Any, Sequence
 from mckd.errors import ConfigError
 from mckd.method import base as method_base
 from mckd.method import fusion as fusion_base
-from mckd.registry import ENTRIES, KINDS, Entry  # noqa: F401  (KINDS: the kinds, for callers)
+from mckd.registry import ENTRIES, KINDS, Entry, unknown_name_error  # noqa: F401  (KINDS: the kinds, for callers)
 
 # Modules that register the built-in entries; imported on first lookup.
 BUILTIN_MODULES: list[str] = [
@@ -191,14 +190,8 @@ def lookup(kind: str, name: str) -> Entry:
     known = entries(kind)
     if name in known:
         return known[name]
-    if kind == "method" and name in presets():
-        preset = presets()[name]
-        settings = ", ".join(f"{key}: {value}" for key, value in preset.overrides)
-        raise ConfigError(f"method.name {name!r} is a preset ({preset.method} with {settings}); write method.name: "
-                          f"{preset.method} with those keys, or name it in `mckd benchmark --methods`")
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"{kind}.name {name!r} is not known{hint}; known: {', '.join(sorted(known))}")
+    presets_named = {key: (p.method, p.overrides) for key, p in presets().items()} if kind == "method" else {}
+    raise unknown_name_error(kind, name, list(known), presets_named)
 
 
 def presets() -> dict[str, method_base.Preset]:

@@ -158,11 +158,16 @@ class ModelSection(Section):
     fill: str = "mean"  # missing features: mean of the present ones (Eq. 2), zero, or a registered fill (mckd list)
     fusion: str = "concat"  # concat (Eq. 3), hemis (mean and variance over present modalities), or a registered fusion
 
-    def check_names(self) -> None:
-        """``fill`` and ``fusion`` name registered components (:mod:`mckd.method.fusion`, plug-ins)."""
-        from mckd import components
+    def check_names(self, source: Any = None) -> None:
+        """``fill`` and ``fusion`` name registered components (:mod:`mckd.method.fusion`, plug-ins).
 
-        for key, known in (("fill", components.fills()), ("fusion", components.fusions())):
+        ``source`` answers ``fills()`` and ``fusions()``: :mod:`mckd.components` (the default) or a
+        :class:`mckd.catalog.Catalog`.
+        """
+        if source is None:
+            from mckd import components as source
+
+        for key, known in (("fill", source.fills()), ("fusion", source.fusions())):
             value = getattr(self, key)
             if value not in known:
                 close = difflib.get_close_matches(str(value), list(known), n=1)
@@ -342,18 +347,24 @@ def build_dataclass(cls: type, values: Any, path: str) -> Any:
     return obj
 
 
-def _build_section(kind: str, values: Any) -> Section:
-    """An open section: its ``name``'s registered options, plus the section's shared keys (``model``: fill, fusion)."""
-    from mckd import components
+def _build_section(kind: str, values: Any, source: Any = None) -> Section:
+    """An open section: its ``name``'s registered options, plus the section's shared keys (``model``: fill, fusion).
+
+    ``source`` answers ``names(kind)``, ``lookup(kind, name)``, ``fills()`` and ``fusions()``:
+    :mod:`mckd.components` (the default: imports the components) or a :class:`mckd.catalog.Catalog` (the
+    built-in components' options, read without importing them).
+    """
+    if source is None:
+        from mckd import components as source
 
     if not isinstance(values, dict) or "name" not in values:
-        names = components.names(kind)
+        names = source.names(kind)
         raise ConfigError(f"config section {kind!r} needs a 'name', one of: {', '.join(names)}")
     values = dict(values)
     name = values.pop("name")
     if not isinstance(name, str):
         raise ConfigError(f"{kind}.name must be a string, got {_show(name)}")
-    entry = components.lookup(kind, name)
+    entry = source.lookup(kind, name)
     section_type = _SECTION_TYPES.get(kind, Section)
     shared = {f.name: f for f in dataclasses.fields(section_type) if f.name not in ("name", "options")}
     own = {f.name for f in dataclasses.fields(entry.options) if f.init}
@@ -365,7 +376,7 @@ def _build_section(kind: str, values: Any) -> Section:
     section = section_type(name=name, options=build_dataclass(entry.options, values, kind), **common)
     section._entry = entry  # type: ignore[attr-defined]
     if isinstance(section, ModelSection):
-        section.check_names()
+        section.check_names(source)
     return section
 
 
@@ -537,6 +548,25 @@ def check_fixed_sections(raw: Any) -> None:
             build_dataclass(kind, value, key)
         elif key == "seed":
             build_dataclass(_SeedOnly, {"seed": value}, "")
+
+
+def check_open_sections(raw: Any) -> None:
+    """Check the open sections (``task``, ``data``, ``model``, ``method``) against the built-in components'
+    catalog, without importing them (and torch): names, keys, types and paths, with the errors
+    :func:`config_from_dict` gives. Nothing is checked when the catalog cannot answer for this config (it
+    ``imports:`` modules, a plug-in is installed, or mckd's sources changed since the catalog was made);
+    ranges checked by an options class's ``validate`` wait for :func:`config_from_dict` either way.
+    """
+    if not isinstance(raw, dict) or raw.get("imports"):
+        return
+    from mckd.catalog import builtin_catalog
+
+    catalog = builtin_catalog()
+    if catalog is None:
+        return
+    for kind in OPEN_SECTIONS:
+        if kind in raw:
+            _build_section(kind, raw[kind], catalog)
 
 
 @dataclass

@@ -20,8 +20,11 @@ This module imports no component, so every component can import it.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
+
+from mckd.errors import ConfigError
 
 KINDS = ("data", "model", "task", "method")
 
@@ -71,3 +74,16 @@ def register_network(name: str, options: type, description: str) -> Callable:
 def register_task(name: str, options: type, description: str) -> Callable:
     """Decorator: ``build(options, facts: dict) -> Task`` under ``task.name``."""
     return _register("task", name, options, description)
+
+
+def unknown_name_error(kind: str, name: Any, known: Sequence[str],
+                       presets: Mapping[str, tuple[str, Sequence[tuple[str, Any]]]] | None = None) -> ConfigError:
+    """The error for a ``{kind}.name`` that names no entry: the closest known name, or the preset it is."""
+    if name in (presets or {}):
+        method, overrides = presets[name]  # type: ignore[index]
+        settings = ", ".join(f"{key}: {value}" for key, value in overrides)
+        return ConfigError(f"method.name {name!r} is a preset ({method} with {settings}); write method.name: "
+                           f"{method} with those keys, or name it in `mckd benchmark --methods`")
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{kind}.name {name!r} is not known{hint}; known: {', '.join(sorted(known))}")
