@@ -437,6 +437,21 @@ def test_a_seed_or_method_given_twice_and_a_run_compared_with_itself_are_refused
     assert run_cli(["train", digits_yaml, "--out", run], capsys)[0] == 0
     code, err = run_cli(["compare", run, str(run) + "/"], capsys)
     assert code == 2 and "are the same run" in one_error_line(err)
+    other = tmp_path / "other"
+    assert run_cli(["train", digits_yaml, "--out", other, "--set", "seed=1"], capsys)[0] == 0
+    code, err = run_cli(["compare", run, other, "--names", "a", "a"], capsys)
+    assert code == 2 and "give the two runs different names" in one_error_line(err)
+
+
+def test_compare_warns_when_the_runs_were_tested_on_different_samples(digits_yaml, tmp_path, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run_cli(["train", digits_yaml, "--out", a], capsys)[0] == 0
+    assert run_cli(["train", digits_yaml, "--out", b, "--set", "seed=1"], capsys)[0] == 0
+    assert run_cli(["train", digits_yaml, "--out", c, "--set", "data.split_seed=1"], capsys)[0] == 0
+    code, err = run_cli(["compare", a, b, "--out", tmp_path / "ab"], capsys)
+    assert code == 0 and "warning" not in err
+    code, err = run_cli(["compare", a, c, "--out", tmp_path / "ac"], capsys)
+    assert code == 0 and "warning: the runs were tested on different samples" in err
 
 
 # --- 9: SIGTERM at set-up and during the final evaluation -----------------------------------------------------

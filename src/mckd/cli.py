@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mckd.errors import Interrupted, MckdError, Stopped
+from mckd.progress import plural
 
 # A name that becomes part of a file name (--names of mckd compare): no folders, no hidden files.
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*$")
@@ -221,14 +222,20 @@ def cmd_compare(args: argparse.Namespace) -> None:
     table_a, table_b = RunDir(a).results_table(args.table), RunDir(b).results_table(args.table)
     if table_a.resolve() == table_b.resolve():
         raise MckdError(f"{str(a)!r} and {str(b)!r} are the same run ({table_a}); compare two different runs")
+    if args.names and args.names[0] == args.names[1]:
+        raise MckdError(f"--names: give the two runs different names (both are {args.names[0]!r})")
     name_a, name_b = args.names or (a.resolve().name, b.resolve().name)
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
     rows_a, rows_b = read_table(table_a), read_table(table_b)
-    metric = args.metric or primary_metric(RunDir(a)) or next(
-        k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples"))
-    if metric not in rows_a[0]:
-        raise MckdError(f"metric {metric!r} is not in the tables; they have {[k for k in rows_a[0] if k != 'subset']}")
+    metrics = [k for k in rows_a[0] if k not in ("subset", "pattern", "size", "samples")]
+    metric = args.metric or primary_metric(RunDir(a)) or metrics[0]
+    if metric not in metrics:
+        raise MckdError(f"metric {metric!r} is not in the tables; they have {metrics}")
+    different = _different_test_splits(a, b)
+    if different:
+        print(f"mckd: warning: {different}; the comparison pairs rows by name, not the same samples",
+              file=sys.stderr)
     rows, summary = compare_tables(rows_a, rows_b, metric, name_a, name_b)
     out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
     sentence = test_sentence(summary, name_a, name_b)
@@ -238,6 +245,33 @@ def cmd_compare(args: argparse.Namespace) -> None:
         plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
     print(sentence)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
+
+
+def _different_test_splits(a: Path, b: Path) -> str:
+    """Why runs (or multi-seed folders) ``a`` and ``b`` were tested on different samples; "" when the same or unknown.
+
+    Each run's ``data.json`` records its split (a multi-seed folder: its first seed's); runs of older mckd
+    versions recorded none, and nothing is said of them.
+    """
+    from mckd.data.recorded_split import read_recorded_split
+
+    def test_ids(folder: Path) -> list[str] | None:
+        candidates = [folder / "data.json", *sorted(folder.glob("seed_*/data.json"))]
+        for candidate in candidates:
+            if candidate.is_file():
+                try:
+                    recorded = read_recorded_split(candidate)
+                except MckdError:
+                    return None
+                return list(recorded.ids.get("test", [])) if recorded is not None else None
+        return None
+
+    ids_a, ids_b = test_ids(a), test_ids(b)
+    if ids_a is None or ids_b is None or sorted(ids_a) == sorted(ids_b):
+        return ""
+    shared = len(set(ids_a) & set(ids_b))
+    return (f"the runs were tested on different samples ({len(ids_a)} and {len(ids_b)} test ids, {shared} in "
+            "common: different data or data.split_seed)")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -320,7 +354,7 @@ def _predict_samples(args: argparse.Namespace) -> None:
         raise MckdError(f"{args.checkpoint} is a classification model: it scores samples, mckd predict RUN --data "
                         "CONFIG.yaml (or MODALITY=FILE ...) --output FILE.csv; segmenting cases needs a segmentation run")
     out, count = predict_samples(args.checkpoint, args.data, args.output, device=args.device, force=args.force)
-    print(f"written: {out} ({count} samples)")
+    print(f"written: {out} ({plural(count, 'sample')})")
 
 
 def cmd_plot_seg(args: argparse.Namespace) -> None:
@@ -428,7 +462,7 @@ def cmd_prepare_seg(args: argparse.Namespace) -> None:
                                   progress=not args.no_progress, channels=channels)
     kinds = ", ".join(dict.fromkeys(s["format"]["kind"] for s in record["sources"])) if record.get("sources") \
         else record["source_format"]["kind"]
-    print(f"prepared {len(record['cases'])} cases ({kinds}, {', '.join(record['modalities'])}) into {out}")
+    print(f"prepared {plural(len(record['cases']), 'case')} ({kinds}, {', '.join(record['modalities'])}) into {out}")
 
 
 # Arguments that name files or folders (or a name that may be a file: --labels, --format): every one goes through

@@ -25,6 +25,7 @@ from mckd.config_upgrade import upgrade_raw_config
 from mckd.errors import ConfigError, Interrupted, MckdError, Stopped
 from mckd.evaluation import Evaluation
 from mckd.io import atomic_write_json, atomic_write_text, claim_output
+from mckd.progress import plural
 from mckd.report import (
     Row,
     aggregate_seeds,
@@ -38,7 +39,6 @@ from mckd.report import (
     P_UNDEFINED_NOTE,
     defined,
     format_p,
-    plural,
     rows_defined_in_all,
     single_modality_ranking,
     write_table,

@@ -23,6 +23,11 @@ import time
 from typing import Any, Mapping, TextIO
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 case``, ``3 cases``: a count with its noun, for every message that counts."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"

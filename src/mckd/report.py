@@ -15,16 +15,12 @@ from scipy import stats
 from mckd.errors import MckdError
 from mckd.io import atomic_write, atomic_write_text, file_problem
 
+
 Row = dict[str, Any]
 
 
 KEYS = ("subset", "pattern")  # the columns that name a row of an evaluation table
 PLURAL = {"subset": "subsets", "pattern": "patterns"}
-
-
-def plural(count: int, noun: str) -> str:
-    """``1 subset``, ``3 subsets``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def is_summary(name: Any) -> bool:

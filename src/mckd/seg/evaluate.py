@@ -33,6 +33,7 @@ import torch
 
 from mckd import distributed
 from mckd.errors import DataError, MckdError
+from mckd.progress import plural
 from mckd.evaluation import OBSERVED, Evaluation, all_subsets, evaluate, subset_name
 from mckd.report import write_table, write_task_tables
 from mckd.seg.cases import CaseFiles, read_case_files
@@ -228,7 +229,7 @@ def _evaluate_folder(loaded: Any, folder: Path, device: torch.device, data_forma
     cases = found.cases(labelled=True, allow_missing=True)
     scheme, reason = resolve_scheme(found, labels, cases)
     if distributed.is_main():
-        print(f"evaluating {len(cases)} cases of {found.title}; labels: {reason}")
+        print(f"evaluating {plural(len(cases), 'case')} of {found.title}; labels: {reason}")
     rank, size = distributed.rank_and_size()
     bar = CaseProgress(len(cases[rank::size]), "evaluate", enabled=progress, prefix=f"rank {rank} " if size > 1 else "")
 

@@ -37,7 +37,7 @@ import torch
 from mckd import distributed
 from mckd.errors import DataError, MckdError
 from mckd.io import atomic_write, claim_output, remove_stale_temporaries_inside
-from mckd.progress import CaseProgress
+from mckd.progress import CaseProgress, plural
 from mckd.seg.cases import CaseFiles, ImageFile, read_case_files
 from mckd.seg.formats import SourceFormat, detect_format
 from mckd.seg.labels import CONVENTIONS, LabelScheme, class_map, resolve_declaration
@@ -242,7 +242,7 @@ def predict_folder(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if rank == 0:
-            say(f"found {found.title} in {input_dir}: {len(cases)} cases; segmented from the sequences each has of "
+            say(f"found {found.title} in {input_dir}: {plural(len(cases), 'case')}; segmented from the sequences each has of "
                 f"{', '.join(usable)} ({sequence_patterns(cases, usable)})")
             rule = sequence_rule(model.modalities, found.modalities)
             if rule:
@@ -282,7 +282,7 @@ def predict_folder(
         if rank == 0:
             atomic_write(out_root / RECORD, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
             seconds = sum(c.get("seconds", 0.0) for c in everyone)
-            say(f"written {len(everyone)} cases into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
+            say(f"written {plural(len(everyone), 'case')} into {out_root} ({seconds:.1f} s of prediction); record: {out_root / RECORD}")
         return FolderPrediction(record, everyone)
 
 

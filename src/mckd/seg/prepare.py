@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mckd.errors import DataError
+from mckd.progress import plural
 from mckd.seg.cache import CaseJob, prepare_cache
 from mckd.seg.cases import CaseFiles, check_affine
 from mckd.seg.formats import SEQUENCE_SYNONYMS, SourceFormat, detect_format
@@ -199,7 +200,7 @@ def _prepare_segmentation(folders: Sequence[Path], out: str | Path, hints: Seque
             names[case.case_id] = source.found.root
             jobs.append(CaseJob(case, source.found.modalities, source.scheme if case.label else None, lookup))
     if len(sources) > 1:
-        say(f"{len(jobs)} cases from {len(sources)} sources; sequences: {', '.join(modalities)}; labels as "
+        say(f"{plural(len(jobs), 'case')} from {plural(len(sources), 'source')}; sequences: {', '.join(modalities)}; labels as "
             f"{scheme.name}'s classes")
     plan, why = resolve_plan([job.files for job in jobs], orientation, spacing)
     say(f"grid: {plan.describe()} ({why})")
@@ -207,7 +208,7 @@ def _prepare_segmentation(folders: Sequence[Path], out: str | Path, hints: Seque
     if lacking:
         first = lacking[0]
         absent = [m for m in modalities if m not in first.files.images]
-        say(f"{len(lacking)} of {len(jobs)} cases lack a sequence (e.g. {first.files.case_id}: {', '.join(absent)})"
+        say(f"{len(lacking)} of {plural(len(jobs), 'case')} lack{'s' if len(lacking) == 1 else ''} a sequence (e.g. {first.files.case_id}: {', '.join(absent)})"
             + ("; treated as missing" if allow_missing else ""))
     extra = {"source_format": sources[0].found.record(), "label_reason": sources[0].reason,
              "source": str(sources[0].found.root.resolve())}
