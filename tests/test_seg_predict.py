@@ -257,13 +257,14 @@ def test_wrong_requests_end_in_one_line_naming_what_is_wrong(seg_run, seg_folder
          "--sequences dwi: ['dwi'] are not among the model's"),
         (["--input", str(tmp_path), "--output", str(tmp_path / "o")], "holds no case folders and no NIfTI files"),
         (["--input", str(seg_folders["held_msd"])], "--input DIR needs --output DIR"),
+        (["--input", str(seg_folders["held_msd"]), "--output", str(tmp_path / "o.csv")], "looks like a file"),
         (["--input", str(seg_folders["held_msd"]), "--output", str(tmp_path / "o"), "--labels", "brats2099"],
          "label convention 'brats2099' is neither"),
     ]
     for extra, message in cases:
         assert main(["predict", str(seg_run), *extra, "--device", "cpu"]) == 2, extra
         assert message in capsys.readouterr().err, extra
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.csv").exists()
 
 
 def test_a_prediction_or_evaluation_folder_in_use_by_another_process_is_refused_naming_it(seg_run, seg_folders,

@@ -314,6 +314,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
                             "(one case), not both")
         if not (args.input and args.output):
             raise MckdError("--input DIR needs --output DIR (and the other way round)")
+        if Path(args.output).suffix.lower() in (".csv", ".tsv", ".json", ".nii", ".gz", ".npy", ".png"):
+            raise MckdError(f"--output {args.output!r} looks like a file, but a segmentation run writes a folder of "
+                            "cases there: give a folder (one case: MODALITY=FILE ... --out FILE.nii.gz)")
         predict_folder(args.checkpoint, args.input, args.output, data_format=args.format,
                        channels=_split_names(args.channels), sequences=_split_names(args.sequences),
                        labels=args.labels, options=_segment_options(args), device=args.device,
