@@ -120,7 +120,8 @@ def prepare_avmnist(
         DataError: on unreadable or inconsistent sources, or when ``out`` exists and ``force`` is false.
     """
     from safetensors.numpy import save_file
-    from tqdm import tqdm
+
+    from mckd.progress import Progress
 
     out = Path(out)
     if recipe not in RECIPES:
@@ -139,9 +140,14 @@ def prepare_avmnist(
         image_index = pair_by_label(digits, mnist_labels, seed)
         split = smil_split(digits, indices, val_per_digit, seed)
         audio = np.zeros((len(clips), N_MFCC, N_FRAMES), dtype=np.float32)
-        for i, clip in enumerate(tqdm(clips, desc=f"MFCC ({recipe})", disable=not progress, dynamic_ncols=True)):
-            samples, rate = read_wav(clip.path)
-            audio[i] = mfcc(samples, rate, recipe)  # (20, 20)
+        bar = Progress(len(clips), f"MFCC ({recipe})", enabled=progress, unit="clip")  # plain lines off a terminal
+        try:
+            for i, clip in enumerate(clips):
+                samples, rate = read_wav(clip.path)
+                audio[i] = mfcc(samples, rate, recipe)  # (20, 20)
+                bar.update()
+        finally:
+            bar.close()
         if not np.isfinite(audio).all():
             raise DataError("prepare avmnist: an MFCC holds NaN or Inf values")
         arrays = {
