@@ -39,7 +39,7 @@ def test_method_comparison_finds_the_strongest_modality_and_tests_against_the_re
     assert summary[1]["without a"] == pytest.approx(0.3)
     assert summary[1]["mckd - method"] == pytest.approx((0.1 + 0.2 + 0.01) / 3)
     assert 0 < float(summary[1]["p (all)"]) < 0.5
-    assert [r["subset"] for r in per_subset] == ["a", "b", "a+b", "mean, all subsets", "mean, without a"]
+    assert [r["subset"] for r in per_subset] == ["a", "b", "a+b", "mean, all subsets", "mean, subsets without a"]
     assert per_subset[-1]["peer"] == pytest.approx(0.3)
 
 

@@ -542,7 +542,7 @@ def method_comparison(
             by_subset = {r["subset"]: r for r in rows}
             entry[name] = float(by_subset[row["subset"]][metric])
         per_subset.append(entry)
-    for label, keep in (("mean, all subsets", None), (f"mean, without {strongest}", without)):
+    for label, keep in (("mean, all subsets", None), (f"mean, subsets without {strongest}", without)):
         entry = {"subset": label, "size": ""}
         for name in tables:
             entry[name] = float(np.mean([r[name] for r in per_subset[: len(tables[reference])]
