@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -307,7 +307,8 @@ def _predict_case(loaded: Any, task: Any, files: CaseFiles, found: SourceFormat,
     write_nifti(scheme.to_file_values(lookup[segmentation.labels]), reference, target, case.affine)
     entry: dict[str, Any] = {
         "case": files.case_id,
-        "inputs": {m: str(files.images[m]) for m in case.images},
+        "inputs": {m: str(replace(files.images[m], path=str(Path(files.images[m].path).resolve())))
+                   for m in case.images},  # absolute: the record stays true read from elsewhere
         "sequences": list(segmentation.sequences),
         "missing": [m for m in loaded.model.modalities if m not in segmentation.sequences],
         "shape": list(case.brain.shape),
