@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from mckd.io import atomic_write_text
 from mckd.registry import KINDS, Entry, unknown_name_error
 
 PACKAGE = Path(__file__).resolve().parent
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = json.dumps(snapshot(), indent=1, sort_keys=False) + "\n"
     if args.write:
-        CATALOG_FILE.write_text(text)
+        atomic_write_text(CATALOG_FILE, text)
         print(f"wrote {CATALOG_FILE}")
         return 0
     current = CATALOG_FILE.read_text() if CATALOG_FILE.is_file() else ""
