@@ -560,3 +560,16 @@ def test_plot_seg_refuses_a_sequence_given_twice(tmp_path, capsys):
     code, err = run_cli(["plot-seg", tmp_path, "--case", "c", "--subset", "flair+flair", "--out", tmp_path / "x.png"],
                         capsys)
     assert code == 2 and "flair given more than once" in one_error_line(err)
+
+
+def test_a_benchmark_takes_its_methods_from_methods_and_each_peers_keys_from_set(digits_yaml, tmp_path, capsys):
+    for override in ("method=gan", "method.name=gan"):
+        code, err = run_cli(["benchmark", digits_yaml, "--methods", "mckd", "smil", "--seeds", "0", "--set", override,
+                             "--out", tmp_path / "named"], capsys)
+        assert code == 2 and "name the method there, not in --set" in one_error_line(err)
+    out = tmp_path / "peer_key"
+    code, err = run_cli(["benchmark", digits_yaml, "--methods", "mckd", "autoencoder", "--seeds", "0", "--set",
+                         "method.recon_weight=2", "--out", out], capsys)
+    assert code == 0, err
+    assert "recon_weight: 2" in (out / "autoencoder" / "seed_0" / "config.yaml").read_text()
+    assert "recon_weight" not in (out / "mckd" / "seed_0" / "config.yaml").read_text()

@@ -125,13 +125,17 @@ def method_config(raw: dict[str, Any], name: str, overrides: Sequence[str] = ())
 
 
 def check_overrides_fit_some_method(methods: Sequence[str], overrides: Sequence[str]) -> None:
-    """A ``method.KEY`` override that none of ``methods`` has is a :class:`ConfigError` (a typo, most likely)."""
+    """A ``method.KEY`` override that none of ``methods`` has is a :class:`ConfigError` (a typo, most likely), and so
+    is one that names the method (``method``, ``method.name``): --methods does, and would be overridden silently."""
     keys: set[str] = set()
     for name in methods:
         keys |= {f.name for f in dataclasses.fields(components.lookup("method", base_method(name)).options)}
     for item in overrides:
         key, _ = split_override(item)
         parts = key.split(".")
+        if key in ("method", "method.name"):
+            raise ConfigError(f"--set {key}: a benchmark trains the methods named by --methods ({', '.join(methods)}); "
+                              "name the method there, not in --set")
         if parts[0] == "method" and len(parts) == 2 and parts[1] not in keys | {"name"}:
             raise ConfigError(f"--set {key}: none of the methods {list(methods)} has the key {parts[1]!r}")
 
