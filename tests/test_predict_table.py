@@ -217,6 +217,21 @@ def test_predictions_never_replace_a_file_the_prediction_reads_even_with_force(f
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
+def test_force_replaces_an_earlier_prediction_but_no_other_file(files_run, tmp_path, capsys):
+    run, config = files_run
+    records = sorted(p for p in run.rglob("*.csv"))  # the run's own tables and logs
+    notes = tmp_path / "notes.csv"
+    notes.write_text("id,remark\n1,keep me\n")
+    for target in (*records[:2], notes):
+        before = target.read_bytes()
+        assert main(["predict", str(run), "--data", str(config), "--output", str(target), "--force"]) == 2
+        assert "is not a table of predictions mckd wrote" in capsys.readouterr().err
+        assert target.read_bytes() == before
+    earlier = tmp_path / "predictions.csv"
+    assert main(["predict", str(run), "--data", str(config), "--output", str(earlier)]) == 0
+    assert main(["predict", str(run), "--data", str(config), "--output", str(earlier), "--force"]) == 0
+
+
 def test_inputs_without_a_single_row_are_one_error(python_run):
     from mckd.errors import DataError
 

@@ -304,11 +304,25 @@ def rows_from_files(items: Sequence[str], run_config: Any) -> tuple[list[Modalit
     return _files_rows(replace(options, root="", modalities=sources, labels=""))
 
 
+PREDICTION_COLUMNS = ("id", "modalities", "predicted")  # then p_<class> per class
+
+
+def _is_prediction_table(path: Path) -> bool:
+    """Whether ``path`` is a CSV this module wrote: its header is :data:`PREDICTION_COLUMNS` and ``p_<class>``s."""
+    try:
+        with path.open(newline="", encoding="utf-8") as stream:
+            header = next(csv.reader([stream.readline()]), [])
+    except (OSError, UnicodeDecodeError):
+        return False
+    return (tuple(header[:3]) == PREDICTION_COLUMNS and len(header) > 3
+            and all(name.startswith("p_") for name in header[3:]))
+
+
 def prediction_csv(ids: Sequence[str], present: np.ndarray, probabilities: np.ndarray, predictor: Predictor) -> str:
     """The CSV text: ``id, modalities, predicted, p_<class>...``, one row per sample."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "modalities", "predicted", *(f"p_{c}" for c in predictor.classes)])
+    writer.writerow([*PREDICTION_COLUMNS, *(f"p_{c}" for c in predictor.classes)])
     for sample, has, probs in zip(ids, present, probabilities):
         had = "+".join(m for m, h in zip(predictor.modalities, has) if h)
         writer.writerow([sample, had, predictor.classes[int(probs.argmax())], *(f"{p:.6f}" for p in probs)])
@@ -332,5 +346,9 @@ def predict_samples(run: str | Path, data: Sequence[str], output: str | Path, de
         rows, ids = rows_from_files(data, predictor.config)
     probabilities, present = predictor.probabilities_of_rows(rows, ids)
     with claim_output(output, replace=force, kind="file", what="output", inputs=input_paths(data, predictor.config)):
+        if Path(output).is_file() and not _is_prediction_table(Path(output)):  # only with --force: else refused above
+            raise MckdError(f"--output {str(output)!r} exists and is not a table of predictions mckd wrote (its header "
+                            f"is not {', '.join(PREDICTION_COLUMNS)}, p_<class>...); mckd replaces only its own outputs, "
+                            "even with --force: choose another file")
         atomic_write_text(output, prediction_csv(ids, present, probabilities, predictor))
     return Path(output), len(ids)
