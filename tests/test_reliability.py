@@ -573,3 +573,21 @@ def test_a_benchmark_takes_its_methods_from_methods_and_each_peers_keys_from_set
     assert code == 0, err
     assert "recon_weight: 2" in (out / "autoencoder" / "seed_0" / "config.yaml").read_text()
     assert "recon_weight" not in (out / "mckd" / "seed_0" / "config.yaml").read_text()
+
+
+def test_compare_writes_again_over_its_own_comparison_and_never_over_a_users_files(digits_yaml, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["train", digits_yaml, "--out", a], capsys)[0] == 0
+    assert run_cli(["train", digits_yaml, "--out", b, "--set", "seed=1"], capsys)[0] == 0
+    out = tmp_path / "cmp"
+    assert run_cli(["compare", a, b, "--out", out], capsys)[0] == 0
+    assert run_cli(["compare", a, b, "--out", out, "--names", "first", "second"], capsys)[0] == 0
+    assert "first vs second" in (out / "comparison.md").read_text()
+    for files in ({"thesis.tex": "mine", "comparison.md": "keep"}, {"comparison.md": "my own notes"}):
+        users = tmp_path / f"users_{len(files)}"
+        users.mkdir()
+        for name, text in files.items():
+            (users / name).write_text(text)
+        code, err = run_cli(["compare", a, b, "--out", users], capsys)
+        assert code == 2 and "holds files mckd compare did not write" in one_error_line(err)
+        assert {p.name: p.read_text() for p in users.iterdir()} == files

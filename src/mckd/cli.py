@@ -239,12 +239,31 @@ def cmd_compare(args: argparse.Namespace) -> None:
     rows, summary = compare_tables(rows_a, rows_b, metric, name_a, name_b)
     out = Path(args.out) if args.out else a / f"compare_vs_{name_b}"
     sentence = test_sentence(summary, name_a, name_b)
+    _check_comparison_folder(out)
     with claim_output(out, replace=True, kind="dir", what="comparison folder"):
         title = f"{metric} per {row_key(rows)}: {name_a} vs {name_b}"
         write_table(rows, out / "comparison", title=title, notes=sentence)
         plot_subset_comparison(rows, name_a, name_b, metric, out / "comparison.png")
     print(sentence)
     print(f"written: {out / 'comparison.md'}, {out / 'comparison.png'}")
+
+
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.png")
+
+
+def _check_comparison_folder(out: Path) -> None:
+    """``mckd compare`` writes COMPARISON_FILES into ``out``, replacing an earlier comparison's: a folder that holds
+    anything else, or a comparison.md mckd did not write, is someone else's and refused."""
+    if not out.is_dir():
+        return
+    others = sorted(entry.name for entry in out.iterdir() if entry.name not in COMPARISON_FILES)
+    report = out / "comparison.md"
+    foreign = report.is_file() and not report.read_text(errors="replace").startswith("# ")
+    if others or foreign:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "") or "comparison.md"
+        raise MckdError(f"--out {str(out)!r} holds files mckd compare did not write ({shown}); it writes "
+                        f"{', '.join(COMPARISON_FILES)} only into a new folder or an earlier comparison's: choose "
+                        "another folder")
 
 
 def _different_test_splits(a: Path, b: Path) -> str:
