@@ -151,6 +151,26 @@ def test_cli_scores_new_files_each_sample_from_what_it_has_as_the_predictor_does
     assert [r["modalities"] for r in written] == ["+".join(h) for h in had]
 
 
+def test_a_tables_columns_are_read_by_name_in_any_order_and_a_missing_one_is_named(files_run, tmp_path, capsys):
+    run, config = files_run
+    table = pd.read_csv(config.parent / "fou.csv", dtype={"id": str})
+    pix = f"pix={config.parent / 'pix.npz'}"
+    out = {}
+    for name, columns in (("as_trained", list(table.columns)),
+                          ("reversed", ["id", *reversed(table.columns[1:])]),
+                          ("with_extra", [*table.columns, "f_extra"])):
+        shuffled = table.assign(f_extra=1.0)[columns]
+        shuffled.to_csv(tmp_path / f"{name}.csv", index=False)
+        out[name] = tmp_path / f"{name}_predictions.csv"
+        assert main(["predict", str(run), "--data", pix, f"fou={tmp_path / f'{name}.csv'}", "--output",
+                     str(out[name])]) == 0
+    assert out["reversed"].read_text() == out["as_trained"].read_text() == out["with_extra"].read_text()
+    table.drop(columns=["f3"]).to_csv(tmp_path / "lacking.csv", index=False)
+    assert main(["predict", str(run), "--data", pix, f"fou={tmp_path / 'lacking.csv'}", "--output",
+                 str(tmp_path / "x.csv")]) == 2
+    assert "are not in this table (e.g. f3)" in capsys.readouterr().err
+
+
 def test_cli_with_the_training_config_reproduces_the_evaluation_on_the_test_split(files_run, tmp_path):
     run, config = files_run
     out = tmp_path / "all.csv"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -63,6 +63,8 @@ class Predictor:
 
     Attributes:
         modalities: the run's modalities, in the model's order.
+        columns: per modality read from a table in training, its columns in order (the run's ``data.json``):
+            a new table is read by these names, whatever its column order, and may hold more.
         input_shapes: per modality, one sample's shape.
         classes: the class names, in the order of the model's outputs.
         scaling: per modality ``(offset, scale)``: the model reads ``(raw - offset) / scale``.
@@ -79,6 +81,7 @@ class Predictor:
     config: Any
     device: torch.device
     batch_size: int = 256
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table modalities: trained columns, in order
 
     def probabilities(self, arrays: Mapping[str, Any], present: Mapping[str, Any] | None = None) -> np.ndarray:
         """Class probabilities ``[S, C]`` of ``S`` samples, each from the modalities it has.
@@ -100,6 +103,7 @@ class Predictor:
     def probabilities_of_rows(self, rows: Sequence[ModalityRows],
                               sample_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities [S, C], present bool [S, N])`` of the samples ``sample_ids``, from rows read by id."""
+        rows = [self._in_training_columns(row) for row in rows]
         self._check(rows)
         given = {r.name: r for r in rows}
         known = [given[m] for m in self.modalities if m in given]
@@ -116,6 +120,18 @@ class Predictor:
             else:
                 inputs.append(torch.zeros((len(sample_ids), *self.input_shapes[name]), dtype=torch.float32))
         return self._forward(inputs, torch.from_numpy(present)), present
+
+    def _in_training_columns(self, row: ModalityRows) -> ModalityRows:
+        """A table's values with the columns the run was trained on, by name, in training's order."""
+        trained = self.columns.get(row.name)
+        if not trained or not row.columns or tuple(row.columns) == trained:
+            return row
+        lacking = [c for c in trained if c not in row.columns]
+        if lacking:
+            raise DataError(f"{row.source} ({row.name}): the run was trained on {len(trained)} columns of this "
+                            f"modality, and {len(lacking)} are not in this table (e.g. {', '.join(lacking[:5])})")
+        order = [row.columns.index(c) for c in trained]
+        return replace(row, values=row.values[:, order], columns=trained)
 
     def _check(self, rows: Sequence[ModalityRows]) -> None:
         for row in rows:
@@ -199,8 +215,9 @@ def load(run: str | Path, encoders: Any = None, head: torch.nn.Module | None = N
     facts = json.loads(directory.data.read_text(encoding="utf-8")) if directory.data.is_file() else {}
     classes = [str(c) for c in facts.get("classes") or range(loaded.task.num_outputs)]
     shapes = {m: tuple(s) for m, s in stored["input_shapes"].items()}
+    columns = {m: tuple(c) for m, c in (facts.get("columns") or {}).items()}
     return Predictor(loaded.model, tuple(stored["modalities"]), shapes, classes, _scaling_of(directory, loaded.config),
-                     directory.path, loaded.config, torch_device)
+                     directory.path, loaded.config, torch_device, columns=columns)
 
 
 def _checkpoint_metadata(path: Path) -> dict[str, Any]:

@@ -220,7 +220,8 @@ def read_modality(name: str, source: ModalitySource, options: FilesOptions) -> M
         reserved = {options.id_column, options.label_column, options.split_column, source.presence_column} - {""}
         columns = _table_columns(table, source, reserved, path, name)
         present = _presence(table, source.presence_column, path) if source.presence_column else None
-        return ModalityRows(name, ids, _numeric(table, columns, path, name), present, str(path))
+        return ModalityRows(name, ids, _numeric(table, columns, path, name), present, str(path),
+                            tuple(str(c) for c in columns))
     if lower.endswith(".npz"):
         arrays = load_array(path, name)
         for key in ("id", source.key):
@@ -292,4 +293,5 @@ def build_files(options: FilesOptions, seed: int) -> DataBundle:
     else:
         split = draw_split(labels, options.split, options.split_seed)
     return make_bundle(rows, ids, labels, classes, split, options.standardise,
-                       info={"source": labels_source, "files": {m.name: m.source for m in rows}})
+                       info={"source": labels_source, "files": {m.name: m.source for m in rows},
+                             "columns": {m.name: list(m.columns) for m in rows if m.columns}})

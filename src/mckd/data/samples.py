@@ -54,6 +54,8 @@ class ModalityRows:
         present: optional ``[R]`` flags as the source gives them (read by :func:`parse_presence`): false
             where the source marks the modality missing for that row.
         source: where the rows came from (for messages).
+        columns: a table's column names, one per value of a row (empty for other sources): a trained run
+            records them, and new samples' tables are read by name in that order.
     """
 
     name: str
@@ -61,6 +63,7 @@ class ModalityRows:
     values: np.ndarray
     present: np.ndarray | None
     source: str
+    columns: tuple[str, ...] = ()
 
 
 _PRESENT = {"1", "1.0", "true", "t", "yes", "y", "present"}
