@@ -500,7 +500,8 @@ def write_summary(
         if lacking:
             gain = float(np.mean([r[metric] - others[r["subset"]][metric] for r in lacking]))
             lines += [
-                f"Over the {plural(len(lacking), 'subset')} that lack both of the two highest-weighted modalities "
+                f"Over the {plural(len(lacking), 'subset')} that lack{'s' if len(lacking) == 1 else ''} both of the two "
+                "highest-weighted modalities "
                 f"({', '.join(ranked[:2])}), the mean difference is {gain:+.4f}.",
                 "",
             ]

@@ -175,7 +175,9 @@ def align(modalities: Sequence[ModalityRows], sample_ids: Sequence[str],
     if empty.any():
         names = [sample_ids[r] for r in np.flatnonzero(empty)]
         raise DataError(f"samples {_few(names)} have none of the modalities {[m.name for m in modalities]}; "
-                        "a sample needs at least one: remove them from the labels (or from the samples to predict)")
+                        "a sample needs at least one: leave them out of the labels and of every source that lists "
+                        "them (an all-NaN row or a flag saying missing still lists a sample), or, when predicting, "
+                        "out of the samples given")
     return arrays, present
 
 
