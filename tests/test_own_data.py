@@ -401,3 +401,14 @@ def test_fit_refuses_an_existing_run_unless_forced(digits_csv_dir, tmp_path):
     fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", settings={**settings, "train.iterations": 6},
         force=True)
     assert json.loads(RunDir(tmp_path / "run").record.read_text())["iteration"] == 6
+
+
+def test_fit_takes_a_preset_as_its_method_with_the_presets_settings(digits_csv_dir, tmp_path):
+    from mckd.api import fit
+
+    bundle, encoders = _two_view_bundle(digits_csv_dir)
+    result = fit(bundle, encoders, torch.nn.Linear(32, 10), tmp_path / "run", method="zero_fill",
+                 settings={"train.iterations": 4, "train.progress": False, "method.alpha": 0.5})
+    config = result.experiment.config
+    assert (config.method.name, config.method.options.alpha, config.method.options.meta, config.model.fill) == \
+        ("mckd", 0.0, False, "zero")  # the preset's settings come last: they define it

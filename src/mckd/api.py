@@ -127,6 +127,12 @@ def _config(bundle: DataBundle, encoders: Any, head: nn.Module, method: str, fil
             raise ConfigError(f"fit(settings={{{key!r}: ...}}): the data and the model are the arrays and modules "
                               "given to fit")
         set_key(raw, key, value)
+    from mckd import components
+
+    if method in components.presets():  # a method with fixed settings (mckd list): as mckd benchmark --methods takes it
+        from mckd.experiment import method_config
+
+        raw = method_config(raw, method)
     return config_from_dict(raw)
 
 
@@ -149,7 +155,8 @@ def fit(
             module shared by every modality (inputs of one shape).
         head: the decoder: fused features (``N * F`` channels for ``concat``) -> ``[B, classes]``.
         out: the run directory.
-        method: a registered training method (``mckd list``).
+        method: a registered training method or preset (``mckd list``; a preset is its method with its
+            settings, which come after ``settings``).
         fill, fusion: as ``model.fill`` and ``model.fusion`` (Eq. 2, Eq. 3).
         settings: dotted config keys with their values, e.g. ``{"train.iterations": 300, "method.alpha": 0.3}``.
         force: replace a run already in ``out`` (once the new one has written its first checkpoint);
