@@ -591,3 +591,10 @@ def test_compare_writes_again_over_its_own_comparison_and_never_over_a_users_fil
         code, err = run_cli(["compare", a, b, "--out", users], capsys)
         assert code == 2 and "holds files mckd compare did not write" in one_error_line(err)
         assert {p.name: p.read_text() for p in users.iterdir()} == files
+
+
+def test_a_fusion_made_for_3d_maps_on_a_vector_network_is_one_error_line(digits_yaml, tmp_path, capsys):
+    code, err = run_cli(["train", digits_yaml, "--set", "model.fusion=gated", "--out", tmp_path / "run"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "fusion 'gated' cannot fuse this network's features" in line and "conv3d" in line
+    assert not (tmp_path / "run").exists()

@@ -271,7 +271,13 @@ def check_fusion_channels(model: MultiModalModel, spec: ModelSpec) -> None:
     fusion.eval()
     try:
         for level, shape in enumerate(spec.feature_shapes):
-            out = fusion(torch.zeros((1, n) + tuple(shape)), torch.ones(1, n, dtype=torch.bool), level)
+            try:
+                out = fusion(torch.zeros((1, n) + tuple(shape)), torch.ones(1, n, dtype=torch.bool), level)
+            except (RuntimeError, ValueError, IndexError) as error:  # made for other features (3D maps, not vectors)
+                reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+                raise MckdError(f"fusion {model.fusion!r} cannot fuse this network's features ({n} modalities of "
+                                f"shape {tuple(shape)} at encoder level {level}): {reason}; choose another "
+                                "model.fusion (mckd list says what each fuses)") from None
             promised = type(fusion).output_channels(n, shape[0])
             if out.dim() < 2 or out.shape[1] != promised:
                 raise MckdError(f"fusion {model.fusion!r} gives {tuple(out.shape)} at encoder level {level} for "

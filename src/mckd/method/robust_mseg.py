@@ -58,7 +58,8 @@ class GatedFusion(Fusion):
     zeroed first, so they add nothing whatever their gate.
     """
 
-    description = "Robust-MSeg: a learned sigmoid gate map per modality, gated features mixed (missing ones zeroed)"
+    description = ("Robust-MSeg: a learned sigmoid gate map per modality, gated features mixed (missing ones zeroed);"
+                   " 3D feature maps (segmentation networks)")
 
     def __init__(self, num_modalities: int, channels: Sequence[int] = ()) -> None:
         super().__init__(num_modalities, channels)

@@ -95,7 +95,8 @@ class GaussianProductFusion(Fusion):
     mean in evaluation.
     """
 
-    description = "U-HVED: product of the present modalities' Gaussians and N(0, 1); sampled in training, the mean at test"
+    description = ("U-HVED: product of the present modalities' Gaussians and N(0, 1); sampled in training, the mean at test;"
+                   " 3D feature maps (segmentation networks)")
 
     def __init__(self, num_modalities: int, channels: Sequence[int] = ()) -> None:
         super().__init__(num_modalities, channels)
