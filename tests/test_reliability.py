@@ -598,3 +598,13 @@ def test_a_fusion_made_for_3d_maps_on_a_vector_network_is_one_error_line(digits_
     line = one_error_line(err)
     assert code == 2 and "fusion 'gated' cannot fuse this network's features" in line and "conv3d" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_rates_and_subset_name_modalities_whatever_the_policy(digits_yaml, tmp_path, capsys):
+    for override in ("missing.rates={pxx: 0.5}", "missing.subset=[pxx]"):
+        code, err = run_cli(["train", digits_yaml, "--set", override, "--out", tmp_path / "bad"], capsys)
+        assert code == 2 and "'pxx', which is not a modality of this dataset" in one_error_line(err)
+    with pytest.warns(UserWarning, match="missing.rates is set but missing.policy is 'random_subset'"):
+        code, _ = run_cli(["train", digits_yaml, "--set", "missing.rates={fou: 0.5}", "--out", tmp_path / "unread"],
+                          capsys)
+    assert code == 0
