@@ -600,11 +600,15 @@ def test_a_fusion_made_for_3d_maps_on_a_vector_network_is_one_error_line(digits_
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_rates_and_subset_name_modalities_whatever_the_policy(digits_yaml, tmp_path, capsys):
-    for override in ("missing.rates={pxx: 0.5}", "missing.subset=[pxx]"):
-        code, err = run_cli(["train", digits_yaml, "--set", override, "--out", tmp_path / "bad"], capsys)
-        assert code == 2 and "'pxx', which is not a modality of this dataset" in one_error_line(err)
-    with pytest.warns(UserWarning, match="missing.rates is set but missing.policy is 'random_subset'"):
-        code, _ = run_cli(["train", digits_yaml, "--set", "missing.rates={fou: 0.5}", "--out", tmp_path / "unread"],
-                          capsys)
-    assert code == 0
+def test_missing_rates_or_subset_that_the_policy_does_not_read_warn_naming_unknown_modalities(digits_yaml, tmp_path,
+                                                                                            capsys):
+    for override, policy, message in (("missing.rates={pxx: 0.5}", "random_subset", "it also names ['pxx']"),
+                                      ("missing.subset=[fou]", "rates", "missing.subset is set")):
+        settings = ["--set", override] + (["--set", "missing.policy=rates", "--set", "missing.rates={fou: 0.5}"]
+                                          if policy == "rates" else [])
+        with pytest.warns(UserWarning, match=f"policy is '{policy}', which does not read it") as caught:
+            code, _ = run_cli(["train", digits_yaml, *settings, "--out", tmp_path / policy], capsys)
+        assert code == 0 and message in str(caught[0].message)
+    code, err = run_cli(["train", digits_yaml, "--set", "missing.policy=rates", "--set", "missing.rates={pxx: 0.5}",
+                         "--out", tmp_path / "read"], capsys)
+    assert code == 2 and "missing.rates names ['pxx']" in one_error_line(err)

@@ -58,17 +58,13 @@ def build_data(config: Config) -> DataBundle:
             raise DataError(f"data {config.data.name!r}: the {name} split has no samples; check data.split "
                             "(train / meta-validation / test all need some)")
     missing = config.missing
-    unknown = [name for name in [*missing.rates, *missing.subset] if name not in bundle.modalities]
-    if unknown:  # whatever the policy: a misspelt name is a mistake even where the policy does not read it
-        key = "missing.rates" if unknown[0] in missing.rates else "missing.subset"
-        raise ConfigError(f"{key} names {unknown[0]!r}, which is not a modality of this dataset: "
-                          f"{list(bundle.modalities)}")
-    unread = [key for key, value, policy in (("rates", missing.rates, "rates"), ("subset", missing.subset, "fixed"))
-              if value and missing.policy != policy]
-    if unread:
-        warnings.warn(f"missing.{unread[0]} is set but missing.policy is {missing.policy!r}, which does not read "
-                      f"it (policy 'rates' reads rates, 'fixed' reads subset): it has no effect on this run",
-                      stacklevel=2)
+    for key, value, reader in (("rates", missing.rates, "rates"), ("subset", missing.subset, "fixed")):
+        if value and missing.policy != reader:  # set, but not read: a typo there would go unnoticed
+            unknown = [name for name in value if name not in bundle.modalities]
+            named = (f"; it also names {unknown}, which are not modalities of this dataset {list(bundle.modalities)}"
+                     if unknown else "")
+            warnings.warn(f"missing.{key} is set but missing.policy is {missing.policy!r}, which does not read it "
+                          f"(policy '{reader}' does): it has no effect on this run{named}", stacklevel=2)
     if missing.policy == "fixed":
         subset_mask(bundle.modalities, missing.subset)  # check the names now
     if missing.policy == "rates":
