@@ -612,3 +612,12 @@ def test_missing_rates_or_subset_that_the_policy_does_not_read_warn_naming_unkno
     code, err = run_cli(["train", digits_yaml, "--set", "missing.policy=rates", "--set", "missing.rates={pxx: 0.5}",
                          "--out", tmp_path / "read"], capsys)
     assert code == 2 and "missing.rates names ['pxx']" in one_error_line(err)
+
+
+def test_evaluate_refuses_options_of_an_evaluation_of_other_data_without_data(digits_yaml, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["train", digits_yaml, "--out", run], capsys)[0] == 0
+    for extra in (["--subsets", "fou+zz"], ["--out", str(tmp_path / "elsewhere")]):
+        code, err = run_cli(["evaluate", run, *extra], capsys)
+        assert code == 2 and f"{extra[0]} applies with --data DIR" in one_error_line(err)
+    assert not (tmp_path / "elsewhere").exists()

@@ -156,6 +156,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     if not run.is_dir() and not run.parent.is_dir():  # nothing to claim there (and no folder made for a lock)
         raise MckdError(f"run directory {str(run)!r} does not exist")
+    if args.data is None:
+        given = [flag for flag, value, default in (("--subsets", args.subsets, "all"), ("--out", args.out, None))
+                 if value != default]
+        if given:  # they shape an evaluation of other labelled data; without --data they would be ignored
+            raise MckdError(f"{given[0]} applies with --data DIR (other labelled data); mckd evaluate RUN alone "
+                            "evaluates every subset of the run's test split into RUN/eval")
     out = Path(args.out) if args.data is not None and args.out else None
     outside = out is not None and not out.resolve().is_relative_to(run.resolve())
     # The run is claimed (not while it trains), or, for --data --out elsewhere, that output: a read-only run evaluates.
