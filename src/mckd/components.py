@@ -81,8 +81,8 @@ def resolve_imports(names: Any, base: Path, where: str = "imports") -> list[str]
         if name.endswith(".py") or "/" in name or name.startswith("~"):
             path = (base / Path(name).expanduser()).resolve()
             if not (path.is_file() or (path / "__init__.py").is_file()):
-                raise ConfigError(f"{where}[{index}] {name!r}: {str(path)!r} is neither a Python file nor a "
-                                  "package folder")
+                state = "does not exist" if not path.exists() else "is neither a Python file nor a package folder"
+                raise ConfigError(f"{where}[{index}] {name!r}: {str(path)!r} {state}")
             resolved.append(str(path))
         elif not MODULE_NAME.match(name):
             raise ConfigError(f"{where}[{index}] must be a Python module name such as my_package.my_method or a "

@@ -386,7 +386,7 @@ def write_methods_table(
     summary, per_subset, strongest = method_comparison(tables, metric, methods[0], seed_means, common)
     shared = single_modality_ranking(rows_defined_in_all(tables, metric)[methods[0]], common, metric)[1]
     command = " ".join(["mckd benchmark", str(config_path), "--methods", *methods,
-                        "--seeds", *map(str, seeds), *(f"--set {o}" for o in overrides)])
+                        "--seeds", *map(str, seeds), *(f"--set {o}" for o in overrides), "--out", str(out)])
     text = "\n".join([
         f"## Methods compared ({metric}, test split, mean over seeds {list(seeds)})",
         "",
