@@ -231,6 +231,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.names and args.names[0] == args.names[1]:
         raise MckdError(f"--names: give the two runs different names (both are {args.names[0]!r})")
     name_a, name_b = args.names or (a.resolve().name, b.resolve().name)
+    if name_a == name_b and a.resolve().parent.name != b.resolve().parent.name:  # mckd/seed_0 vs smil/seed_0
+        name_a, name_b = (f"{p.resolve().parent.name}_{p.resolve().name}" for p in (a, b))
     if name_a == name_b:
         name_a, name_b = f"{name_a}_a", f"{name_b}_b"
     rows_a, rows_b = read_table(table_a), read_table(table_b)
