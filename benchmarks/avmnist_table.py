@@ -478,6 +478,10 @@ def verdict(reference: str, cell: dict[str, Any]) -> str:
         return f"ahead of {reference} ({numbers})"
     if cell["high"] < 0 and cell["p_two"] < 0.05:
         return f"behind {reference} ({numbers})"
+    if cell["low"] > 0 or cell["high"] < 0:  # the two statistics disagree: say both, conclude nothing
+        side = "ahead of" if cell["low"] > 0 else "behind"
+        return (f"not distinguishable from {reference} by the sign-flip test, though the interval is {side} it "
+                f"({numbers})")
     return f"not distinguishable from {reference} ({numbers})"
 
 

@@ -73,6 +73,9 @@ def test_the_table2_benchmark_pools_every_rate_into_one_comparison_per_row():
     assert pooled["too_few"] and pooled["rates"] == [5, 20]
     sentence = avmnist_table.verdict("MCKD", pooled)
     assert sentence.startswith("too few runs to tell from MCKD (+0.75") and "r = 5, 20%" in sentence
+    disagreeing = {"difference": -2.0, "low": -3.0, "high": -1.0, "p_two": 0.062, "too_few": False, "pairs": 8}
+    assert avmnist_table.verdict("MCKD", disagreeing).startswith(
+        "not distinguishable from MCKD by the sign-flip test, though the interval is behind it (-2.00")
     lower = {(0, 0): 93.0, (0, 1): 94.0, (1, 0): 95.0}  # LowerB: one run per draw and seed, the same at every r
     against_lower = avmnist_table.paired_over_rates(a, {5: lower, 10: lower, 20: lower}, b_per_rate=False)
     assert against_lower["pairs"] == 2  # (0, 0) and (0, 1), each counted once whatever the rates
