@@ -583,8 +583,9 @@ def test_compare_writes_again_over_its_own_comparison_and_never_over_a_users_fil
     assert run_cli(["compare", a, b, "--out", out], capsys)[0] == 0
     assert run_cli(["compare", a, b, "--out", out, "--names", "first", "second"], capsys)[0] == 0
     assert "first vs second" in (out / "comparison.md").read_text()
-    for files in ({"thesis.tex": "mine", "comparison.md": "keep"}, {"comparison.md": "my own notes"}):
-        users = tmp_path / f"users_{len(files)}"
+    for files in ({"thesis.tex": "mine", "comparison.md": "keep"}, {"comparison.md": "my own notes"},
+                  {"comparison.csv": "my,own\n1,2\n"}, {"comparison.png": "not a plot of mckd's"}):
+        users = tmp_path / f"users_{'_'.join(sorted(files)).replace('.', '')}"
         users.mkdir()
         for name, text in files.items():
             (users / name).write_text(text)
@@ -621,3 +622,18 @@ def test_evaluate_refuses_options_of_an_evaluation_of_other_data_without_data(di
         code, err = run_cli(["evaluate", run, *extra], capsys)
         assert code == 2 and f"{extra[0]} applies with --data DIR" in one_error_line(err)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_benchmark_with_force_never_writes_into_a_folder_of_the_users_files(digits_yaml, tmp_path, capsys):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "summary.md").write_text("MY OWN SUMMARY")
+    code, err = run_cli(["benchmark", digits_yaml, "--methods", "mckd", "baseline", "--seeds", "0", "--out", users,
+                         "--force"], capsys)
+    assert code == 2 and "holds files mckd did not write (summary.md)" in one_error_line(err)
+    assert [p.name for p in users.iterdir()] == ["summary.md"] and (users / "summary.md").read_text() == "MY OWN SUMMARY"
+    bench = tmp_path / "bench"
+    assert run_cli(["benchmark", digits_yaml, "--methods", "mckd", "baseline", "--seeds", "0", "--out", bench],
+                   capsys)[0] == 0
+    assert run_cli(["benchmark", digits_yaml, "--methods", "mckd", "baseline", "--seeds", "0", "--out", bench,
+                    "--force"], capsys)[0] == 0  # an earlier benchmark is its own

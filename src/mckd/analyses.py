@@ -268,7 +268,7 @@ def analyse(kind: str, config_path: str | Path, out: str | Path, seeds: Sequence
 
     An existing ``out`` is refused unless ``force``.
     """
-    from mckd.io import claim_output
+    from mckd.io import check_writes_into_own_folder, claim_output
 
     if kind not in ANALYSES:
         raise ConfigError(f"unknown analysis {kind!r}; known: {', '.join(ANALYSES)}")
@@ -286,6 +286,7 @@ def analyse(kind: str, config_path: str | Path, out: str | Path, seeds: Sequence
         unknown = [v for v in values if v not in NORMALISATIONS]
         if unknown:
             raise ConfigError(f"--values: {unknown} are not weight normalisations; choose among {list(NORMALISATIONS)}")
+    check_writes_into_own_folder(out, "analysis folder")
     with claim_output(out, replace=force, kind="dir", what="analysis folder"):
         if kind == "alpha":
             return analyse_alpha(config_path, out, seeds, overrides, alphas if values else DEFAULT_ALPHAS)

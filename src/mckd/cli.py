@@ -265,10 +265,15 @@ def _check_comparison_folder(out: Path) -> None:
     if not out.is_dir():
         return
     others = sorted(entry.name for entry in out.iterdir() if entry.name not in COMPARISON_FILES)
-    report = out / "comparison.md"
-    foreign = report.is_file() and not report.read_text(errors="replace").startswith("# ")
+    report, table = out / "comparison.md", out / "comparison.csv"
+    present = [out / name for name in COMPARISON_FILES if (out / name).exists() or (out / name).is_symlink()]
+    ours = (report.is_file() and not report.is_symlink() and report.read_text(errors="replace").startswith("# ")
+            and (not table.exists() or (table.is_file() and not table.is_symlink()
+                                        and table.read_text(errors="replace").startswith(("subset,", "pattern,")))))
+    foreign = bool(present) and not ours  # an earlier comparison has mckd's report (and table) beside its plot
     if others or foreign:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "") or "comparison.md"
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "") or \
+            ", ".join(p.name for p in present)
         raise MckdError(f"--out {str(out)!r} holds files mckd compare did not write ({shown}); it writes "
                         f"{', '.join(COMPARISON_FILES)} only into a new folder or an earlier comparison's: choose "
                         "another folder")

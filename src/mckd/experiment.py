@@ -24,7 +24,7 @@ from mckd.config import apply_overrides, config_from_dict, load_raw, set_key, sp
 from mckd.config_upgrade import upgrade_raw_config
 from mckd.errors import ConfigError, Interrupted, MckdError, Stopped
 from mckd.evaluation import Evaluation
-from mckd.io import atomic_write_json, atomic_write_text, claim_output
+from mckd.io import atomic_write_json, atomic_write_text, check_writes_into_own_folder, claim_output
 from mckd.progress import plural
 from mckd.report import (
     Row,
@@ -287,6 +287,7 @@ def benchmark(
     components.import_modules(apply_overrides(raw, overrides).get("imports") or [])  # methods they register
     check_overrides_fit_some_method(methods, overrides)
     configs = {name: config_from_dict(method_config(raw, name, overrides)) for name in methods}  # fail early
+    check_writes_into_own_folder(out, "benchmark folder")
     with claim_output(out, replace=force or reuse, kind="dir", what="benchmark folder"):
         tables = {name: train_seeds(raw, overrides, seeds, out / name, reuse, method=name, force=force)
                   for name in methods}

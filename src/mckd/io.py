@@ -496,6 +496,20 @@ def _listing(folder: Path, limit: int = 3) -> str:
     return ""
 
 
+def check_writes_into_own_folder(path: str | Path, what: str) -> None:
+    """A command that writes into an existing folder (``benchmark``, ``analyse``, with ``--force`` or ``--reuse``)
+    writes only into one of mckd's: the folder, or one of its subfolders, is an mckd output
+    (:func:`recognise_output`). An empty folder is fine; a folder of the user's files is refused."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink() or not any(path.iterdir()):
+        return
+    if recognise_output(path) or any(recognise_output(child) for child in path.iterdir()
+                                     if child.is_dir() and not child.is_symlink()):
+        return
+    raise MckdError(f"{str(path)!r} holds files mckd did not write{_listing(path)}; a {what} is written only into a "
+                    f"new or empty folder or an earlier {what}, even with --force: choose another folder")
+
+
 def _check_replaceable(path: Path, what: str) -> None:
     """``--force`` deletes ``path``: only an mckd ``what`` of its own, a real folder (not a link to one)."""
     if path.is_symlink():
