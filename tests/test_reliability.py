@@ -637,3 +637,15 @@ def test_benchmark_with_force_never_writes_into_a_folder_of_the_users_files(digi
                    capsys)[0] == 0
     assert run_cli(["benchmark", digits_yaml, "--methods", "mckd", "baseline", "--seeds", "0", "--out", bench,
                     "--force"], capsys)[0] == 0  # an earlier benchmark is its own
+
+
+def test_train_force_keeps_a_run_directory_that_holds_the_users_files(digits_yaml, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(["train", digits_yaml, "--out", run], capsys)[0] == 0
+    (run / "thesis.tex").write_text("my thesis")
+    before = sorted(p.name for p in run.iterdir())
+    code, err = run_cli(["train", digits_yaml, "--out", run, "--force"], capsys)
+    assert code == 2 and "also holds files mckd did not write (thesis.tex)" in one_error_line(err)
+    assert sorted(p.name for p in run.iterdir()) == before and (run / "thesis.tex").read_text() == "my thesis"
+    (run / "thesis.tex").unlink()
+    assert run_cli(["train", digits_yaml, "--out", run, "--force"], capsys)[0] == 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import re
@@ -524,6 +525,23 @@ def _check_replaceable(path: Path, what: str) -> None:
     if found != what:
         raise MckdError(f"{str(path)!r} is a {found}, not a {what}; --force replaces only a {what}: choose "
                         "another folder")
+    if found == "run directory":
+        foreign = sorted(entry.name for entry in path.iterdir() if not _written_by_mckd_in_a_run(entry.name))
+        if foreign:
+            raise MckdError(f"run directory {str(path)!r} also holds files mckd did not write ({', '.join(foreign[:3])}"
+                            f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}); --force would delete "
+                            "them with the run: move them out, or choose another folder")
+
+
+# What mckd writes at the top of a run directory (rundir.RunDir, evaluations, comparisons, the benchmarks' scores),
+# and its hidden temporaries and locks: anything else there is the user's, and --force does not delete it.
+_RUN_ENTRIES = ("config.yaml", "data.json", "scaling.safetensors", "metrics.jsonl", "run.json", "tensorboard",
+                "checkpoint.safetensors", "checkpoint_best.safetensors", "metrics_*.csv", "eval", "eval_*",
+                "compare_vs_*", "test_by_epoch.json", ".*.tmp", ".*.tmp.*", ".*.lock")
+
+
+def _written_by_mckd_in_a_run(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _RUN_ENTRIES)
 
 
 def _check_inputs(path: Path, inputs: Sequence[str | Path], replaces: bool, kind: str) -> None:
