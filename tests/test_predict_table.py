@@ -205,6 +205,10 @@ def test_cli_names_a_modality_the_run_does_not_know_and_a_segmentation_style_cal
     assert "modality 'zer' is not one of the run's (pix, fou)" in capsys.readouterr().err
     assert main(["predict", str(run), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "mckd predict RUN --data CONFIG.yaml" in capsys.readouterr().err
+    for option in (["--sequences", "pix"], ["--tta"], ["--continue"]):
+        assert main(["predict", str(run), "--data", f"zer={tmp_path / 'zer.npy'}", "--output",
+                     str(tmp_path / "p.csv"), *option]) == 2
+        assert f"{option[0]} is an option of segmentation prediction" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -258,3 +262,21 @@ def test_inputs_without_a_single_row_are_one_error(python_run):
     predictor = load_run(python_run[0])
     with pytest.raises(DataError, match="no samples: .* have no rows"):
         predictor.predict({name: np.zeros((0, size)) for name, size in zip(predictor.modalities, (240, 76))})
+
+
+def test_predicting_warns_when_column_order_or_ids_cannot_be_checked(files_run, tmp_path):
+    run, config = files_run
+    old = tmp_path / "old_run"
+    shutil.copytree(run, old)
+    record = json.loads((old / "data.json").read_text())
+    del record["columns"]  # as a run of an mckd that recorded no column names
+    (old / "data.json").write_text(json.dumps(record))
+    fou = f"fou={config.parent / 'fou.csv'}"
+    with pytest.warns(UserWarning, match="recorded no column names for this modality"):
+        assert main(["predict", str(old), "--data", fou, "--output", str(tmp_path / "old.csv")]) == 0
+    table = pd.read_csv(config.parent / "fou.csv", dtype={"id": str})
+    np.savez(tmp_path / "pix.npz", id=np.array([f"other{r}" for r in range(len(table))]),
+             data=np.zeros((len(table), 240), dtype=np.float32))
+    with pytest.warns(UserWarning, match="no sample id appears in more than one of the sources"):
+        assert main(["predict", str(run), "--data", f"pix={tmp_path / 'pix.npz'}", fou, "--output",
+                     str(tmp_path / "disjoint.csv")]) == 0

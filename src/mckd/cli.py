@@ -388,6 +388,15 @@ def _predict_samples(args: argparse.Namespace) -> None:
     if not args.data or not args.output or args.input or args.inputs or args.out:
         raise MckdError(f"{args.checkpoint} is a classification model: it scores samples, mckd predict RUN --data "
                         "CONFIG.yaml (or MODALITY=FILE ...) --output FILE.csv; segmenting cases needs a segmentation run")
+    defaults = build_parser().parse_args(["predict", "RUN"])  # what the segmentation options are when not given
+    given = [name for name in ("sequences", "format", "labels", "channels", "mask", "resume", "tta", "et_min_voxels",
+                               "min_component_voxels", "largest_component", "probabilities")
+             if hasattr(args, name) and getattr(args, name) != getattr(defaults, name, None)]
+    if given:
+        flag = {"resume": "continue"}.get(given[0], given[0]).replace("_", "-")
+        raise MckdError(f"--{flag} is an option of segmentation prediction; {args.checkpoint} is a classification "
+                        "run, which predicts every sample from the modalities it has (leave a modality out of "
+                        "--data to predict without it)")
     out, count = predict_samples(args.checkpoint, args.data, args.output, device=args.device, force=args.force)
     print(f"written: {out} ({plural(count, 'sample')})")
 

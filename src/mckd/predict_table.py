@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -124,6 +125,10 @@ class Predictor:
     def _in_training_columns(self, row: ModalityRows) -> ModalityRows:
         """A table's values with the columns the run was trained on, by name, in training's order."""
         trained = self.columns.get(row.name)
+        if not trained and row.columns:
+            warnings.warn(f"{row.source} ({row.name}): the run recorded no column names for this modality (trained "
+                          "by an older mckd, or not from a table), so the table's columns are read in their order "
+                          "in the file: keep the order they had in training", stacklevel=2)
         if not trained or not row.columns or tuple(row.columns) == trained:
             return row
         lacking = [c for c in trained if c not in row.columns]
@@ -361,6 +366,10 @@ def predict_samples(run: str | Path, data: Sequence[str], output: str | Path, de
         rows, ids = rows_from_config(configs[0], predictor.config)
     else:
         rows, ids = rows_from_files(data, predictor.config)
+    if len(rows) > 1 and not any(set(a.ids) & set(b.ids) for i, a in enumerate(rows) for b in rows[i + 1:]):
+        warnings.warn(f"no sample id appears in more than one of the sources ({', '.join(r.name for r in rows)}): "
+                      "every sample is predicted from one modality; check that the files' ids match (an .npy is "
+                      "numbered 0..S-1)", stacklevel=2)
     probabilities, present = predictor.probabilities_of_rows(rows, ids)
     with claim_output(output, replace=force, kind="file", what="output", inputs=input_paths(data, predictor.config)):
         if Path(output).is_file() and not _is_prediction_table(Path(output)):  # only with --force: else refused above
