@@ -55,3 +55,11 @@ def test_the_same_classes_named_by_integers_or_by_text_get_the_same_drawn_split(
     assert names[:3] == ["grade 1", "grade 10", "grade 11"]  # the codes differ ...
     assert not np.array_equal(by_number, by_name)
     assert np.array_equal(draw_split(by_number, (0.6, 0.1, 0.3), 0), draw_split(by_name, (0.6, 0.1, 0.3), 0))  # ... the split does not
+
+
+def test_classes_written_as_yaml_numbers_are_the_labels_text():
+    from mckd.config import config_from_dict
+
+    raw = {"data": {"name": "files", "modalities": {"a": {"path": "a.npy"}}, "classes": [0, 1, "two"]},
+           "model": {"name": "by_shape"}}
+    assert config_from_dict(raw).data.options.classes == ["0", "1", "two"]

@@ -70,7 +70,7 @@ class FilesOptions:
     labels: str = ""  # table of id and label (and split) columns; empty: the first table modality that has the label column
     id_column: str = "id"  # the sample id column of every table
     label_column: str = "label"  # the class label column
-    classes: list[str] = field(default_factory=list)  # class names in order; empty: the sorted distinct labels
+    classes: list[str | int] = field(default_factory=list)  # class names in order (numbers read as their text); empty: the sorted distinct labels
     split_column: str = ""  # in the labels table: train / val / test per sample; empty: draw the split
     split: list[float] = field(default_factory=lambda: [0.6, 0.1, 0.3])  # drawn split: train / meta-validation / test, stratified by class
     split_seed: int = 0  # seed of the drawn split, fixed across training seeds so runs are paired on one test set
@@ -83,6 +83,7 @@ class FilesOptions:
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ConfigError(f"{path}.split must be three fractions above 0 summing to 1 (train, meta-validation, "
                               f"test), got {self.split}")
+        self.classes = [str(c) for c in self.classes]  # labels are read as text: YAML's 0 is the label "0"
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"{path}.classes must be distinct, got {self.classes}")
 
