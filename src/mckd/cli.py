@@ -267,6 +267,13 @@ def _check_comparison_folder(out: Path) -> None:
     others = sorted(entry.name for entry in out.iterdir() if entry.name not in COMPARISON_FILES)
     report, table = out / "comparison.md", out / "comparison.csv"
     present = [out / name for name in COMPARISON_FILES if (out / name).exists() or (out / name).is_symlink()]
+    from mckd.io import file_problem
+
+    for path in present:
+        problem = file_problem(path) if path.exists() and not path.is_dir() else ""
+        if problem:  # a named pipe, a device: say what it is
+            raise MckdError(f"--out {str(out)!r}: {path.name} {problem}; mckd writes only regular files: choose "
+                            "another folder")
     ours = (report.is_file() and not report.is_symlink() and report.read_text(errors="replace").startswith("# ")
             and (not table.exists() or (table.is_file() and not table.is_symlink()
                                         and table.read_text(errors="replace").startswith(("subset,", "pattern,")))))
