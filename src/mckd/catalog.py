@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mckd.io import atomic_write_text
-from mckd.registry import KINDS, Entry, unknown_name_error
+from mckd.registry import ENTRY_POINT_GROUP, KINDS, Entry, unknown_name_error
 
 PACKAGE = Path(__file__).resolve().parent
 CATALOG_FILE = PACKAGE / "catalog.json"
-ENTRY_POINT_GROUP = "mckd.plugins"  # the same group mckd.components loads plug-ins from
 # Files whose change can change what is registered, besides those that define an entry or its options.
 ALWAYS_HASHED = ("components.py", "registry.py", "method/__init__.py", "method/fusion.py")
 

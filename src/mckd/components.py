@@ -28,7 +28,8 @@ from typing import Any, Sequence
 from mckd.errors import ConfigError
 from mckd.method import base as method_base
 from mckd.method import fusion as fusion_base
-from mckd.registry import ENTRIES, KINDS, Entry, unknown_name_error  # noqa: F401  (KINDS: the kinds, for callers)
+from mckd.registry import KINDS  # noqa: F401  (the kinds, for callers)
+from mckd.registry import ENTRIES, ENTRY_POINT_GROUP, Entry, unknown_name_error
 
 # Modules that register the built-in entries; imported on first lookup.
 BUILTIN_MODULES: list[str] = [
@@ -46,7 +47,6 @@ BUILTIN_MODULES: list[str] = [
     "mckd.nets.avmnist",
     "mckd.method",
 ]
-ENTRY_POINT_GROUP = "mckd.plugins"
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 _loaded = False

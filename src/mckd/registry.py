@@ -27,6 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 from mckd.errors import ConfigError
 
 KINDS = ("data", "model", "task", "method")
+# Installed packages declare plug-in modules under this entry-point group (mckd.components imports them).
+ENTRY_POINT_GROUP = "mckd.plugins"
 
 # Field metadata of an options dataclass: the value is a path, resolved against the folder it was given in
 # (``field(default="", metadata=PATH)``), so a run stores an absolute path and evaluates from anywhere.
